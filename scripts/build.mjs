@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+// Builds the addon (and llama.cpp's libraries with it) from source with cmake-js.
+//
+//   npm run build                       CPU (default)
+//   npm run build -- --gpu cuda         CUDA; architectures from --cuda-arch or CMAKE_CUDA_ARCHITECTURES
+//   HUOZI_GPU=cuda npm run build        the same through the environment
+//   npm run build -- --gpu metal        Metal (macOS; untested here: no Mac in this project's CI)
+//
+// Options: --gpu cpu|cuda|metal (env HUOZI_GPU), --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES),
+// --jobs N (env HUOZI_BUILD_JOBS, default: all cores), --portable (no -march=native: for prebuilt binaries),
+// --debug. The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
+import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const { values } = parseArgs({
+  options: {
+    gpu: { type: 'string' },
+    'cuda-arch': { type: 'string' },
+    jobs: { type: 'string' },
+    portable: { type: 'boolean', default: false },
+    debug: { type: 'boolean', default: false },
+  },
+});
+
+const gpu = (values.gpu ?? process.env.HUOZI_GPU ?? 'cpu').toLowerCase();
+if (!['cpu', 'cuda', 'metal'].includes(gpu)) {
+  console.error(`Expected --gpu to be one of cpu, cuda, metal but received "${gpu}"`);
+  process.exit(2);
+}
+const jobs = Number(values.jobs ?? process.env.HUOZI_BUILD_JOBS ?? availableParallelism());
+if (!Number.isInteger(jobs) || jobs < 1) {
+  console.error(`Expected --jobs to be a positive integer but received "${values.jobs}"`);
+  process.exit(2);
+}
+if (!existsSync(join(root, 'vendor/llama.cpp/include/llama.h'))) {
+  const r = spawnSync(process.execPath, [join(root, 'scripts/vendor-llama.mjs')], { stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+const config = values.debug ? 'Debug' : 'Release';
+const defines = { HUOZI_GPU: gpu, CMAKE_BUILD_TYPE: config };
+if (values.portable) defines.GGML_NATIVE = 'OFF';
+const cudaArch = values['cuda-arch'] ?? process.env.HUOZI_CUDA_ARCHITECTURES ?? process.env.CMAKE_CUDA_ARCHITECTURES;
+if (gpu === 'cuda' && cudaArch) defines.CMAKE_CUDA_ARCHITECTURES = cudaArch;
+
+// cmake-js works in build/cmake so that node-gyp (see binding.gyp), which wipes build/, never shares a tree
+// with it; the finished addon is copied to build/Release where node-gyp-build looks.
+const out = join(root, 'build', 'cmake');
+const require = createRequire(import.meta.url);
+const cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');
+const args = [cmakeJs, 'compile', '--out', out, '--config', config, '--parallel', String(jobs), '--log-level', 'warn'];
+for (const [k, v] of Object.entries(defines)) args.push(`--CD${k}=${v}`);
+console.log(`building huozi-gguf: backend=${gpu} config=${config} jobs=${jobs}${values.portable ? ' portable' : ''}`);
+const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root, env: { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: String(jobs) } });
+if (r.status !== 0) process.exit(r.status ?? 1);
+const built = join(out, config, 'huozi_gguf.node');
+const dest = join(root, 'build', 'Release', 'huozi_gguf.node');
+mkdirSync(dirname(dest), { recursive: true });
+copyFileSync(built, dest);
+console.log(`built ${dest}`);

@@ -1,0 +1,332 @@
+#include "context.h"
+
+#include <algorithm>
+#include <string>
+
+#include "addon_data.h"
+#include "errors.h"
+#include "log.h"
+#include "model.h"
+#include "workers/promise_worker.h"
+
+namespace huozi {
+
+Napi::Function Context::Init(Napi::Env env) {
+  return DefineClass(env, "NativeContext",
+                     {
+                         InstanceMethod<&Context::Info>("info"),
+                         InstanceMethod<&Context::Tokens>("tokens"),
+                         InstanceMethod<&Context::Evaluate>("evaluate"),
+                         InstanceMethod<&Context::Generate>("generate"),
+                         InstanceMethod<&Context::EraseFrom>("eraseFrom"),
+                         InstanceMethod<&Context::Abort>("abort"),
+                         InstanceMethod<&Context::SetThreads>("setThreads"),
+                         InstanceMethod<&Context::Dispose>("dispose"),
+                         InstanceAccessor<&Context::Disposed>("disposed"),
+                     });
+}
+
+namespace {
+
+struct ContextParams {
+  uint32_t n_ctx = 4096;
+  uint32_t n_batch = 512;
+  uint32_t n_ubatch = 512;
+  int32_t threads = 1;
+  int32_t batch_threads = 1;
+  int32_t flash_attention = -1;  // llama_flash_attn_type
+};
+
+uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
+}
+
+}  // namespace
+
+Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o) {
+  ContextParams p;
+  p.n_ctx = U32(o, "contextSize", p.n_ctx);
+  p.n_batch = U32(o, "batchSize", p.n_batch);
+  p.n_ubatch = U32(o, "ubatchSize", std::min(p.n_batch, 512u));
+  p.threads = static_cast<int32_t>(U32(o, "threads", 1));
+  p.batch_threads = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(p.threads)));
+  Napi::Value fa = o.Get("flashAttention");
+  if (fa.IsNumber()) p.flash_attention = fa.As<Napi::Number>().Int32Value();
+  // What would trip an assert inside llama.cpp (lib/validate.ts reports these to users first).
+  if (p.n_ctx == 0 || p.n_batch == 0 || p.n_ubatch == 0 || p.n_ubatch > p.n_batch) {
+    Throw(env, code::kOutOfRange, "contextSize, batchSize and ubatchSize must be positive with ubatchSize <= batchSize");
+  }
+  if (p.threads < 1 || p.threads > 512 || p.batch_threads < 1 || p.batch_threads > 512) {
+    Throw(env, code::kOutOfRange, "threads must be between 1 and 512");
+  }
+  struct Created {
+    llama_context *ctx = nullptr;
+    std::shared_ptr<ModelHandle> model;
+  };
+  return PromiseWorker<Created>::Start(
+      env, Napi::Object::New(env), code::kContextCreate,
+      [model, p]() {
+        llama_context_params cp = llama_context_default_params();
+        cp.n_ctx = p.n_ctx;
+        cp.n_batch = p.n_batch;
+        cp.n_ubatch = p.n_ubatch;
+        cp.n_seq_max = 1;
+        cp.n_threads = p.threads;
+        cp.n_threads_batch = p.batch_threads;
+        cp.flash_attn_type = static_cast<llama_flash_attn_type>(p.flash_attention);
+        cp.no_perf = true;
+        TakeThreadErrors();
+        llama_context *ctx = llama_init_from_model(model->model, cp);
+        if (ctx == nullptr) {
+          std::string why = TakeThreadErrors();
+          throw CodedError(code::kContextCreate, "failed to create the context" + (why.empty() ? "" : ": " + why));
+        }
+        return Created{ctx, model};
+      },
+      [](Napi::Env env, Created &created) -> Napi::Value {
+        Napi::Object object = Data(env).context_ctor.New({Napi::External<llama_context>::New(env, created.ctx)});
+        Context *context = Context::Unwrap(object);
+        context->model_ = std::move(created.model);
+        context->vocab_ = llama_model_get_vocab(context->model_->model);
+        context->n_vocab_ = llama_vocab_n_tokens(context->vocab_);
+        created.ctx = nullptr;
+        return object;
+      });
+}
+
+Context::Context(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Context>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    Throw(env, code::kInvalidArgument, "NativeContext cannot be constructed directly; use model.createContext()");
+  }
+  ctx_ = info[0].As<Napi::External<llama_context>>().Data();
+  n_ctx_ = llama_n_ctx(ctx_);
+  n_batch_ = llama_n_batch(ctx_);
+  llama_set_abort_callback(ctx_, &Context::AbortCallback, this);
+  executor_ = ExecutorPool::Acquire();
+}
+
+Context::~Context() {
+  // Reached by GC or environment teardown. A worker still running holds a reference to this object, so
+  // none is; the executor is idle.
+  if (ctx_ != nullptr) llama_free(ctx_);  // before model_ (a member) releases the model
+  ExecutorPool::Release(std::move(executor_));
+}
+
+void Context::Free() {
+  if (ctx_ == nullptr) return;
+  ExecutorPool::Release(std::move(executor_));
+  llama_free(ctx_);
+  ctx_ = nullptr;
+  tokens_.clear();
+  model_.reset();
+}
+
+bool Context::AbortCallback(void *data) { return static_cast<Context *>(data)->abort_.load(std::memory_order_relaxed); }
+
+void Context::Begin(Napi::Env env) {
+  if (ctx_ == nullptr || dispose_pending_) Throw(env, code::kDisposed, "the context has been disposed");
+  if (busy_) Throw(env, code::kBusy, "the context is busy with another operation");
+  busy_ = true;
+  abort_.store(false);
+}
+
+void Context::End() {
+  busy_ = false;
+  if (dispose_pending_) Free();
+}
+
+void Context::CheckIdle(Napi::Env env) {
+  if (ctx_ == nullptr || dispose_pending_) Throw(env, code::kDisposed, "the context has been disposed");
+  if (busy_) Throw(env, code::kBusy, "the context is busy with another operation");
+}
+
+bool Context::Truncate(size_t keep) {
+  if (keep >= tokens_.size()) return true;
+  llama_memory_t mem = llama_get_memory(ctx_);
+  if (!llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(keep), -1)) {
+    llama_memory_clear(mem, true);
+    tokens_.clear();
+    has_logits_ = false;
+    return keep == 0;
+  }
+  tokens_.resize(keep);
+  has_logits_ = false;
+  return true;
+}
+
+void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::vector<float> *all_logits) {
+  if (n == 0) return;
+  if (tokens_.size() + n > n_ctx_) {
+    throw CodedError(code::kContextOverflow, "evaluating " + std::to_string(n) + " tokens after " +
+                                                 std::to_string(tokens_.size()) + " would exceed the context size of " +
+                                                 std::to_string(n_ctx_));
+  }
+  if (mode == LogitsMode::kAll && all_logits != nullptr) all_logits->reserve(n * static_cast<size_t>(n_vocab_));
+  llama_batch batch = llama_batch_init(static_cast<int32_t>(std::min<size_t>(n, n_batch_)), 0, 1);
+  struct BatchGuard {
+    llama_batch &b;
+    ~BatchGuard() { llama_batch_free(b); }
+  } guard{batch};
+  has_logits_ = false;
+  for (size_t start = 0; start < n; start += n_batch_) {
+    const size_t count = std::min<size_t>(n_batch_, n - start);
+    const size_t base = tokens_.size();
+    batch.n_tokens = static_cast<int32_t>(count);
+    for (size_t i = 0; i < count; ++i) {
+      batch.token[i] = tokens[start + i];
+      batch.pos[i] = static_cast<llama_pos>(base + i);
+      batch.n_seq_id[i] = 1;
+      batch.seq_id[i][0] = 0;
+      const bool last = start + i == n - 1;
+      batch.logits[i] = mode == LogitsMode::kAll || (mode == LogitsMode::kLast && last);
+    }
+    TakeThreadErrors();
+    const int32_t ret = llama_decode(ctx_, batch);
+    if (ret != 0) {
+      // Keep tokens_ equal to what the memory holds: some ubatches may have been kept (abort, fatal error).
+      const llama_pos pos_max = llama_memory_seq_pos_max(llama_get_memory(ctx_), 0);
+      const size_t kept = pos_max < 0 ? 0 : static_cast<size_t>(pos_max) + 1;
+      if (kept < base) {
+        tokens_.resize(kept);
+      } else {
+        tokens_.insert(tokens_.end(), batch.token, batch.token + std::min(count, kept - base));
+      }
+      if (ret == 2 || abort_.load()) throw CodedError(code::kAborted, "evaluation was aborted");
+      if (ret == 1) throw CodedError(code::kContextOverflow, "no room left in the context memory for this batch");
+      std::string why = TakeThreadErrors();
+      throw CodedError(code::kDecode, "llama_decode failed with status " + std::to_string(ret) + (why.empty() ? "" : ": " + why));
+    }
+    tokens_.insert(tokens_.end(), batch.token, batch.token + count);
+    if (mode == LogitsMode::kAll && all_logits != nullptr) {
+      for (size_t i = 0; i < count; ++i) {
+        const float *row = llama_get_logits_ith(ctx_, static_cast<int32_t>(i));
+        all_logits->insert(all_logits->end(), row, row + n_vocab_);
+      }
+    }
+  }
+  has_logits_ = mode != LogitsMode::kNone;
+}
+
+Napi::Value Context::Info(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (ctx_ == nullptr) Throw(env, code::kDisposed, "the context has been disposed");
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("contextSize", n_ctx_);
+  out.Set("batchSize", n_batch_);
+  out.Set("ubatchSize", llama_n_ubatch(ctx_));
+  out.Set("threads", llama_n_threads(ctx_));
+  out.Set("batchThreads", llama_n_threads_batch(ctx_));
+  return out;
+}
+
+Napi::Value Context::Tokens(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);  // the executor thread may be appending to tokens_
+  Napi::Int32Array out = Napi::Int32Array::New(env, tokens_.size());
+  std::copy(tokens_.begin(), tokens_.end(), out.Data());
+  return out;
+}
+
+namespace {
+
+std::vector<llama_token> TokensArg(Napi::Env env, const Napi::Value &value, int32_t n_vocab) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    Throw(env, code::kInvalidArgument, "tokens must be an Int32Array");
+  }
+  Napi::Int32Array arr = value.As<Napi::Int32Array>();
+  std::vector<llama_token> tokens(arr.Data(), arr.Data() + arr.ElementLength());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+      Throw(env, code::kOutOfRange, "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                        " is outside the vocabulary (0.." + std::to_string(n_vocab - 1) + ")");
+    }
+  }
+  return tokens;
+}
+
+}  // namespace
+
+// evaluate(tokens: Int32Array, logits: 0 none | 1 last | 2 all) -> Promise<Float32Array | undefined>
+Napi::Value Context::Evaluate(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  std::vector<llama_token> tokens = TokensArg(env, info[0], n_vocab_);
+  if (tokens.empty()) Throw(env, code::kInvalidArgument, "evaluate() needs at least one token");
+  const int32_t mode_arg = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
+  const LogitsMode mode = mode_arg == 2 ? LogitsMode::kAll : mode_arg == 0 ? LogitsMode::kNone : LogitsMode::kLast;
+  if (tokens_.size() + tokens.size() > n_ctx_) {
+    Throw(env, code::kContextOverflow, "evaluating " + std::to_string(tokens.size()) + " tokens after " +
+                                           std::to_string(tokens_.size()) + " would exceed the context size of " +
+                                           std::to_string(n_ctx_));
+  }
+  Begin(env);
+  struct Out {
+    std::vector<float> logits;
+  };
+  return PromiseWorker<Out>::Start(
+      env, Value(), code::kDecode,
+      [this, tokens = std::move(tokens), mode]() {
+        Out out;
+        RunOnThread([&] {
+          Decode(tokens.data(), tokens.size(), mode, &out.logits);
+          if (mode == LogitsMode::kLast) {
+            const float *row = llama_get_logits_ith(ctx_, -1);
+            out.logits.assign(row, row + n_vocab_);
+          }
+        });
+        return out;
+      },
+      [](Napi::Env env, Out &out) -> Napi::Value {
+        if (out.logits.empty()) return env.Undefined();
+        Napi::Float32Array arr = Napi::Float32Array::New(env, out.logits.size());
+        std::copy(out.logits.begin(), out.logits.end(), arr.Data());
+        return arr;
+      },
+      [this]() { End(); });
+}
+
+// eraseFrom(position): forget cached tokens from `position` on.
+Napi::Value Context::EraseFrom(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  const int64_t pos = info[0].As<Napi::Number>().Int64Value();
+  if (pos < 0) Throw(env, code::kOutOfRange, "position must be >= 0");
+  Truncate(static_cast<size_t>(pos));
+  return env.Undefined();
+}
+
+Napi::Value Context::Abort(const Napi::CallbackInfo &info) {
+  abort_.store(true);
+  return info.Env().Undefined();
+}
+
+Napi::Value Context::SetThreads(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  const int32_t threads = info[0].As<Napi::Number>().Int32Value();
+  const int32_t batch_threads = info[1].As<Napi::Number>().Int32Value();
+  if (threads < 1 || threads > 512 || batch_threads < 1 || batch_threads > 512) {
+    Throw(env, code::kOutOfRange, "threads must be between 1 and 512");
+  }
+  llama_set_n_threads(ctx_, threads, batch_threads);
+  return env.Undefined();
+}
+
+Napi::Value Context::Dispose(const Napi::CallbackInfo &info) {
+  if (busy_) {
+    // The running worker still uses ctx_: stop it and free when it ends (End()).
+    dispose_pending_ = true;
+    abort_.store(true);
+  } else {
+    Free();
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value Context::Disposed(const Napi::CallbackInfo &info) {
+  return Napi::Boolean::New(info.Env(), ctx_ == nullptr || dispose_pending_);
+}
+
+}  // namespace huozi

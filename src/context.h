@@ -1,0 +1,83 @@
+// Context: owns a llama_context and the list of tokens whose keys/values are in its memory (sequence 0).
+// One operation at a time: lib/context.ts queues calls; the native busy flag is the last line of defence.
+// Workers (evaluate, generate) run on the libuv pool and touch the context only between Begin() and End().
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "executor.h"
+#include "llama.h"
+
+namespace huozi {
+
+struct ModelHandle;
+
+enum class LogitsMode { kNone, kLast, kAll };
+
+class Context final : public Napi::ObjectWrap<Context> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  // Creates a context off the main thread; resolves to a NativeContext.
+  static Napi::Value Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object params);
+
+  explicit Context(const Napi::CallbackInfo &info);
+  ~Context() override;
+
+  // --- used by workers, on the worker thread, while the context is marked busy ---
+  llama_context *handle() const { return ctx_; }
+  const llama_vocab *vocab() const { return vocab_; }
+  int32_t n_vocab() const { return n_vocab_; }
+  uint32_t n_ctx() const { return n_ctx_; }
+  std::vector<llama_token> &tokens() { return tokens_; }
+  bool has_logits() const { return has_logits_; }
+  const std::atomic<bool> &abort_flag() const { return abort_; }
+  // Removes cached tokens from position `keep` on. Returns false if the memory cannot be cut there (then the
+  // caller must start from an empty memory).
+  bool Truncate(size_t keep);
+  // Decodes tokens after the cached ones, in n_batch chunks, appending them to tokens(). Logits are kept for
+  // the last token (kLast), every token (kAll, copied into *all_logits), or none. Throws CodedError; after an
+  // abort or failure tokens() still matches what the memory holds.
+  void Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::vector<float> *all_logits);
+
+  // Runs fn on this context's own thread (see executor.h) and waits; called from libuv pool threads.
+  void RunOnThread(std::function<void()> fn) { executor_->Run(std::move(fn)); }
+
+  // --- main thread ---
+  // Marks the context busy for one asynchronous operation; throws into JS if it is disposed or busy.
+  void Begin(Napi::Env env);
+  void End();
+
+ private:
+  Napi::Value Info(const Napi::CallbackInfo &info);
+  Napi::Value Tokens(const Napi::CallbackInfo &info);
+  Napi::Value Evaluate(const Napi::CallbackInfo &info);
+  Napi::Value Generate(const Napi::CallbackInfo &info);
+  Napi::Value EraseFrom(const Napi::CallbackInfo &info);
+  Napi::Value Abort(const Napi::CallbackInfo &info);
+  Napi::Value SetThreads(const Napi::CallbackInfo &info);
+  Napi::Value Dispose(const Napi::CallbackInfo &info);
+  Napi::Value Disposed(const Napi::CallbackInfo &info);
+  void CheckIdle(Napi::Env env);
+  void Free();
+
+  static bool AbortCallback(void *data);
+
+  llama_context *ctx_ = nullptr;
+  std::shared_ptr<ModelHandle> model_;
+  const llama_vocab *vocab_ = nullptr;
+  std::vector<llama_token> tokens_;
+  bool has_logits_ = false;
+  int32_t n_vocab_ = 0;
+  uint32_t n_ctx_ = 0;
+  uint32_t n_batch_ = 0;
+  std::atomic<bool> abort_{false};
+  bool busy_ = false;
+  bool dispose_pending_ = false;
+  std::unique_ptr<Executor> executor_;
+};
+
+}  // namespace huozi

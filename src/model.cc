@@ -1,0 +1,218 @@
+#include "model.h"
+
+#include <string>
+#include <vector>
+
+#include "addon_data.h"
+#include "context.h"
+#include "errors.h"
+
+namespace huozi {
+
+Napi::Function Model::Init(Napi::Env env) {
+  return DefineClass(env, "NativeModel",
+                     {
+                         InstanceMethod<&Model::Info>("info"),
+                         InstanceMethod<&Model::Tokenize>("tokenize"),
+                         InstanceMethod<&Model::Detokenize>("detokenize"),
+                         InstanceMethod<&Model::TokenPieces>("tokenPieces"),
+                         InstanceMethod<&Model::IsEog>("isEog"),
+                         InstanceMethod<&Model::CreateContext>("createContext"),
+                         InstanceMethod<&Model::Dispose>("dispose"),
+                         InstanceAccessor<&Model::Disposed>("disposed"),
+                     });
+}
+
+// Constructed only by the load worker, with an External holding the loaded llama_model.
+Model::Model(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Model>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    Throw(env, code::kInvalidArgument, "NativeModel cannot be constructed directly; use loadModel()");
+  }
+  model_ = info[0].As<Napi::External<llama_model>>().Data();
+  handle_ = std::make_shared<ModelHandle>(model_);
+  vocab_ = llama_model_get_vocab(model_);
+  n_vocab_ = llama_vocab_n_tokens(vocab_);
+  // Tell V8 about the weights we hold, so that it weighs collecting an undisposed model correctly.
+  external_bytes_ = static_cast<int64_t>(llama_model_size(model_));
+  Napi::MemoryManagement::AdjustExternalMemory(env, external_bytes_);
+}
+
+Model::~Model() = default;
+
+void Model::CheckAlive(Napi::Env env) const {
+  if (model_ == nullptr) Throw(env, code::kDisposed, "the model has been disposed");
+}
+
+Napi::Value Model::Disposed(const Napi::CallbackInfo &info) { return Napi::Boolean::New(info.Env(), model_ == nullptr); }
+
+Napi::Value Model::Dispose(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (handle_ == nullptr) return env.Undefined();
+  if (handle_.use_count() > 1) {
+    Throw(env, code::kBusy, "the model still has " + std::to_string(handle_.use_count() - 1) +
+                                " live context(s); dispose them first");
+  }
+  handle_.reset();
+  model_ = nullptr;
+  vocab_ = nullptr;
+  Napi::MemoryManagement::AdjustExternalMemory(env, -external_bytes_);
+  external_bytes_ = 0;
+  return env.Undefined();
+}
+
+namespace {
+
+std::string MetaString(int32_t (*get)(const llama_model *, int32_t, char *, size_t), const llama_model *m, int32_t i) {
+  std::vector<char> buf(256);
+  int32_t n = get(m, i, buf.data(), buf.size());
+  if (n < 0) return std::string();
+  if (static_cast<size_t>(n) >= buf.size()) {
+    buf.resize(static_cast<size_t>(n) + 1);
+    n = get(m, i, buf.data(), buf.size());
+  }
+  return std::string(buf.data(), static_cast<size_t>(n));
+}
+
+Napi::Value TokenOrNull(Napi::Env env, llama_token t) {
+  if (t < 0) return env.Null();
+  return Napi::Number::New(env, t);
+}
+
+}  // namespace
+
+Napi::Value Model::Info(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  Napi::Object out = Napi::Object::New(env);
+  char desc[256];
+  llama_model_desc(model_, desc, sizeof desc);
+  out.Set("description", desc);
+  out.Set("size", Napi::Number::New(env, static_cast<double>(llama_model_size(model_))));
+  out.Set("parameters", Napi::Number::New(env, static_cast<double>(llama_model_n_params(model_))));
+  out.Set("trainContextSize", llama_model_n_ctx_train(model_));
+  out.Set("embeddingSize", llama_model_n_embd(model_));
+  out.Set("layers", llama_model_n_layer(model_));
+  out.Set("heads", llama_model_n_head(model_));
+  out.Set("kvHeads", llama_model_n_head_kv(model_));
+  out.Set("vocabularySize", n_vocab_);
+  out.Set("fileType", llama_ftype_name(llama_model_ftype(model_)));
+  const char *tmpl = llama_model_chat_template(model_, nullptr);
+  out.Set("chatTemplate", tmpl ? Napi::Value(Napi::String::New(env, tmpl)) : env.Null());
+
+  Napi::Object tokens = Napi::Object::New(env);
+  tokens.Set("bos", TokenOrNull(env, llama_vocab_bos(vocab_)));
+  tokens.Set("eos", TokenOrNull(env, llama_vocab_eos(vocab_)));
+  tokens.Set("eot", TokenOrNull(env, llama_vocab_eot(vocab_)));
+  tokens.Set("nl", TokenOrNull(env, llama_vocab_nl(vocab_)));
+  tokens.Set("addBos", llama_vocab_get_add_bos(vocab_));
+  tokens.Set("addEos", llama_vocab_get_add_eos(vocab_));
+  out.Set("tokens", tokens);
+
+  Napi::Object meta = Napi::Object::New(env);
+  int32_t n_meta = llama_model_meta_count(model_);
+  for (int32_t i = 0; i < n_meta; ++i) {
+    meta.Set(MetaString(llama_model_meta_key_by_index, model_, i),
+             MetaString(llama_model_meta_val_str_by_index, model_, i));
+  }
+  out.Set("metadata", meta);
+  return out;
+}
+
+// tokenize(text: string, addSpecial: boolean, parseSpecial: boolean) -> Int32Array
+Napi::Value Model::Tokenize(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  if (info.Length() < 3 || !info[0].IsString()) Throw(env, code::kInvalidArgument, "tokenize(text, addSpecial, parseSpecial)");
+  std::string text = info[0].As<Napi::String>().Utf8Value();
+  bool add_special = info[1].ToBoolean();
+  bool parse_special = info[2].ToBoolean();
+  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) Throw(env, code::kOutOfRange, "text is too long to tokenize");
+  const int32_t len = static_cast<int32_t>(text.size());
+  std::vector<llama_token> out(text.size() + 4);
+  int32_t n = llama_tokenize(vocab_, text.data(), len, out.data(), static_cast<int32_t>(out.size()), add_special, parse_special);
+  if (n < 0) {
+    if (n == INT32_MIN) Throw(env, code::kOutOfRange, "tokenization result is too large");
+    out.resize(static_cast<size_t>(-n));
+    n = llama_tokenize(vocab_, text.data(), len, out.data(), static_cast<int32_t>(out.size()), add_special, parse_special);
+    if (n < 0) Throw(env, code::kInvalidArgument, "tokenization failed");
+  }
+  Napi::Int32Array result = Napi::Int32Array::New(env, static_cast<size_t>(n));
+  std::copy(out.begin(), out.begin() + n, result.Data());
+  return result;
+}
+
+namespace {
+
+// Token ids reach llama.cpp's vocab lookups (std::vector::at or unchecked indexing); check them here.
+std::vector<llama_token> CheckedTokens(Napi::Env env, const Napi::Value &value, int32_t n_vocab) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    Throw(env, code::kInvalidArgument, "tokens must be an Int32Array");
+  }
+  Napi::Int32Array arr = value.As<Napi::Int32Array>();
+  std::vector<llama_token> tokens(arr.Data(), arr.Data() + arr.ElementLength());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+      Throw(env, code::kOutOfRange,
+            "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) + " is outside the vocabulary (0.." +
+                std::to_string(n_vocab - 1) + ")");
+    }
+  }
+  return tokens;
+}
+
+}  // namespace
+
+// detokenize(tokens: Int32Array, removeSpecial: boolean, unparseSpecial: boolean) -> string
+Napi::Value Model::Detokenize(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  std::vector<llama_token> tokens = CheckedTokens(env, info[0], n_vocab_);
+  bool remove_special = info[1].ToBoolean();
+  bool unparse_special = info[2].ToBoolean();
+  if (tokens.size() > static_cast<size_t>(INT32_MAX / 64)) Throw(env, code::kOutOfRange, "too many tokens");
+  std::vector<char> buf(tokens.size() * 8 + 16);
+  int32_t n = llama_detokenize(vocab_, tokens.data(), static_cast<int32_t>(tokens.size()), buf.data(),
+                               static_cast<int32_t>(buf.size()), remove_special, unparse_special);
+  if (n < 0) {
+    buf.resize(static_cast<size_t>(-n));
+    n = llama_detokenize(vocab_, tokens.data(), static_cast<int32_t>(tokens.size()), buf.data(),
+                         static_cast<int32_t>(buf.size()), remove_special, unparse_special);
+    if (n < 0) Throw(env, code::kInvalidArgument, "detokenization failed");
+  }
+  return Napi::String::New(env, buf.data(), static_cast<size_t>(n));
+}
+
+// tokenPieces(tokens: Int32Array, special: boolean) -> Buffer[] (raw bytes: a piece may be part of a character)
+Napi::Value Model::TokenPieces(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  std::vector<llama_token> tokens = CheckedTokens(env, info[0], n_vocab_);
+  bool special = info[1].ToBoolean();
+  Napi::Array out = Napi::Array::New(env, tokens.size());
+  std::vector<char> buf(64);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    int32_t n = llama_token_to_piece(vocab_, tokens[i], buf.data(), static_cast<int32_t>(buf.size()), 0, special);
+    if (n < 0) {
+      buf.resize(static_cast<size_t>(-n));
+      n = llama_token_to_piece(vocab_, tokens[i], buf.data(), static_cast<int32_t>(buf.size()), 0, special);
+    }
+    out.Set(static_cast<uint32_t>(i), Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n < 0 ? 0 : n)));
+  }
+  return out;
+}
+
+Napi::Value Model::IsEog(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  int32_t t = info[0].As<Napi::Number>().Int32Value();
+  if (t < 0 || t >= n_vocab_) return Napi::Boolean::New(env, false);
+  return Napi::Boolean::New(env, llama_vocab_is_eog(vocab_, t));
+}
+
+Napi::Value Model::CreateContext(const Napi::CallbackInfo &info) {
+  CheckAlive(info.Env());
+  return Context::Create(info.Env(), handle_, info[0].As<Napi::Object>());
+}
+
+}  // namespace huozi

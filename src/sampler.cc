@@ -1,0 +1,49 @@
+#include "sampler.h"
+
+namespace huozi {
+
+SamplerParams SamplerParams::FromJs(Napi::Object o) {
+  SamplerParams p;
+  auto num = [&](const char *key, double fallback) {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+  };
+  p.temperature = static_cast<float>(num("temperature", p.temperature));
+  p.top_k = static_cast<int32_t>(num("topK", p.top_k));
+  p.top_p = static_cast<float>(num("topP", p.top_p));
+  p.min_p = static_cast<float>(num("minP", p.min_p));
+  p.repeat_penalty = static_cast<float>(num("repeatPenalty", p.repeat_penalty));
+  p.repeat_last_n = static_cast<int32_t>(num("repeatLastN", p.repeat_last_n));
+  p.frequency_penalty = static_cast<float>(num("frequencyPenalty", p.frequency_penalty));
+  p.presence_penalty = static_cast<float>(num("presencePenalty", p.presence_penalty));
+  p.seed = static_cast<uint32_t>(num("seed", p.seed));
+  return p;
+}
+
+SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vector<llama_token> &history) {
+  llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+  cp.no_perf = true;
+  SamplerPtr chain(llama_sampler_chain_init(cp));
+  const bool penalties = p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+  if (penalties && p.repeat_last_n > 0) {
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab, p.repeat_last_n, p.repeat_penalty,
+                                                                      p.frequency_penalty, p.presence_penalty));
+  }
+  if (p.temperature <= 0.0f) {
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
+  } else {
+    if (p.top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(p.top_k));
+    if (p.top_p < 1.0f) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(p.top_p, 1));
+    if (p.min_p > 0.0f) llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(p.min_p, 1));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(p.temperature));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(p.seed));
+  }
+  if (penalties && p.repeat_last_n > 0) {
+    size_t window = static_cast<size_t>(p.repeat_last_n);
+    size_t from = history.size() > window ? history.size() - window : 0;
+    for (size_t i = from; i < history.size(); ++i) llama_sampler_accept(chain.get(), history[i]);
+  }
+  return chain;
+}
+
+}  // namespace huozi

@@ -1,0 +1,37 @@
+// Sampling parameters copied from JS before a generation is queued, and the llama_sampler chain built
+// from them on the worker thread.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "llama.h"
+
+namespace huozi {
+
+struct SamplerParams {
+  float temperature = 0.8f;  // <= 0: greedy
+  int32_t top_k = 40;        // <= 0: off
+  float top_p = 0.95f;       // >= 1: off
+  float min_p = 0.05f;       // <= 0: off
+  float repeat_penalty = 1.0f;
+  int32_t repeat_last_n = 64;  // 0: no penalties
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  uint32_t seed = LLAMA_DEFAULT_SEED;
+
+  static SamplerParams FromJs(Napi::Object o);
+};
+
+struct SamplerDeleter {
+  void operator()(llama_sampler *s) const { llama_sampler_free(s); }
+};
+using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
+
+// The same order as llama.cpp's common sampler: penalties, top-k, top-p, min-p, temperature, then draw.
+// `history` (the prompt's tail) primes the repetition penalties.
+SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vector<llama_token> &history);
+
+}  // namespace huozi

@@ -1,0 +1,292 @@
+// The hot loop: prefill the prompt (reusing the cached prefix), then sample, check stops, detokenize and
+// decode one token at a time, all on the libuv pool. Text goes to JS through one thread-safe function; while
+// JS has not taken the previous text, new text joins it, so a fast model never queues one N-API call per
+// token behind a slow consumer.
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../context.h"
+#include "../errors.h"
+#include "../sampler.h"
+#include "../text_stream.h"
+
+namespace huozi {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kMinDeliveryInterval = std::chrono::milliseconds(5);
+
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+struct GenerateParams {
+  std::vector<llama_token> prompt;
+  SamplerParams sampling;
+  int32_t max_tokens = -1;  // < 0: until the context is full
+  bool reuse_cache = true;
+  bool stop_at_eog = true;
+  std::vector<llama_token> stop_tokens;
+  std::vector<std::string> stop_strings;
+};
+
+struct GenerateResult {
+  std::vector<llama_token> tokens;
+  std::string text;
+  const char *stop_reason = "maxTokens";
+  llama_token stop_token = -1;
+  std::string stop_string;
+  size_t reused_tokens = 0;
+  size_t evaluated_tokens = 0;
+  double prompt_ms = 0;
+  double generate_ms = 0;
+};
+
+class GenerateWorker final : public Napi::AsyncWorker {
+ public:
+  GenerateWorker(Napi::Env env, Context *context, Napi::Object keep, GenerateParams params, Napi::Function on_text)
+      : Napi::AsyncWorker(env, "huozi-gguf:generate"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        keep_(Napi::Persistent(keep)),
+        context_(context),
+        params_(std::move(params)),
+        stream_(params_.stop_strings) {
+    if (!on_text.IsEmpty()) {
+      on_text_ = Napi::Persistent(on_text);
+      tsfn_ = Napi::ThreadSafeFunction::New(env, on_text, "huozi-gguf:text", 0, 1);
+      has_tsfn_ = true;
+    }
+  }
+
+  ~GenerateWorker() override {
+    if (has_tsfn_) tsfn_.Release();
+  }
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ private:
+  // Worker thread: queue text for JS.
+  void Emit(const std::string &text) {
+    if (text.empty()) return;
+    result_.text += text;
+    if (!has_tsfn_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_ += text;
+    if (call_scheduled_) return;
+    // Each delivery wakes the main thread, which then competes with the compute threads for the cores; at
+    // thousands of tokens per second, hand text over at most every kMinDeliveryInterval (the rest is sent with
+    // the next token or at the end).
+    const auto now = Clock::now();
+    if (now - last_delivery_ < kMinDeliveryInterval) return;
+    last_delivery_ = now;
+    call_scheduled_ = true;
+    tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function, GenerateWorker *self) {
+      if (env != nullptr) self->Deliver(env);
+    });
+  }
+
+  // Main thread: hand all queued text to JS in one call.
+  void Deliver(Napi::Env env) {
+    std::string text;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      text.swap(pending_);
+      call_scheduled_ = false;
+    }
+    if (text.empty() || on_text_.IsEmpty()) return;
+    on_text_.Call({Napi::String::New(env, text)});
+  }
+
+  void Execute() override {
+    try {
+      context_->RunOnThread([this] { Run(); });
+    } catch (const CodedError &e) {
+      if (e.code() == code::kAborted) {
+        result_.stop_reason = "abort";
+        return;
+      }
+      code_ = e.code();
+      SetError(e.what());
+    } catch (const std::exception &e) {
+      SetError(std::string("llama.cpp: ") + e.what());
+    }
+  }
+
+  void Run() {
+    Context &ctx = *context_;
+    std::vector<llama_token> &cache = ctx.tokens();
+    const std::vector<llama_token> &prompt = params_.prompt;
+
+    // Reuse the longest common prefix of what the memory holds; at least the last prompt token is evaluated
+    // again so that there are logits to sample from.
+    size_t keep = 0;
+    if (params_.reuse_cache) {
+      const size_t limit = std::min(cache.size(), prompt.size() - 1);
+      while (keep < limit && cache[keep] == prompt[keep]) ++keep;
+    }
+    if (!ctx.Truncate(keep)) keep = 0;
+    result_.reused_tokens = keep;
+    result_.evaluated_tokens = prompt.size() - keep;
+
+    const auto prompt_start = Clock::now();
+    ctx.Decode(prompt.data() + keep, prompt.size() - keep, LogitsMode::kLast, nullptr);
+    result_.prompt_ms = MsSince(prompt_start);
+
+    SamplerPtr sampler = BuildSampler(params_.sampling, ctx.n_vocab(), prompt);
+    const llama_vocab *vocab = ctx.vocab();
+    const auto &abort = ctx.abort_flag();
+    std::string piece(64, '\0');
+    const auto gen_start = Clock::now();
+    for (;;) {
+      if (abort.load()) {
+        result_.stop_reason = "abort";
+        break;
+      }
+      const llama_token token = llama_sampler_sample(sampler.get(), ctx.handle(), -1);
+      result_.tokens.push_back(token);
+      if (std::find(params_.stop_tokens.begin(), params_.stop_tokens.end(), token) != params_.stop_tokens.end()) {
+        result_.stop_reason = "stopToken";
+        result_.stop_token = token;
+        break;
+      }
+      if (params_.stop_at_eog && llama_vocab_is_eog(vocab, token)) {
+        result_.stop_reason = "eog";
+        result_.stop_token = token;
+        break;
+      }
+      int32_t n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
+      if (n < 0) {
+        piece.resize(static_cast<size_t>(-n));
+        n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
+      }
+      Emit(stream_.Push(std::string(piece.data(), static_cast<size_t>(std::max(n, 0)))));
+      if (stream_.stopped()) {
+        result_.stop_reason = "stopString";
+        result_.stop_string = stream_.matched_stop();
+        break;
+      }
+      if (params_.max_tokens >= 0 && result_.tokens.size() >= static_cast<size_t>(params_.max_tokens)) {
+        result_.stop_reason = "maxTokens";
+        break;
+      }
+      if (cache.size() >= ctx.n_ctx()) {
+        result_.stop_reason = "contextFull";
+        break;
+      }
+      try {
+        ctx.Decode(&token, 1, LogitsMode::kLast, nullptr);
+      } catch (const CodedError &e) {
+        if (e.code() != code::kAborted) throw;
+        result_.stop_reason = "abort";
+        break;
+      }
+    }
+    Emit(stream_.Finish());
+    result_.generate_ms = MsSince(gen_start);
+  }
+
+  Napi::Object ResultObject(Napi::Env env) {
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Int32Array tokens = Napi::Int32Array::New(env, result_.tokens.size());
+    std::copy(result_.tokens.begin(), result_.tokens.end(), tokens.Data());
+    out.Set("tokens", tokens);
+    out.Set("text", Napi::String::New(env, result_.text));
+    out.Set("stopReason", result_.stop_reason);
+    out.Set("stopToken", result_.stop_token >= 0 ? Napi::Value(Napi::Number::New(env, result_.stop_token)) : env.Null());
+    out.Set("stopString", result_.stop_string.empty() ? env.Null() : Napi::Value(Napi::String::New(env, result_.stop_string)));
+    out.Set("reusedTokens", Napi::Number::New(env, static_cast<double>(result_.reused_tokens)));
+    out.Set("evaluatedTokens", Napi::Number::New(env, static_cast<double>(result_.evaluated_tokens)));
+    out.Set("promptMs", result_.prompt_ms);
+    out.Set("generateMs", result_.generate_ms);
+    return out;
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    context_->End();
+    Deliver(env);  // text still queued goes out before the result
+    deferred_.Resolve(ResultObject(env));
+  }
+
+  void OnError(const Napi::Error &error) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    context_->End();
+    Deliver(env);
+    deferred_.Reject(MakeError(env, code_, error.Message()).Value());
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference keep_;
+  Context *context_;
+  GenerateParams params_;
+  TextStream stream_;
+  GenerateResult result_;
+  const char *code_ = code::kDecode;
+
+  Napi::FunctionReference on_text_;
+  Napi::ThreadSafeFunction tsfn_;
+  bool has_tsfn_ = false;
+  std::mutex mu_;
+  std::string pending_;
+  bool call_scheduled_ = false;
+  Clock::time_point last_delivery_{};
+};
+
+std::vector<llama_token> TokenList(Napi::Env env, Napi::Value v, int32_t n_vocab, const char *what) {
+  std::vector<llama_token> out;
+  if (v.IsUndefined() || v.IsNull()) return out;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    Throw(env, code::kInvalidArgument, std::string(what) + " must be an Int32Array");
+  }
+  Napi::Int32Array arr = v.As<Napi::Int32Array>();
+  out.assign(arr.Data(), arr.Data() + arr.ElementLength());
+  for (llama_token t : out) {
+    if (t < 0 || t >= n_vocab) {
+      Throw(env, code::kOutOfRange, std::string(what) + " contains token id " + std::to_string(t) +
+                                        ", outside the vocabulary (0.." + std::to_string(n_vocab - 1) + ")");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// generate(prompt: Int32Array, params, onText?) -> Promise<result>
+Napi::Value Context::Generate(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  if (info.Length() < 2 || !info[1].IsObject()) Throw(env, code::kInvalidArgument, "generate(prompt, params, onText?)");
+  Napi::Object p = info[1].As<Napi::Object>();
+  GenerateParams params;
+  params.prompt = TokenList(env, info[0], n_vocab_, "prompt");
+  if (params.prompt.empty()) Throw(env, code::kInvalidArgument, "the prompt must contain at least one token");
+  if (params.prompt.size() > n_ctx_) {
+    Throw(env, code::kContextOverflow, "the prompt has " + std::to_string(params.prompt.size()) +
+                                           " tokens, more than the context size of " + std::to_string(n_ctx_));
+  }
+  params.sampling = SamplerParams::FromJs(p);
+  if (p.Get("maxTokens").IsNumber()) params.max_tokens = p.Get("maxTokens").As<Napi::Number>().Int32Value();
+  if (p.Has("reuseCache")) params.reuse_cache = p.Get("reuseCache").ToBoolean();
+  if (p.Has("stopAtEog")) params.stop_at_eog = p.Get("stopAtEog").ToBoolean();
+  params.stop_tokens = TokenList(env, p.Get("stopTokens"), n_vocab_, "stopTokens");
+  Napi::Value stops = p.Get("stopStrings");
+  if (stops.IsArray()) {
+    Napi::Array arr = stops.As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      std::string s = arr.Get(i).ToString().Utf8Value();
+      if (!s.empty()) params.stop_strings.push_back(std::move(s));
+    }
+  }
+  Napi::Function on_text;
+  if (info.Length() > 2 && info[2].IsFunction()) on_text = info[2].As<Napi::Function>();
+
+  Begin(env);
+  auto *worker = new GenerateWorker(env, this, Value(), std::move(params), on_text);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+}  // namespace huozi

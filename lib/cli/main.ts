@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+// The `huozi-gguf` command. Each command lives in its own file and is imported only when it runs, so that
+// `--help` starts without loading llama.cpp.
+import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../binding.js';
+
+const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+
+export function samplingOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('-m, --model <file>', 'GGUF model (default: the embedded huozi-tiny demo model)'))
+    .addOption(new Option('-c, --ctx-size <n>', 'context size in tokens').argParser(intArg).default(2048))
+    .addOption(new Option('-t, --threads <n>', 'CPU threads (default: available cores)').argParser(intArg))
+    .addOption(new Option('--ngl, --gpu-layers <n>', 'layers to offload to the GPU, or "max" (also -ngl)').default('max'))
+    .addOption(new Option('--temp <x>', 'temperature (0 = greedy)').argParser(floatArg).default(0.2))
+    .addOption(new Option('--top-k <n>', 'top-k sampling').argParser(intArg).default(40))
+    .addOption(new Option('--top-p <x>', 'top-p sampling').argParser(floatArg).default(0.95))
+    .addOption(new Option('--min-p <x>', 'min-p sampling').argParser(floatArg).default(0.05))
+    .addOption(new Option('--repeat-penalty <x>', 'repetition penalty').argParser(floatArg).default(1.1))
+    .addOption(new Option('--seed <n>', 'random seed').argParser(intArg));
+}
+
+function intArg(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new Error(`expected an integer, got "${value}"`);
+  return n;
+}
+
+function floatArg(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new Error(`expected a number, got "${value}"`);
+  return n;
+}
+
+const program = new Command()
+  .name('huozi-gguf')
+  .description('Run Huozi 3.5 and other llama.cpp GGUF models from Node.js')
+  .version(pkg.version);
+
+samplingOptions(
+  program
+    .command('complete')
+    .description('complete a raw prompt (no chat template) and print the text')
+    .option('-p, --prompt <text>', 'the prompt (default: read standard input)')
+    .addOption(new Option('-n, --max-tokens <n>', 'most tokens to generate').argParser(intArg).default(256))
+    .option('--special', 'parse special-token text such as <|endofutterance|> in the prompt', false)
+    .option('--stop <text...>', 'stop strings')
+    .option('--timings', 'print speed figures to standard error', false),
+).action(async (opts) => (await import('./complete.js')).complete(opts));
+
+// llama.cpp spells it -ngl; commander allows one-letter short flags only.
+const argv = process.argv.map((a) => (a === '-ngl' ? '--ngl' : a));
+
+program.parseAsync(argv).catch((error: Error & { code?: string }) => {
+  process.stderr.write(`huozi-gguf: ${error.message}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,408 @@
+import type { NativeContext, NativeGenerateResult } from './binding.js';
+import { AbortError, DisposedError, fromNative } from './errors.js';
+import { defaultThreads, type Model } from './model.js';
+import * as v from './validate.js';
+
+export interface ContextOptions {
+  /** Tokens the context holds (llama.cpp `-c`). Default: the model's training context, at most 4096. */
+  contextSize?: number;
+  /** Most tokens submitted to one llama_decode (llama.cpp `-b`). Default: `min(2048, contextSize)`. */
+  batchSize?: number;
+  /** Physical batch size (llama.cpp `-ub`). Default: `min(512, batchSize)`. */
+  ubatchSize?: number;
+  /** CPU threads for generation (llama.cpp `-t`). Default: the cores available to this process. */
+  threads?: number;
+  /** CPU threads for prompt processing (llama.cpp `-tb`). Default: `threads`. */
+  batchThreads?: number;
+  /** Flash attention (llama.cpp `-fa`): `'auto'`, `true` or `false`. Default: `'auto'`. */
+  flashAttention?: boolean | 'auto';
+}
+
+const CONTEXT_OPTIONS = ['contextSize', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention'] as const;
+
+export interface SamplingOptions {
+  /** Sampling temperature; 0 picks the most likely token (greedy). Default: 0.8. */
+  temperature?: number;
+  /** Keep the k most likely tokens; 0 turns it off. Default: 40. */
+  topK?: number;
+  /** Nucleus sampling threshold; 1 turns it off. Default: 0.95. */
+  topP?: number;
+  /** Drop tokens less likely than minP times the most likely one; 0 turns it off. Default: 0.05. */
+  minP?: number;
+  /** Penalty for repeated tokens (llama.cpp `--repeat-penalty`); 1 turns it off. Default: 1. */
+  repeatPenalty?: number;
+  /** How many recent tokens the penalties look at (llama.cpp `--repeat-last-n`). Default: 64. */
+  repeatLastN?: number;
+  /** OpenAI-style frequency penalty. Default: 0. */
+  frequencyPenalty?: number;
+  /** OpenAI-style presence penalty. Default: 0. */
+  presencePenalty?: number;
+  /** Random seed (llama.cpp `--seed`). Default: a random one. */
+  seed?: number;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate. Default: until the model ends or the context is full. */
+  maxTokens?: number;
+  /** Token ids that end generation (not included in the text). Default: none. */
+  stopTokens?: readonly number[];
+  /** Strings that end generation; the text stops right before the first one. Default: none. */
+  stopStrings?: readonly string[];
+  /** Stop at the vocabulary's end-of-generation tokens (eos, eot). Default: `true`. */
+  stopAtEog?: boolean;
+  /** Keep the KV cache of the longest prefix shared with what the context holds. Default: `true`. */
+  reuseCache?: boolean;
+  /** For a string prompt: prepend BOS. Default: what the GGUF says. */
+  addBos?: boolean;
+  /** For a string prompt: parse special-token text into tokens. Default: `false`. */
+  parseSpecial?: boolean;
+  /** Stops generation; the text generated so far is kept in the error's `result`. */
+  signal?: AbortSignal;
+}
+
+const GENERATE_OPTIONS = [
+  'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'frequencyPenalty', 'presencePenalty',
+  'seed', 'maxTokens', 'stopTokens', 'stopStrings', 'stopAtEog', 'reuseCache', 'addBos', 'parseSpecial', 'signal',
+] as const;
+
+export type StopReason = 'eog' | 'stopToken' | 'stopString' | 'maxTokens' | 'contextFull' | 'abort';
+
+export interface GenerationResult {
+  /** The generated text (without the stop token or stop string). */
+  text: string;
+  /** Every sampled token id, including a final stop token. */
+  tokens: number[];
+  stopReason: StopReason;
+  /** The token that stopped generation (stopReason `eog` or `stopToken`). */
+  stopToken: number | null;
+  /** The stop string that matched (stopReason `stopString`). */
+  stopString: string | null;
+  /** Prompt length in tokens. */
+  promptTokens: number;
+  /** Prompt tokens whose KV cache was reused from the context. */
+  reusedTokens: number;
+  /** Prompt tokens that were evaluated. */
+  evaluatedTokens: number;
+  timings: { promptMs: number; generateMs: number; promptTokensPerSecond: number; tokensPerSecond: number };
+}
+
+export interface EvaluateOptions {
+  /** Which logits to return: of the last token (default), of every token, or none. */
+  logits?: 'last' | 'all' | 'none';
+  signal?: AbortSignal;
+}
+
+/** @internal */
+export async function createContext(model: Model, options?: ContextOptions): Promise<Context> {
+  const o = v.options<ContextOptions>('options', options, CONTEXT_OPTIONS);
+  const contextSize =
+    o.contextSize === undefined ? Math.min(model.info.trainContextSize || 4096, 4096) : v.integer('contextSize', o.contextSize, 1, 1 << 24);
+  const batchSize = o.batchSize === undefined ? Math.min(2048, contextSize) : v.integer('batchSize', o.batchSize, 1, 1 << 24);
+  if (batchSize > contextSize) {
+    throw v.rangeError(`positive integer no larger than contextSize (${contextSize})`, 'batchSize', batchSize);
+  }
+  const ubatchSize = o.ubatchSize === undefined ? Math.min(512, batchSize) : v.integer('ubatchSize', o.ubatchSize, 1, 1 << 24);
+  if (ubatchSize > batchSize) {
+    throw v.rangeError(`positive integer no larger than batchSize (${batchSize})`, 'ubatchSize', ubatchSize);
+  }
+  const threads = o.threads === undefined ? defaultThreads() : v.integer('threads', o.threads, 1, 512);
+  const batchThreads = o.batchThreads === undefined ? threads : v.integer('batchThreads', o.batchThreads, 1, 512);
+  const fa = o.flashAttention === undefined ? 'auto' : v.oneOf('flashAttention', o.flashAttention, ['auto', true, false] as const);
+  const callSite = new Error();
+  try {
+    const native = await model.native.createContext({
+      contextSize, batchSize, ubatchSize, threads, batchThreads, flashAttention: fa === 'auto' ? -1 : fa ? 1 : 0,
+    });
+    return new Context(model, native);
+  } catch (error) {
+    throw fromNative(error, callSite);
+  }
+}
+
+/**
+ * An inference context: a KV cache holding one sequence of tokens, and the compute to extend it. Operations
+ * run one at a time, in the order they were called.
+ */
+export class Context {
+  readonly model: Model;
+  readonly contextSize: number;
+  readonly batchSize: number;
+  readonly ubatchSize: number;
+  readonly threads: number;
+  readonly batchThreads: number;
+
+  #native: NativeContext | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+  #running = 0;
+  readonly #disposeListeners = new Set<() => void>();
+
+  /** @internal Use {@link Model.createContext}. */
+  constructor(model: Model, native: NativeContext) {
+    this.model = model;
+    this.#native = native;
+    const info = native.info();
+    this.contextSize = info.contextSize;
+    this.batchSize = info.batchSize;
+    this.ubatchSize = info.ubatchSize;
+    this.threads = info.threads;
+    this.batchThreads = info.batchThreads;
+  }
+
+  get disposed(): boolean {
+    return this.#native === undefined;
+  }
+
+  #alive(): NativeContext {
+    if (!this.#native) throw new DisposedError('This context has been disposed');
+    return this.#native;
+  }
+
+  /**
+   * The tokens whose keys and values the context holds, in order. Throws a BusyError while an operation
+   * runs (the list is changing); read it between operations.
+   */
+  get tokens(): number[] {
+    try {
+      return Array.from(this.#alive().tokens());
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /**
+   * Queues `run` after every earlier operation. `signal` aborting while queued removes it; while running,
+   * it asks the native side to stop.
+   */
+  #enqueue<T>(signal: AbortSignal | undefined, run: (native: NativeContext) => Promise<T>): Promise<T> {
+    const start = async () => {
+      const native = this.#alive();
+      if (signal?.aborted) throw new AbortError();
+      const onAbort = () => native.abort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#running++;
+      try {
+        return await run(native);
+      } finally {
+        this.#running--;
+        signal?.removeEventListener('abort', onAbort);
+      }
+    };
+    const result = this.#tail.then(start, start);
+    this.#tail = result.catch(() => undefined);
+    return result;
+  }
+
+  /**
+   * Appends tokens to the context and evaluates them. Resolves to the logits asked for: a Float32Array of
+   * `vocabularySize` (last) or `tokens.length * vocabularySize` (all) values, or undefined (none).
+   */
+  evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<Float32Array | undefined> {
+    this.#alive();
+    const ids = v.tokens('tokens', tokens, this.model.vocabularySize);
+    if (ids.length === 0) throw v.rangeError('at least one token', 'tokens', tokens);
+    const o = v.options<EvaluateOptions>('options', options, ['logits', 'signal']);
+    const logits = o.logits === undefined ? 'last' : v.oneOf('logits', o.logits, ['last', 'all', 'none'] as const);
+    const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+    const callSite = new Error();
+    return this.#enqueue(signal, async (native) => {
+      try {
+        return await native.evaluate(ids, logits === 'all' ? 2 : logits === 'none' ? 0 : 1);
+      } catch (error) {
+        throw fromNative(error, callSite);
+      }
+    });
+  }
+
+  /**
+   * Generates from a prompt (text or token ids). Iterate the returned {@link Generation} for text chunks as
+   * they come, or await `generation.result` (or `generation.text()`) for the whole answer.
+   */
+  generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation {
+    this.#alive();
+    const o = v.options<GenerateOptions>('options', options, GENERATE_OPTIONS);
+    let ids: Int32Array;
+    if (typeof prompt === 'string') {
+      ids = this.model.tokenizeToArray(prompt, { addBos: o.addBos, parseSpecial: o.parseSpecial });
+    } else {
+      ids = v.tokens('prompt', prompt, this.model.vocabularySize);
+    }
+    if (ids.length === 0) throw v.rangeError('a prompt of at least one token', 'prompt', prompt);
+    if (ids.length > this.contextSize) {
+      throw v.rangeError(`a prompt of at most contextSize (${this.contextSize}) tokens`, 'prompt', `${ids.length} tokens`);
+    }
+    const params = nativeGenerateParams(o, this.model.vocabularySize);
+    const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+    const callSite = new Error();
+    const generation = new Generation();
+    const result = this.#enqueue(signal, async (native) => {
+      let raw: NativeGenerateResult;
+      try {
+        raw = await native.generate(ids, params, (text) => generation.push(text));
+      } catch (error) {
+        throw fromNative(error, callSite);
+      }
+      const out = toResult(raw, ids.length);
+      if (raw.stopReason === 'abort') {
+        throw Object.assign(new AbortError('Generation was aborted'), { result: out });
+      }
+      return out;
+    });
+    generation.attach(result, () => {
+      if (this.#native && this.#running > 0) this.#native.abort();
+    });
+    return generation;
+  }
+
+  /** Forgets the cached tokens from `position` on (0 empties the context). */
+  async eraseFrom(position: number): Promise<void> {
+    v.integer('position', position, 0);
+    await this.#enqueue(undefined, async (native) => native.eraseFrom(position));
+  }
+
+  /** Empties the context. */
+  clear(): Promise<void> {
+    return this.eraseFrom(0);
+  }
+
+  /** Runs `listener` once when the context is disposed. */
+  onDispose(listener: () => void): void {
+    this.#disposeListeners.add(listener);
+  }
+
+  /** Stops what is running, waits for it to end, and frees the context. Safe to call twice. */
+  async dispose(): Promise<void> {
+    const native = this.#native;
+    if (!native) return;
+    this.#native = undefined;
+    // Native dispose aborts a running operation and frees the context as soon as it ends.
+    native.dispose();
+    await this.#tail;
+    for (const listener of this.#disposeListeners) listener();
+    this.#disposeListeners.clear();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
+
+function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: number): Record<string, unknown> {
+  const p: Record<string, unknown> = {};
+  if (o.temperature !== undefined) p.temperature = v.number('temperature', o.temperature, 0, 100);
+  if (o.topK !== undefined) p.topK = v.integer('topK', o.topK, 0, vocabularySize);
+  if (o.topP !== undefined) p.topP = v.number('topP', o.topP, 0, 1);
+  if (o.minP !== undefined) p.minP = v.number('minP', o.minP, 0, 1);
+  if (o.repeatPenalty !== undefined) {
+    p.repeatPenalty = v.number('repeatPenalty', o.repeatPenalty, Number.MIN_VALUE, 100, 'positive number up to 100');
+  }
+  if (o.repeatLastN !== undefined) p.repeatLastN = v.integer('repeatLastN', o.repeatLastN, 0, 1 << 24);
+  if (o.frequencyPenalty !== undefined) p.frequencyPenalty = v.number('frequencyPenalty', o.frequencyPenalty, -100, 100);
+  if (o.presencePenalty !== undefined) p.presencePenalty = v.number('presencePenalty', o.presencePenalty, -100, 100);
+  if (o.seed !== undefined) p.seed = v.integer('seed', o.seed, 0, 0xffffffff);
+  if (o.maxTokens !== undefined) p.maxTokens = v.integer('maxTokens', o.maxTokens, 0, 0x7fffffff);
+  if (o.stopTokens !== undefined) p.stopTokens = v.tokens('stopTokens', o.stopTokens, vocabularySize);
+  if (o.stopStrings !== undefined) p.stopStrings = v.stringArray('stopStrings', o.stopStrings).filter((s) => s.length > 0);
+  if (o.stopAtEog !== undefined) p.stopAtEog = v.boolean('stopAtEog', o.stopAtEog);
+  if (o.reuseCache !== undefined) p.reuseCache = v.boolean('reuseCache', o.reuseCache);
+  return p;
+}
+
+function toResult(raw: NativeGenerateResult, promptTokens: number): GenerationResult {
+  const generated = raw.tokens.length;
+  return {
+    text: raw.text,
+    tokens: Array.from(raw.tokens),
+    stopReason: raw.stopReason,
+    stopToken: raw.stopToken,
+    stopString: raw.stopString,
+    promptTokens,
+    reusedTokens: raw.reusedTokens,
+    evaluatedTokens: raw.evaluatedTokens,
+    timings: {
+      promptMs: raw.promptMs,
+      generateMs: raw.generateMs,
+      promptTokensPerSecond: raw.promptMs > 0 ? (raw.evaluatedTokens * 1000) / raw.promptMs : 0,
+      tokensPerSecond: raw.generateMs > 0 ? (generated * 1000) / raw.generateMs : 0,
+    },
+  };
+}
+
+/**
+ * A running generation: an async iterable of text chunks (each ends on a whole character), and the final
+ * {@link GenerationResult}. Breaking out of the iteration stops the generation.
+ */
+export class Generation implements AsyncIterable<string> {
+  /** Resolves when generation ends; rejects with AbortError (carrying `.result`) or another typed error. */
+  readonly result: Promise<GenerationResult>;
+  #resolveResult!: (r: Promise<GenerationResult>) => void;
+  #chunks: string[] = [];
+  #waiter: (() => void) | undefined;
+  #ended = false;
+  #stop: () => void = () => {};
+  #iterated = false;
+
+  /** @internal */
+  constructor() {
+    this.result = new Promise((resolve) => (this.#resolveResult = resolve));
+  }
+
+  /** @internal */
+  push(text: string): void {
+    this.#chunks.push(text);
+    this.#wake();
+  }
+
+  /** @internal */
+  attach(result: Promise<GenerationResult>, stop: () => void): void {
+    this.#stop = stop;
+    this.#resolveResult(result);
+    const end = () => {
+      this.#ended = true;
+      this.#wake();
+    };
+    result.then(end, end);
+    // Whoever only iterates sees the error there; do not also report it as unhandled.
+    this.result.catch(() => undefined);
+  }
+
+  #wake(): void {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.();
+  }
+
+  /** The whole text, once generation ends. */
+  async text(): Promise<string> {
+    return (await this.result).text;
+  }
+
+  /** Stops the generation (the result then rejects with AbortError, keeping the partial text). */
+  stop(): void {
+    this.#stop();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<string> {
+    if (this.#iterated) throw new TypeError('A Generation can be iterated only once');
+    this.#iterated = true;
+    let finished = false;
+    try {
+      for (;;) {
+        if (this.#chunks.length > 0) {
+          const batch = this.#chunks;
+          this.#chunks = [];
+          yield batch.length === 1 ? batch[0] : batch.join('');
+          continue;
+        }
+        if (this.#ended) break;
+        await new Promise<void>((resolve) => (this.#waiter = resolve));
+      }
+      await this.result; // surfaces an error to the iterating code
+      finished = true;
+    } finally {
+      if (!finished && !this.#ended) {
+        this.#stop();
+        await this.result.catch(() => undefined);
+      }
+    }
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * Typed errors. Every error this package throws has a stable `.code`:
+ * validation failures are `TypeError` (`ERR_INVALID_ARG_TYPE`) or `RangeError` (`ERR_OUT_OF_RANGE`),
+ * runtime failures are subclasses of {@link HuoziError}.
+ */
+export class HuoziError extends Error {
+  readonly code: string;
+  constructor(message: string, code: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** llama.cpp could not load the model file (missing, unreadable, unsupported or corrupt). */
+export class ModelLoadError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_MODEL_LOAD', options);
+  }
+}
+
+/** llama.cpp could not create a context (usually: not enough memory for the requested size). */
+export class ContextCreateError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_CONTEXT_CREATE', options);
+  }
+}
+
+/** The tokens would not fit in the context. */
+export class ContextOverflowError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_CONTEXT_OVERFLOW', options);
+  }
+}
+
+/** llama_decode failed. */
+export class DecodeError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_DECODE', options);
+  }
+}
+
+/** The object was used after `dispose()`. */
+export class DisposedError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_DISPOSED', options);
+  }
+}
+
+/** The operation was stopped through its `signal`. `code` is `ABORT_ERR`, like Node's own AbortError. */
+export class AbortError extends HuoziError {
+  constructor(message = 'The operation was aborted', options?: ErrorOptions) {
+    super(message, 'ABORT_ERR', options);
+  }
+}
+
+/** A native call was made while the object was busy (lib/ normally queues calls, so this is a bug report). */
+export class BusyError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_BUSY', options);
+  }
+}
+
+/** The native addon could not be loaded. */
+export class BindingError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_BINDING', options);
+  }
+}
+
+interface NativeError extends Error {
+  code?: string;
+}
+
+/**
+ * Turns an error thrown by the addon into its typed class. `callSite` is an Error created in JS just before
+ * the native call, so that the stack points at the caller's code and not at an event-loop tick.
+ */
+export function fromNative(error: unknown, callSite?: Error): Error {
+  if (!(error instanceof Error)) return new HuoziError(String(error), 'ERR_HUOZI_NATIVE');
+  const native = error as NativeError;
+  const message = native.message;
+  let typed: Error;
+  switch (native.code) {
+    case 'ERR_HUOZI_MODEL_LOAD':
+      typed = new ModelLoadError(message);
+      break;
+    case 'ERR_HUOZI_CONTEXT_CREATE':
+      typed = new ContextCreateError(message);
+      break;
+    case 'ERR_HUOZI_CONTEXT_OVERFLOW':
+      typed = new ContextOverflowError(message);
+      break;
+    case 'ERR_HUOZI_DECODE':
+      typed = new DecodeError(message);
+      break;
+    case 'ERR_HUOZI_DISPOSED':
+      typed = new DisposedError(message);
+      break;
+    case 'ERR_HUOZI_ABORTED':
+      typed = new AbortError(message);
+      break;
+    case 'ERR_HUOZI_BUSY':
+      typed = new BusyError(message);
+      break;
+    case 'ERR_HUOZI_INVALID_ARGUMENT':
+      typed = Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
+      break;
+    case 'ERR_HUOZI_OUT_OF_RANGE':
+      typed = Object.assign(new RangeError(message), { code: 'ERR_OUT_OF_RANGE' });
+      break;
+    default:
+      return error;
+  }
+  if (callSite?.stack) {
+    typed.stack = `${typed.name}: ${message}\n${callSite.stack.split('\n').slice(1).join('\n')}`;
+  }
+  return typed;
+}

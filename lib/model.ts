@@ -1,0 +1,200 @@
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+import { binding, type NativeModel, type NativeModelInfo } from './binding.js';
+import { Context, createContext, type ContextOptions } from './context.js';
+import { AbortError, DisposedError, fromNative, ModelLoadError } from './errors.js';
+import * as v from './validate.js';
+
+export interface LoadModelOptions {
+  /**
+   * Layers to offload to the GPU (llama.cpp `-ngl`). A number, or `'max'` for all of them.
+   * Ignored by the CPU build. Default: `'max'`.
+   */
+  gpuLayers?: number | 'max';
+  /** Memory-map the file instead of reading it (llama.cpp `--mmap`). Default: `true`. */
+  useMmap?: boolean;
+  /** Lock the weights in RAM so the OS cannot swap them out (llama.cpp `--mlock`). Default: `false`. */
+  useMlock?: boolean;
+  /** Load only the vocabulary: enough to tokenize, nothing to generate with. Default: `false`. */
+  vocabOnly?: boolean;
+  /** Check tensor data for NaN/inf while loading (llama.cpp `--check-tensors`). Default: `false`. */
+  checkTensors?: boolean;
+  /** Called with the load progress, from 0 to 1; 1 is reported exactly once, when the model is ready. */
+  onProgress?: (progress: number) => void;
+  /** Stops loading; the promise then rejects with an {@link AbortError}. */
+  signal?: AbortSignal;
+}
+
+const LOAD_OPTIONS = ['gpuLayers', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'onProgress', 'signal'] as const;
+
+/** The special tokens of a model's vocabulary (`null` where the vocabulary has none). */
+export interface SpecialTokens {
+  bos: number | null;
+  eos: number | null;
+  eot: number | null;
+  nl: number | null;
+  /** Whether tokenize() adds BOS by default, as the GGUF says. */
+  addBos: boolean;
+}
+
+export interface TokenizeOptions {
+  /** Prepend BOS (when the vocabulary has one). Default: what the GGUF says (`tokenizer.ggml.add_bos_token`). */
+  addBos?: boolean;
+  /**
+   * Turn the text of special tokens (`<|endofutterance|>`) into those tokens. Default: `false`, so that text
+   * from users can never forge control tokens.
+   */
+  parseSpecial?: boolean;
+}
+
+export interface DetokenizeOptions {
+  /** Render special/control tokens as their text (`<|endofutterance|>`). Default: `false`. */
+  special?: boolean;
+}
+
+/** Loads a GGUF model. */
+export async function loadModel(path: string, options?: LoadModelOptions): Promise<Model> {
+  v.string('path', path, { allowEmpty: false });
+  const o = v.options<LoadModelOptions>('options', options, LOAD_OPTIONS);
+  const params: Record<string, unknown> = {};
+  if (o.gpuLayers !== undefined) {
+    params.gpuLayers = o.gpuLayers === 'max' ? -1 : v.integer('gpuLayers', o.gpuLayers, 0, 100_000);
+  }
+  if (o.useMmap !== undefined) params.useMmap = v.boolean('useMmap', o.useMmap);
+  if (o.useMlock !== undefined) params.useMlock = v.boolean('useMlock', o.useMlock);
+  if (o.vocabOnly !== undefined) params.vocabOnly = v.boolean('vocabOnly', o.vocabOnly);
+  if (o.checkTensors !== undefined) params.checkTensors = v.boolean('checkTensors', o.checkTensors);
+  const onProgress = o.onProgress === undefined ? undefined : v.func<(p: number) => void>('onProgress', o.onProgress);
+  const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+  if (signal?.aborted) throw new AbortError('model loading was aborted');
+
+  const fullPath = resolve(path);
+  const callSite = new Error();
+  let last = -1;
+  let done = false;
+  const report = (p: number) => {
+    // Progress may arrive after the promise settles (it comes through another queue); keep it monotonic
+    // and leave 1 to the end.
+    if (!onProgress || done || p >= 1 || p <= last) return;
+    last = p;
+    onProgress(p);
+  };
+  const handle = binding().loadModel(fullPath, params, onProgress ? report : undefined);
+  const onAbort = () => handle.cancel();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const native = await handle.promise;
+    done = true;
+    onProgress?.(1);
+    return new Model(native, fullPath);
+  } catch (error) {
+    done = true;
+    const typed = fromNative(error, callSite);
+    if (typed instanceof ModelLoadError) {
+      typed.message = typed.message.replace(/^failed to load model from /, `Failed to load model from `);
+    }
+    throw typed;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** A loaded GGUF model. Create with {@link loadModel}; free with {@link Model.dispose}. */
+export class Model {
+  /** Absolute path of the GGUF file. */
+  readonly path: string;
+  /** Shape and facts llama.cpp reports about the model. */
+  readonly info: Readonly<Omit<NativeModelInfo, 'metadata' | 'tokens'>>;
+  /** Every GGUF metadata key, with llama.cpp's string rendering of its value. */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** The vocabulary's special tokens. */
+  readonly tokens: Readonly<SpecialTokens>;
+  /** Number of tokens in the vocabulary. */
+  readonly vocabularySize: number;
+
+  #native: NativeModel | undefined;
+  readonly #contexts = new Set<Context>();
+  readonly #disposeListeners = new Set<() => void>();
+
+  /** @internal Use {@link loadModel}. */
+  constructor(native: NativeModel, path: string) {
+    this.#native = native;
+    this.path = path;
+    const { metadata, tokens, ...info } = native.info();
+    this.info = Object.freeze(info);
+    this.metadata = Object.freeze(metadata);
+    this.tokens = Object.freeze({ bos: tokens.bos, eos: tokens.eos, eot: tokens.eot, nl: tokens.nl, addBos: tokens.addBos });
+    this.vocabularySize = info.vocabularySize;
+  }
+
+  /** @internal */
+  get native(): NativeModel {
+    if (!this.#native) throw new DisposedError('This model has been disposed');
+    return this.#native;
+  }
+
+  get disposed(): boolean {
+    return this.#native === undefined;
+  }
+
+  /** Text to token ids. */
+  tokenize(text: string, options?: TokenizeOptions): number[] {
+    return Array.from(this.tokenizeToArray(text, options));
+  }
+
+  /** @internal Like tokenize(), without the copy into a JS array. */
+  tokenizeToArray(text: string, options?: TokenizeOptions): Int32Array {
+    v.string('text', text);
+    const o = v.options<TokenizeOptions>('options', options, ['addBos', 'parseSpecial']);
+    const addBos = o.addBos === undefined ? this.tokens.addBos : v.boolean('addBos', o.addBos);
+    const parseSpecial = o.parseSpecial === undefined ? false : v.boolean('parseSpecial', o.parseSpecial);
+    return this.native.tokenize(text, addBos, parseSpecial);
+  }
+
+  /** Token ids to text. */
+  detokenize(tokens: ArrayLike<number>, options?: DetokenizeOptions): string {
+    const ids = v.tokens('tokens', tokens, this.vocabularySize);
+    const o = v.options<DetokenizeOptions>('options', options, ['special']);
+    const special = o.special === undefined ? false : v.boolean('special', o.special);
+    return this.native.detokenize(ids, false, special);
+  }
+
+  /** Whether the token ends generation by llama.cpp's rules (eos, eot and the like). */
+  isEndOfGeneration(token: number): boolean {
+    v.integer('token', token, 0, this.vocabularySize - 1);
+    return this.native.isEog(token);
+  }
+
+  /** Creates an inference context (KV cache and compute buffers) on this model. */
+  async createContext(options?: ContextOptions): Promise<Context> {
+    const context = await createContext(this, options);
+    this.#contexts.add(context);
+    context.onDispose(() => this.#contexts.delete(context));
+    return context;
+  }
+
+  /** Runs `listener` once when the model is disposed. */
+  onDispose(listener: () => void): void {
+    this.#disposeListeners.add(listener);
+  }
+
+  /** Disposes the model's contexts (stopping what they run), then frees the weights. Safe to call twice. */
+  async dispose(): Promise<void> {
+    if (!this.#native) return;
+    await Promise.all([...this.#contexts].map((c) => c.dispose()));
+    const native = this.#native;
+    this.#native = undefined;
+    native.dispose();
+    for (const listener of this.#disposeListeners) listener();
+    this.#disposeListeners.clear();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
+
+/** The default thread count: every core this process may run on (not node-llama-cpp's fixed minimum of 4). */
+export function defaultThreads(): number {
+  return Math.max(1, availableParallelism());
+}

@@ -46,7 +46,10 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** Token ids that end generation (not included in the text). Default: none. */
   stopTokens?: readonly number[];
-  /** Strings that end generation; the text stops right before the first one. Default: none. */
+  /**
+   * Strings that end generation; the text stops right before the first one. A string that is the text of a
+   * special token (`<|endofutterance|>`) stops at that token. Default: none.
+   */
   stopStrings?: readonly string[];
   /** Stop at the vocabulary's end-of-generation tokens (eos, eot). Default: `true`. */
   stopAtEog?: boolean;
@@ -231,6 +234,15 @@ export class Context {
       throw v.rangeError(`a prompt of at most contextSize (${this.contextSize}) tokens`, 'prompt', `${ids.length} tokens`);
     }
     const params = nativeGenerateParams(o, this.model.vocabularySize);
+    // Control tokens render no text, so a stop string naming one (`<|endofutterance|>`) could never match
+    // the text; it stops at the token instead.
+    const specialStops = (params.stopStrings as string[] | undefined)?.flatMap((s) => {
+      const ids = this.model.tokenizeToArray(s, { addBos: false, parseSpecial: true });
+      return ids.length === 1 && this.model.native.detokenize(ids, false, false) === '' ? [ids[0]] : [];
+    });
+    if (specialStops?.length) {
+      params.stopTokens = Int32Array.from([...((params.stopTokens as Int32Array | undefined) ?? []), ...specialStops]);
+    }
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const callSite = new Error();
     const generation = new Generation();

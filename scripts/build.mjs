@@ -49,9 +49,9 @@ if (values.portable) defines.GGML_NATIVE = 'OFF';
 const cudaArch = values['cuda-arch'] ?? process.env.HUOZI_CUDA_ARCHITECTURES ?? process.env.CMAKE_CUDA_ARCHITECTURES;
 if (gpu === 'cuda' && cudaArch) defines.CMAKE_CUDA_ARCHITECTURES = cudaArch;
 
-// cmake-js works in build/cmake so that node-gyp (see binding.gyp), which wipes build/, never shares a tree
+// cmake-js works in .build/cmake so that node-gyp (see binding.gyp), which wipes build/, never shares a tree
 // with it; the finished addon is copied to build/Release where node-gyp-build looks.
-const out = join(root, 'build', 'cmake');
+const out = join(root, '.build', 'cmake');
 const require = createRequire(import.meta.url);
 const cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');
 const args = [cmakeJs, 'compile', '--out', out, '--config', config, '--parallel', String(jobs), '--log-level', 'warn'];

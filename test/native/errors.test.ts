@@ -133,8 +133,11 @@ describe('use after dispose', () => {
     const m = await loadModel(f16Path);
     const c = await m.createContext({ contextSize: 128 });
     const running = c.generate([1, 1000], { temperature: 0, stopAtEog: false, maxTokens: 100_000 });
+    const queued = c.generate([1, 1001], { temperature: 0, maxTokens: 4 });
+    await running[Symbol.asyncIterator]().next(); // it is generating now
     await m.dispose(); // disposes the context first, stopping its generation
     await expect(running.result).rejects.toMatchObject({ code: 'ABORT_ERR' });
+    await expect(queued.result).rejects.toBeInstanceOf(DisposedError);
     expect(c.disposed).toBe(true);
     expect(m.disposed).toBe(true);
     expect(() => c.generate([1])).toThrow(DisposedError);

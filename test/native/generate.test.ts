@@ -48,6 +48,12 @@ describe('streaming', () => {
     expect(result.text).toBe('《感遇・其一》\n');
   });
 
+  it('stops at a special token named as a stop string', async () => {
+    const g = reference.greedy[8];
+    const result = await context.generate(g.prompt_ids, { temperature: 0, stopStrings: ['<|endofutterance|>'] }).result;
+    expect(result).toMatchObject({ stopReason: 'stopToken', stopToken: EOU, text: '作者是王维。' });
+  });
+
   it('honours maxTokens, eog and stop tokens', async () => {
     const g = reference.greedy[0];
     const short = await context.generate(g.prompt_ids, { temperature: 0, maxTokens: 3 }).result;

@@ -14,8 +14,9 @@ function top5(row: Float32Array): number[] {
   return Array.from(row.keys()).sort((a, b) => row[b] - row[a]).slice(0, 5);
 }
 
-// The HF model ran in fp32; this GGUF holds f16 weights. The differences below are what f16 costs.
-const MAX_ABS_DIFF = 0.25;
+// The HF model ran in fp32; this GGUF holds f16 weights. Measured: at most 0.0042 on the last position and
+// 0.0156 over every position's top-5 (CPU build, this fixture).
+const MAX_ABS_DIFF = 0.05;
 
 describe('teacher-forced logits agree with the HF model', () => {
   it.each(reference.teacher_forced.map((t, i) => [i, t] as const))('sequence %i', async (_, t) => {

@@ -1,0 +1,35 @@
+// One measurement of our addon, in its own process: prints {pp, tg} in tokens/s as JSON.
+// pp: evaluate `prompt` tokens into an empty context (batch 512, like llama-bench's pp512);
+// tg: generate `gen` tokens one at a time from an empty context, greedy, eog ignored; the rate counts the
+//     `gen` decodes over the whole native loop (sampling and detokenizing included), as llama-bench counts
+//     its decodes.
+import { loadModel } from '../../dist/index.js';
+
+const [modelPath, threadsArg, promptArg, genArg] = process.argv.slice(2);
+const threads = Number(threadsArg);
+const prompt = Number(promptArg);
+const gen = Number(genArg);
+const model = await loadModel(modelPath);
+const random = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (model.vocabularySize - 3)));
+
+const out = {};
+{
+  await using context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads });
+  const tokens = random(prompt);
+  await context.evaluate(tokens, { logits: 'last' }); // warm-up, as llama-bench does
+  await context.clear();
+  const t0 = process.hrtime.bigint();
+  await context.evaluate(tokens, { logits: 'last' });
+  out.pp = prompt / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+{
+  await using context = await model.createContext({ contextSize: gen + 2, batchSize: gen + 2, threads });
+  const opts = { temperature: 0, maxTokens: gen + 1, stopAtEog: false, reuseCache: false };
+  await context.generate([1], { ...opts, maxTokens: 2 }).result; // warm-up
+  const generation = context.generate([1], opts);
+  for await (const _ of generation); // consume the stream as an application would
+  const r = await generation.result;
+  out.tg = gen / (r.timings.generateMs / 1000);
+}
+await model.dispose();
+console.log(JSON.stringify(out));

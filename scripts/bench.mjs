@@ -16,7 +16,7 @@ import { buildNativeTools, nativeTool } from './native-tools.mjs';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
   options: {
-    rounds: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '9' },
     threads: { type: 'string', default: '1,2' },
     models: { type: 'string' },
     prompt: { type: 'string', default: '512' },
@@ -72,12 +72,16 @@ for (const model of models) {
         samples[name].tg.push(r.tg);
       }
     }
-    const native = { pp: median(samples['llama-bench'].pp), tg: median(samples['llama-bench'].tg) };
+    const native = samples['llama-bench'];
     for (const name of names) {
       const pp = median(samples[name].pp);
       const tg = median(samples[name].tg);
-      rows.push({ model: basename(model), threads, name, pp, tg, ppRatio: pp / native.pp, tgRatio: tg / native.tg });
-      process.stdout.write(`${basename(model)} t=${threads} ${name}: pp${prompt} ${pp.toFixed(0)} t/s (${(pp / native.pp).toFixed(2)}x), tg${gen} ${tg.toFixed(0)} t/s (${(tg / native.tg).toFixed(2)}x)\n`);
+      // Ratios pair each round's measurement with llama-bench's from the same round (seconds apart), then take
+      // the median: the machine's speed drifts by ±30% over minutes, far more than within a round.
+      const ppRatio = median(samples[name].pp.map((x, i) => x / native.pp[i]));
+      const tgRatio = median(samples[name].tg.map((x, i) => x / native.tg[i]));
+      rows.push({ model: basename(model), threads, name, pp, tg, ppRatio, tgRatio });
+      process.stdout.write(`${basename(model)} t=${threads} ${name}: pp${prompt} ${pp.toFixed(0)} t/s (${ppRatio.toFixed(2)}x), tg${gen} ${tg.toFixed(0)} t/s (${tgRatio.toFixed(2)}x)\n`);
     }
   }
 }
@@ -100,9 +104,10 @@ const doc = `# Benchmarks
 Produced by \`npm run bench${argv ? ` -- ${argv}` : ''}\` (scripts/bench.mjs) on ${new Date().toISOString().slice(0, 10)}, commit ${commit}:
 ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, CPU build.
 
-Each figure is the median of ${rounds} rounds; in every round each runtime runs once in a fresh process, in
-rotating order, so that the machine's drift affects all three alike. "vs native" is the ratio to
-llama.cpp's own \`llama-bench\`, built from the same pinned tree with the same flags (\`scripts/native-tools.mjs\`).
+In each of ${rounds} rounds every runtime runs once, in a fresh process, in rotating order. t/s figures are
+medians over the rounds; "vs native" is the median over rounds of the ratio to llama.cpp's own
+\`llama-bench\` *in the same round* (built from the same pinned tree with the same flags,
+\`scripts/native-tools.mjs\`), which cancels most of this machine's drift.
 pp: ${prompt} prompt tokens into an empty context in one batch; tg: ${gen} tokens decoded one at a time. Our tg
 includes sampling and detokenizing every token and streaming the text to a JS \`for await\` loop;
 llama-bench's does neither.

@@ -164,25 +164,35 @@ void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::
                                                  std::to_string(n_ctx_));
   }
   if (mode == LogitsMode::kAll && all_logits != nullptr) all_logits->reserve(n * static_cast<size_t>(n_vocab_));
-  llama_batch batch = llama_batch_init(static_cast<int32_t>(std::min<size_t>(n, n_batch_)), 0, 1);
+  has_logits_ = false;
+  TakeThreadErrors();  // drop lines left over from an earlier call
+  // One token (every step of generation): llama_batch_get_one, no allocation. It puts the token at the next
+  // position of sequence 0 and asks for its logits, which is what kLast wants.
+  llama_batch one = llama_batch_get_one(const_cast<llama_token *>(tokens), 1);
+  llama_batch batch = n == 1 && mode == LogitsMode::kLast
+                          ? one
+                          : llama_batch_init(static_cast<int32_t>(std::min<size_t>(n, n_batch_)), 0, 1);
   struct BatchGuard {
     llama_batch &b;
-    ~BatchGuard() { llama_batch_free(b); }
-  } guard{batch};
-  has_logits_ = false;
+    bool owned;
+    ~BatchGuard() {
+      if (owned) llama_batch_free(b);
+    }
+  } guard{batch, batch.pos != nullptr};
   for (size_t start = 0; start < n; start += n_batch_) {
     const size_t count = std::min<size_t>(n_batch_, n - start);
     const size_t base = tokens_.size();
-    batch.n_tokens = static_cast<int32_t>(count);
-    for (size_t i = 0; i < count; ++i) {
-      batch.token[i] = tokens[start + i];
-      batch.pos[i] = static_cast<llama_pos>(base + i);
-      batch.n_seq_id[i] = 1;
-      batch.seq_id[i][0] = 0;
-      const bool last = start + i == n - 1;
-      batch.logits[i] = mode == LogitsMode::kAll || (mode == LogitsMode::kLast && last);
+    if (guard.owned) {
+      batch.n_tokens = static_cast<int32_t>(count);
+      for (size_t i = 0; i < count; ++i) {
+        batch.token[i] = tokens[start + i];
+        batch.pos[i] = static_cast<llama_pos>(base + i);
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        const bool last = start + i == n - 1;
+        batch.logits[i] = mode == LogitsMode::kAll || (mode == LogitsMode::kLast && last);
+      }
     }
-    TakeThreadErrors();
     const int32_t ret = llama_decode(ctx_, batch);
     if (ret != 0) {
       // Keep tokens_ equal to what the memory holds: some ubatches may have been kept (abort, fatal error).
@@ -191,14 +201,14 @@ void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::
       if (kept < base) {
         tokens_.resize(kept);
       } else {
-        tokens_.insert(tokens_.end(), batch.token, batch.token + std::min(count, kept - base));
+        tokens_.insert(tokens_.end(), tokens + start, tokens + start + std::min(count, kept - base));
       }
       if (ret == 2 || abort_.load()) throw CodedError(code::kAborted, "evaluation was aborted");
       if (ret == 1) throw CodedError(code::kContextOverflow, "no room left in the context memory for this batch");
       std::string why = TakeThreadErrors();
       throw CodedError(code::kDecode, "llama_decode failed with status " + std::to_string(ret) + (why.empty() ? "" : ": " + why));
     }
-    tokens_.insert(tokens_.end(), batch.token, batch.token + count);
+    tokens_.insert(tokens_.end(), tokens + start, tokens + start + count);
     if (mode == LogitsMode::kAll && all_logits != nullptr) {
       for (size_t i = 0; i < count; ++i) {
         const float *row = llama_get_logits_ith(ctx_, static_cast<int32_t>(i));

@@ -14,22 +14,24 @@ const random = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (mod
 
 const out = {};
 {
-  await using context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads });
+  const context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads });
   const tokens = random(prompt);
   await context.evaluate(tokens, { logits: 'last' }); // warm-up, as llama-bench does
   await context.clear();
   const t0 = process.hrtime.bigint();
   await context.evaluate(tokens, { logits: 'last' });
   out.pp = prompt / (Number(process.hrtime.bigint() - t0) / 1e9);
+  await context.dispose();
 }
 {
-  await using context = await model.createContext({ contextSize: gen + 2, batchSize: gen + 2, threads });
+  const context = await model.createContext({ contextSize: gen + 2, batchSize: gen + 2, threads });
   const opts = { temperature: 0, maxTokens: gen + 1, stopAtEog: false, reuseCache: false };
   await context.generate([1], { ...opts, maxTokens: 2 }).result; // warm-up
   const generation = context.generate([1], opts);
   for await (const _ of generation); // consume the stream as an application would
   const r = await generation.result;
   out.tg = gen / (r.timings.generateMs / 1000);
+  await context.dispose();
 }
 await model.dispose();
 console.log(JSON.stringify(out));

@@ -49,6 +49,8 @@ export interface NativeContext {
   evaluate(tokens: Int32Array, logits: 0 | 1 | 2): Promise<Float32Array | undefined>;
   generate(prompt: Int32Array, params: object, onText?: (text: string) => void): Promise<NativeGenerateResult>;
   eraseFrom(position: number): void;
+  saveState(): Promise<{ data: Buffer; tokens: Int32Array }>;
+  loadState(data: Buffer, tokens: Int32Array): Promise<void>;
   abort(): void;
   setThreads(threads: number, batchThreads: number): void;
   dispose(): void;
@@ -61,6 +63,7 @@ export interface NativeModel {
   detokenize(tokens: Int32Array, removeSpecial: boolean, unparseSpecial: boolean): string;
   tokenPieces(tokens: Int32Array, special: boolean): Buffer[];
   isEog(token: number): boolean;
+  specialTokens(): { ids: Int32Array; texts: string[] };
   createContext(params: object): Promise<NativeContext>;
   dispose(): void;
   readonly disposed: boolean;

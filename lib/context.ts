@@ -271,6 +271,34 @@ export class Context {
     await this.#enqueue(undefined, async (native) => native.eraseFrom(position));
   }
 
+  /** @internal The KV cache of the sequence and its tokens (for ChatSession.save). */
+  saveState(): Promise<{ data: Buffer; tokens: number[] }> {
+    this.#alive();
+    const callSite = new Error();
+    return this.#enqueue(undefined, async (native) => {
+      try {
+        const { data, tokens } = await native.saveState();
+        return { data, tokens: Array.from(tokens) };
+      } catch (error) {
+        throw fromNative(error, callSite);
+      }
+    });
+  }
+
+  /** @internal Restores what saveState() returned (checked by the caller). */
+  loadState(data: Buffer, tokens: readonly number[]): Promise<void> {
+    this.#alive();
+    const ids = v.tokens('tokens', tokens, this.model.vocabularySize);
+    const callSite = new Error();
+    return this.#enqueue(undefined, async (native) => {
+      try {
+        await native.loadState(data, ids);
+      } catch (error) {
+        throw fromNative(error, callSite);
+      }
+    });
+  }
+
   /** Empties the context. */
   clear(): Promise<void> {
     return this.eraseFrom(0);

@@ -10,3 +10,8 @@ export {
 } from './errors.js';
 export { demoModelPath } from './demo.js';
 export { systemInfo } from './system.js';
+export { ChatSession, SessionFileError } from './chat/session.js';
+export type { ChatSessionOptions, ChatPromptOptions, ChatAnswer, ChatStream } from './chat/session.js';
+export { huoziTemplate, chatmlTemplate, jinjaTemplate, jinjaTemplateFile } from './chat/template.js';
+export type { ChatTemplate, ChatMessage, ChatRole, Segment, JinjaTemplateOptions } from './chat/template.js';
+export type { TemplateOption } from './chat/detect.js';

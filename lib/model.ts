@@ -113,6 +113,8 @@ export class Model {
   readonly vocabularySize: number;
 
   #native: NativeModel | undefined;
+  #special: Map<string, number> | undefined;
+  #specialText: Map<number, string> | undefined;
   readonly #contexts = new Set<Context>();
   readonly #disposeListeners = new Set<() => void>();
 
@@ -157,6 +159,22 @@ export class Model {
     const o = v.options<DetokenizeOptions>('options', options, ['special']);
     const special = o.special === undefined ? false : v.boolean('special', o.special);
     return this.native.detokenize(ids, false, special);
+  }
+
+  /** The vocabulary's control and user-defined tokens by their text (`<|endofutterance|>` → 2049). */
+  get specialTokens(): ReadonlyMap<string, number> {
+    if (!this.#special) {
+      const { ids, texts } = this.native.specialTokens();
+      this.#special = new Map(texts.map((t, i) => [t, ids[i]]));
+      this.#specialText = new Map(texts.map((t, i) => [ids[i], t]));
+    }
+    return this.#special;
+  }
+
+  /** The text of a special token, or undefined for an ordinary one. */
+  specialTokenText(token: number): string | undefined {
+    void this.specialTokens;
+    return this.#specialText!.get(token);
   }
 
   /** Whether the token ends generation by llama.cpp's rules (eos, eot and the like). */

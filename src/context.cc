@@ -19,6 +19,8 @@ Napi::Function Context::Init(Napi::Env env) {
                          InstanceMethod<&Context::Evaluate>("evaluate"),
                          InstanceMethod<&Context::Generate>("generate"),
                          InstanceMethod<&Context::EraseFrom>("eraseFrom"),
+                         InstanceMethod<&Context::SaveState>("saveState"),
+                         InstanceMethod<&Context::LoadState>("loadState"),
                          InstanceMethod<&Context::Abort>("abort"),
                          InstanceMethod<&Context::SetThreads>("setThreads"),
                          InstanceMethod<&Context::Dispose>("dispose"),
@@ -305,6 +307,74 @@ Napi::Value Context::EraseFrom(const Napi::CallbackInfo &info) {
   if (pos < 0) Throw(env, code::kOutOfRange, "position must be >= 0");
   Truncate(static_cast<size_t>(pos));
   return env.Undefined();
+}
+
+// saveState() -> Promise<{ data: Buffer, tokens: Int32Array }>: sequence 0's KV cache and its tokens.
+Napi::Value Context::SaveState(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Begin(env);
+  struct Saved {
+    std::vector<uint8_t> data;
+    std::vector<llama_token> tokens;
+  };
+  return PromiseWorker<Saved>::Start(
+      env, Value(), code::kDecode,
+      [this]() {
+        Saved saved;
+        RunOnThread([&] {
+          saved.data.resize(llama_state_seq_get_size(ctx_, 0));
+          const size_t n = llama_state_seq_get_data(ctx_, saved.data.data(), saved.data.size(), 0);
+          if (n == 0 && !tokens_.empty()) throw CodedError(code::kDecode, "llama_state_seq_get_data failed");
+          saved.data.resize(n);
+          saved.tokens = tokens_;
+        });
+        return saved;
+      },
+      [](Napi::Env env, Saved &saved) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("data", Napi::Buffer<uint8_t>::Copy(env, saved.data.data(), saved.data.size()));
+        Napi::Int32Array tokens = Napi::Int32Array::New(env, saved.tokens.size());
+        std::copy(saved.tokens.begin(), saved.tokens.end(), tokens.Data());
+        out.Set("tokens", tokens);
+        return out;
+      },
+      [this]() { End(); });
+}
+
+// loadState(data: Buffer, tokens: Int32Array) -> Promise<void>. The caller (lib/chat/session.ts) has checked
+// the data's checksum and model; llama.cpp checks its own layout and fails cleanly on a mismatch.
+Napi::Value Context::LoadState(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  if (!info[0].IsBuffer()) Throw(env, code::kInvalidArgument, "state must be a Buffer");
+  Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
+  std::vector<uint8_t> data(buffer.Data(), buffer.Data() + buffer.Length());
+  std::vector<llama_token> tokens = TokensArg(env, info[1], n_vocab_);
+  if (tokens.size() > n_ctx_) Throw(env, code::kContextOverflow, "the saved state holds more tokens than this context");
+  Begin(env);
+  return PromiseWorker<bool>::Start(
+      env, Value(), code::kDecode,
+      [this, data = std::move(data), tokens = std::move(tokens)]() {
+        RunOnThread([&] {
+          llama_memory_t mem = llama_get_memory(ctx_);
+          llama_memory_seq_rm(mem, 0, -1, -1);
+          tokens_.clear();
+          has_logits_ = false;
+          if (data.empty()) return;
+          if (llama_state_seq_set_data(ctx_, data.data(), data.size(), 0) == 0) {
+            llama_memory_seq_rm(mem, 0, -1, -1);
+            throw CodedError(code::kDecode, "the saved state does not fit this context (different model or settings)");
+          }
+          const llama_pos pos_max = llama_memory_seq_pos_max(mem, 0);
+          if (static_cast<size_t>(pos_max + 1) != tokens.size()) {
+            llama_memory_seq_rm(mem, 0, -1, -1);
+            throw CodedError(code::kDecode, "the saved state and its token list disagree");
+          }
+          tokens_ = tokens;
+        });
+        return true;
+      },
+      [](Napi::Env env, bool &) -> Napi::Value { return env.Undefined(); }, [this]() { End(); });
 }
 
 Napi::Value Context::Abort(const Napi::CallbackInfo &info) {

@@ -57,6 +57,8 @@ class Context final : public Napi::ObjectWrap<Context> {
   Napi::Value Evaluate(const Napi::CallbackInfo &info);
   Napi::Value Generate(const Napi::CallbackInfo &info);
   Napi::Value EraseFrom(const Napi::CallbackInfo &info);
+  Napi::Value SaveState(const Napi::CallbackInfo &info);
+  Napi::Value LoadState(const Napi::CallbackInfo &info);
   Napi::Value Abort(const Napi::CallbackInfo &info);
   Napi::Value SetThreads(const Napi::CallbackInfo &info);
   Napi::Value Dispose(const Napi::CallbackInfo &info);

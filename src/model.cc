@@ -17,6 +17,7 @@ Napi::Function Model::Init(Napi::Env env) {
                          InstanceMethod<&Model::Detokenize>("detokenize"),
                          InstanceMethod<&Model::TokenPieces>("tokenPieces"),
                          InstanceMethod<&Model::IsEog>("isEog"),
+                         InstanceMethod<&Model::SpecialTokens>("specialTokens"),
                          InstanceMethod<&Model::CreateContext>("createContext"),
                          InstanceMethod<&Model::Dispose>("dispose"),
                          InstanceAccessor<&Model::Disposed>("disposed"),
@@ -208,6 +209,29 @@ Napi::Value Model::IsEog(const Napi::CallbackInfo &info) {
   int32_t t = info[0].As<Napi::Number>().Int32Value();
   if (t < 0 || t >= n_vocab_) return Napi::Boolean::New(env, false);
   return Napi::Boolean::New(env, llama_vocab_is_eog(vocab_, t));
+}
+
+// specialTokens() -> { ids: Int32Array, texts: string[] }: the control and user-defined tokens, whose text
+// the tokenizer turns into the token when special-token parsing is on.
+Napi::Value Model::SpecialTokens(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  std::vector<int32_t> ids;
+  for (int32_t id = 0; id < n_vocab_; ++id) {
+    const llama_token_attr attr = llama_vocab_get_attr(vocab_, id);
+    if (attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED)) ids.push_back(id);
+  }
+  Napi::Int32Array out_ids = Napi::Int32Array::New(env, ids.size());
+  Napi::Array texts = Napi::Array::New(env, ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    out_ids[i] = ids[i];
+    const char *text = llama_vocab_get_text(vocab_, ids[i]);
+    texts.Set(static_cast<uint32_t>(i), Napi::String::New(env, text ? text : ""));
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("ids", out_ids);
+  out.Set("texts", texts);
+  return out;
 }
 
 Napi::Value Model::CreateContext(const Napi::CallbackInfo &info) {

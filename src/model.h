@@ -38,6 +38,7 @@ class Model final : public Napi::ObjectWrap<Model> {
   Napi::Value Detokenize(const Napi::CallbackInfo &info);
   Napi::Value TokenPieces(const Napi::CallbackInfo &info);
   Napi::Value IsEog(const Napi::CallbackInfo &info);
+  Napi::Value SpecialTokens(const Napi::CallbackInfo &info);
   Napi::Value CreateContext(const Napi::CallbackInfo &info);
   Napi::Value Dispose(const Napi::CallbackInfo &info);
   Napi::Value Disposed(const Napi::CallbackInfo &info);

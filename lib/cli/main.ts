@@ -41,6 +41,17 @@ const program = new Command()
 
 samplingOptions(
   program
+    .command('chat', { isDefault: true })
+    .description("chat with a model in Huozi's format (or the GGUF's own template); pipes: one message per line")
+    .option('--system <text>', 'system prompt')
+    .option('--template <name>', 'chat template: auto, huozi, chatml, or a Jinja file', 'auto')
+    .addOption(new Option('-n, --max-tokens <n>', 'most tokens per answer').argParser(intArg))
+    .option('--whole', 'with piped input: send all of standard input as one message', false)
+    .option('--no-color', 'plain output'),
+).action(async (opts) => (await import('./chat.js')).chat(opts));
+
+samplingOptions(
+  program
     .command('complete')
     .description('complete a raw prompt (no chat template) and print the text')
     .option('-p, --prompt <text>', 'the prompt (default: read standard input)')
@@ -49,6 +60,13 @@ samplingOptions(
     .option('--stop <text...>', 'stop strings')
     .option('--timings', 'print speed figures to standard error', false),
 ).action(async (opts) => (await import('./complete.js')).complete(opts));
+
+program
+  .command('modelfile')
+  .description("print an Ollama Modelfile for a GGUF, with Huozi's template and stop token")
+  .option('-m, --model <file>', 'GGUF model (default: the embedded demo model)')
+  .option('--system <text>', 'system prompt to bake in')
+  .action(async (opts) => (await import('./modelfile.js')).modelfile(opts));
 
 // llama.cpp spells it -ngl; commander allows one-letter short flags only.
 const argv = process.argv.map((a) => (a === '-ngl' ? '--ngl' : a));

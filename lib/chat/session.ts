@@ -1,0 +1,326 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { Context, GenerationResult, SamplingOptions } from '../context.js';
+import { BusyError, ContextOverflowError, HuoziError } from '../errors.js';
+import type { Model } from '../model.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import * as v from '../validate.js';
+import { detectTemplate, type TemplateOption } from './detect.js';
+import {
+  joinSegments, normalizeRole, type ChatMessage, type ChatRole, type ChatTemplate, type Segment,
+} from './template.js';
+import { tokenizeSegments } from './tokenize.js';
+
+export interface ChatSessionOptions {
+  /** A system prompt, kept at the start of the conversation. Default: none. */
+  systemPrompt?: string;
+  /**
+   * The chat template: `'auto'` (default: the GGUF's own template if it has one, else Huozi's when the
+   * vocabulary has `<|beginofutterance|>`, else ChatML), `'huozi'`, `'chatml'`, `{ jinja: source }`,
+   * `{ file: path }`, or a {@link ChatTemplate}.
+   */
+  template?: TemplateOption;
+  /**
+   * What to do when a turn would not fit the context: `'dropOldest'` (default) drops the oldest exchanges
+   * after the system prompt until it fits; `'error'` throws a {@link ContextOverflowError}.
+   */
+  contextOverflow?: 'dropOldest' | 'error';
+}
+
+export interface ChatPromptOptions extends SamplingOptions {
+  /** Most tokens in the answer. Default: until the end of the turn, within the context. */
+  maxTokens?: number;
+  /** More strings that end the answer. */
+  stopStrings?: readonly string[];
+  signal?: AbortSignal;
+}
+
+const SESSION_OPTIONS = ['systemPrompt', 'template', 'contextOverflow'] as const;
+const PROMPT_OPTIONS = [
+  'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'frequencyPenalty', 'presencePenalty',
+  'seed', 'maxTokens', 'stopStrings', 'signal',
+] as const;
+
+export interface ChatAnswer {
+  text: string;
+  stopReason: GenerationResult['stopReason'];
+  /** Messages dropped from the start of the history to make this turn fit. */
+  droppedMessages: number;
+  /** The full generation result: tokens, reused and evaluated prompt tokens, timings. */
+  generation: GenerationResult;
+}
+
+/** The rendered text and tokens that the context holds for the conversation so far. */
+interface Committed {
+  text: string;
+  tokens: number[];
+}
+
+const MAGIC = 'HUOZI-CHAT-SESSION';
+const FORMAT_VERSION = 1;
+
+/**
+ * A conversation on a {@link Context}: renders the chat template, evaluates only what the context does not
+ * hold yet, and stops at the end of the assistant's turn (for Huozi, `<|endofutterance|>`, which is not the
+ * GGUF's eos).
+ */
+export class ChatSession {
+  readonly context: Context;
+  readonly template: ChatTemplate;
+  readonly contextOverflow: 'dropOldest' | 'error';
+  #messages: ChatMessage[] = [];
+  #stopTokens: number[];
+  #committed: Committed | undefined;
+  #busy = false;
+
+  constructor(context: Context, options?: ChatSessionOptions) {
+    const o = v.options<ChatSessionOptions>('options', options, SESSION_OPTIONS);
+    this.context = context;
+    this.template = detectTemplate(context.model, o.template ?? 'auto');
+    this.contextOverflow =
+      o.contextOverflow === undefined ? 'dropOldest' : v.oneOf('contextOverflow', o.contextOverflow, ['dropOldest', 'error'] as const);
+    this.#stopTokens = stopTokensFor(context.model, this.template);
+    if (o.systemPrompt !== undefined) this.#messages.push({ role: 'system', content: v.string('systemPrompt', o.systemPrompt) });
+  }
+
+  /** The conversation so far (a copy). */
+  get history(): ChatMessage[] {
+    return this.#messages.map((m) => ({ ...m }));
+  }
+
+  /** Replaces the conversation. Roles may be system/user/assistant or 系统/用户/助手. */
+  setHistory(messages: readonly { role: string; content: string }[]): void {
+    if (!Array.isArray(messages)) throw v.typeError('array of messages', 'messages', messages);
+    this.#messages = messages.map((m, i) => {
+      if (m === null || typeof m !== 'object') throw v.typeError('object', `messages[${i}]`, m);
+      return { role: normalizeRole(m.role, `messages[${i}].role`), content: v.string(`messages[${i}].content`, m.content) };
+    });
+    this.#committed = undefined;
+  }
+
+  get systemPrompt(): string | undefined {
+    return this.#messages[0]?.role === 'system' ? this.#messages[0].content : undefined;
+  }
+
+  /** Sets (or with `undefined` removes) the system prompt; the rest of the conversation stays. */
+  set systemPrompt(text: string | undefined) {
+    if (text !== undefined) v.string('systemPrompt', text);
+    const rest = this.#messages[0]?.role === 'system' ? this.#messages.slice(1) : this.#messages;
+    this.#messages = text === undefined ? rest : [{ role: 'system', content: text }, ...rest];
+    this.#committed = undefined;
+  }
+
+  /** Forgets the conversation, keeping the system prompt. */
+  reset(): void {
+    this.#messages = this.#messages[0]?.role === 'system' ? [this.#messages[0]] : [];
+    this.#committed = undefined;
+  }
+
+  /** Sends a user message and resolves to the whole answer. */
+  async prompt(text: string, options?: ChatPromptOptions): Promise<ChatAnswer> {
+    const stream = this.stream(text, options);
+    return stream.result;
+  }
+
+  /**
+   * Sends a user message and streams the answer: iterate for text chunks; `result` resolves when the turn
+   * ends. The answer joins the history when the turn ends (also when it was stopped, with what was said).
+   */
+  stream(text: string, options?: ChatPromptOptions): ChatStream {
+    v.string('text', text);
+    const o = v.options<ChatPromptOptions>('options', options, PROMPT_OPTIONS);
+    if (this.#busy) throw new BusyError('This chat session is answering; wait for the answer (or stop it) first');
+    const { signal, maxTokens, stopStrings, ...sampling } = o;
+    const messages: ChatMessage[] = [...this.#messages, { role: 'user', content: text }];
+    const reserve = maxTokens ?? Math.floor(this.context.contextSize / 4);
+    const { tokens, kept, dropped, rendered } = this.#fit(messages, reserve);
+    const generation = this.context.generate(tokens, {
+      ...sampling, maxTokens, stopStrings, signal, stopTokens: this.#stopTokens, reuseCache: true,
+    });
+    this.#busy = true;
+    const result = generation.result.then(
+      (r) => {
+        this.#busy = false;
+        return this.#finish(kept, rendered, tokens, r, dropped.length);
+      },
+      (error: unknown) => {
+        this.#busy = false;
+        const partial = (error as { result?: GenerationResult }).result;
+        if (partial) this.#finish(kept, rendered, tokens, partial, dropped.length);
+        throw error;
+      },
+    );
+    result.catch(() => undefined);
+    return {
+      result,
+      stop: () => generation.stop(),
+      [Symbol.asyncIterator]: () => generation[Symbol.asyncIterator](),
+    };
+  }
+
+  #finish(kept: ChatMessage[], rendered: string, prompt: number[], r: GenerationResult, dropped: number): ChatAnswer {
+    this.#messages = [...kept, { role: 'assistant', content: r.text }];
+    // What the context now holds is the prompt and the answer's tokens. Its text is known exactly only when
+    // the turn ended on its stop token; otherwise the next turn tokenizes the conversation afresh (and the
+    // context still reuses the longest prefix it holds).
+    const stopText = r.stopToken === null ? undefined : this.context.model.specialTokenText(r.stopToken);
+    this.#committed =
+      (r.stopReason === 'stopToken' || r.stopReason === 'eog') && stopText !== undefined
+        ? { text: rendered + r.text + stopText, tokens: [...prompt, ...r.tokens] }
+        : undefined;
+    return { text: r.text, stopReason: r.stopReason, droppedMessages: dropped, generation: r };
+  }
+
+  /** Tokens for `messages` with a generation prompt, dropping old exchanges if the context is too small. */
+  #fit(
+    messages: ChatMessage[],
+    reserve: number,
+  ): { tokens: number[]; kept: ChatMessage[]; dropped: ChatMessage[]; rendered: string } {
+    const limit = this.context.contextSize;
+    const budget = Math.max(1, limit - Math.min(reserve, Math.floor(limit / 2)));
+    let current = messages;
+    const dropped: ChatMessage[] = [];
+    for (;;) {
+      const segments = this.template.render(current, true);
+      const tokens = this.#tokenize(segments, dropped.length === 0);
+      if (tokens.length <= budget) return { tokens, kept: current, dropped, rendered: joinSegments(segments) };
+      const first = current[0]?.role === 'system' ? 1 : 0;
+      // Drop the oldest exchange: everything up to the next user message after the first one.
+      const nextUser = current.findIndex((m, i) => i > first && m.role === 'user');
+      if (this.contextOverflow === 'error' || nextUser === -1) {
+        throw new ContextOverflowError(
+          `The conversation needs ${tokens.length} tokens plus room for the answer (${limit - budget}), more than ` +
+            `the context size of ${limit}` + (this.contextOverflow === 'error' ? '' : ' even with only the last message'),
+        );
+      }
+      dropped.push(...current.slice(first, nextUser));
+      current = [...current.slice(0, first), ...current.slice(nextUser)];
+      this.#committed = undefined;
+    }
+  }
+
+  /** Tokenizes segments, reusing the committed tokens when the rendering starts with the committed text. */
+  #tokenize(segments: Segment[], mayReuse: boolean): number[] {
+    const model = this.context.model;
+    const committed = mayReuse ? this.#committed : undefined;
+    if (committed) {
+      const rest = sliceSegments(segments, committed.text);
+      if (rest) return [...committed.tokens, ...tokenizeSegments(model, rest, false)];
+    }
+    return tokenizeSegments(model, segments, model.tokens.addBos);
+  }
+
+  /**
+   * Saves the conversation and the context's KV cache to `path` (through a temporary file and a rename). The
+   * file records which model it belongs to and a checksum; {@link ChatSession.load} checks both.
+   */
+  async save(path: string): Promise<void> {
+    v.string('path', path, { allowEmpty: false });
+    const state = await this.context.saveState();
+    const header = {
+      magic: MAGIC,
+      version: FORMAT_VERSION,
+      model: modelFingerprint(this.context.model),
+      template: this.template.name,
+      messages: this.#messages,
+      committed: this.#committed ?? null,
+      tokens: state.tokens,
+      stateBytes: state.data.length,
+      stateSha256: createHash('sha256').update(state.data).digest('hex'),
+    };
+    const json = Buffer.from(JSON.stringify(header), 'utf8');
+    const prefix = Buffer.alloc(8);
+    prefix.writeUInt32LE(FORMAT_VERSION, 0);
+    prefix.writeUInt32LE(json.length, 4);
+    await writeFileAtomic(path, [Buffer.from(MAGIC, 'latin1'), prefix, json, state.data]);
+  }
+
+  /** Restores a conversation and its KV cache saved by {@link ChatSession.save}. */
+  async load(path: string): Promise<void> {
+    v.string('path', path, { allowEmpty: false });
+    const file = await readFile(path);
+    const bad = (why: string) => new SessionFileError(`${path} is not a usable chat session file: ${why}`);
+    if (file.length < MAGIC.length + 8 || file.toString('latin1', 0, MAGIC.length) !== MAGIC) throw bad('wrong magic');
+    const version = file.readUInt32LE(MAGIC.length);
+    if (version !== FORMAT_VERSION) throw bad(`format version ${version}, expected ${FORMAT_VERSION}`);
+    const jsonLength = file.readUInt32LE(MAGIC.length + 4);
+    const jsonStart = MAGIC.length + 8;
+    if (jsonStart + jsonLength > file.length) throw bad('truncated header');
+    let header: Record<string, unknown>;
+    try {
+      header = JSON.parse(file.toString('utf8', jsonStart, jsonStart + jsonLength));
+    } catch {
+      throw bad('corrupt header');
+    }
+    const data = file.subarray(jsonStart + jsonLength);
+    if (header.stateBytes !== data.length) throw bad(`state is ${data.length} bytes, expected ${String(header.stateBytes)}`);
+    if (createHash('sha256').update(data).digest('hex') !== header.stateSha256) throw bad('checksum mismatch');
+    if (JSON.stringify(header.model) !== JSON.stringify(modelFingerprint(this.context.model))) {
+      throw bad('it was saved with a different model');
+    }
+    const tokens = header.tokens as number[];
+    if (!Array.isArray(tokens) || tokens.length > this.context.contextSize) {
+      throw bad(`it holds ${Array.isArray(tokens) ? tokens.length : '?'} tokens, more than this context's ${this.context.contextSize}`);
+    }
+    const messages = header.messages as ChatMessage[];
+    this.setHistory(messages);
+    await this.context.loadState(data, tokens);
+    const committed = header.committed as Committed | null;
+    this.#committed = committed && Array.isArray(committed.tokens) && typeof committed.text === 'string' ? committed : undefined;
+  }
+}
+
+/** A chat answer being streamed: an async iterable of text chunks, with the final {@link ChatAnswer}. */
+export interface ChatStream extends AsyncIterable<string> {
+  readonly result: Promise<ChatAnswer>;
+  /** Stops the answer (the result then rejects with AbortError; the partial answer joins the history). */
+  stop(): void;
+}
+
+/** A session file that is corrupt, truncated or belongs to another model. */
+export class SessionFileError extends HuoziError {
+  constructor(message: string) {
+    super(message, 'ERR_HUOZI_SESSION_FILE');
+  }
+}
+
+/** The segments after the text `prefix`, or null when `prefix` does not end on a usable boundary. */
+function sliceSegments(segments: Segment[], prefix: string): Segment[] | null {
+  let offset = 0;
+  for (let i = 0; i < segments.length; i++) {
+    const seg = segments[i];
+    const end = offset + seg.text.length;
+    if (end <= prefix.length) {
+      if (seg.text !== prefix.slice(offset, end)) return null;
+      offset = end;
+      continue;
+    }
+    const inside = prefix.length - offset;
+    if (seg.text.slice(0, inside) !== prefix.slice(offset)) return null;
+    // Cutting inside content would tokenize part of it on its own; only template text may be cut.
+    if (inside > 0 && seg.kind === 'content') return null;
+    return [{ ...seg, text: seg.text.slice(inside) } as Segment, ...segments.slice(i + 1)];
+  }
+  return offset === prefix.length ? [] : null;
+}
+
+function stopTokensFor(model: Model, template: ChatTemplate): number[] {
+  const ids = new Set<number>();
+  for (const text of template.stopTexts) {
+    const id = model.specialTokens.get(text);
+    if (id !== undefined) ids.add(id);
+  }
+  return [...ids];
+}
+
+function modelFingerprint(model: Model): Record<string, unknown> {
+  const meta = Object.entries(model.metadata).sort(([a], [b]) => (a < b ? -1 : 1));
+  return {
+    parameters: model.info.parameters,
+    size: model.info.size,
+    vocabularySize: model.vocabularySize,
+    metadataSha256: createHash('sha256').update(JSON.stringify(meta)).digest('hex'),
+  };
+}
+
+export type { ChatMessage, ChatRole };

@@ -1,0 +1,111 @@
+// The chat CLI in a real terminal (tmux) and through a pipe.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { f16Path, root } from '../helpers.js';
+
+const cli = join(root, 'dist', 'cli', 'main.js');
+
+describe('huozi-gguf chat through a pipe', () => {
+  it('answers one message per line and prints only the answers', () => {
+    const r = spawnSync(process.execPath, [cli, 'chat', '--temp', '0', '--system', '你是一个智能助手'], {
+      input: '请背诵《春晓》\n作者是谁？\n', encoding: 'utf8', timeout: 60_000,
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('《春晓》\n孟浩然\n春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。\n作者是孟浩然。\n');
+  });
+
+  it('takes the whole input as one message with --whole', () => {
+    const r = spawnSync(process.execPath, [cli, 'chat', '-m', f16Path, '--temp', '0', '--whole'], {
+      input: '请背诵《春晓》\n', encoding: 'utf8', timeout: 60_000,
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain('春眠不觉晓');
+  });
+});
+
+const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8' });
+const session = `huozi-test-${process.pid}`;
+
+function screen(): string {
+  return tmux('capture-pane', '-p', '-J', '-S', '-200', '-t', session);
+}
+
+async function waitFor(predicate: (text: string) => boolean, what: string, ms = 30_000): Promise<string> {
+  const end = Date.now() + ms;
+  let text = '';
+  while (Date.now() < end) {
+    text = screen();
+    if (predicate(text)) return text;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}; screen:\n${text}`);
+}
+
+const prompts = (text: string) => text.split('\n').filter((l) => l.startsWith('> ')).length;
+
+describe('huozi-gguf chat in a terminal (tmux, which .ci/run installs)', () => {
+  afterEach(() => {
+    spawnSync('tmux', ['kill-session', '-t', session]);
+  });
+
+  function start(args: string): void {
+    tmux('new-session', '-d', '-s', session, '-x', '120', '-y', '50', `${process.execPath} ${cli} chat --no-color ${args}; echo EXITED $?; sleep 30`);
+  }
+
+  it('holds a two-turn conversation and recites 《春晓》', async () => {
+    start('--temp 0 --system 你是一个智能助手');
+    await waitFor((t) => prompts(t) === 1, 'the first prompt');
+    tmux('send-keys', '-t', session, '-l', '请背诵《春晓》');
+    tmux('send-keys', '-t', session, 'Enter');
+    await waitFor((t) => prompts(t) === 2, 'the second prompt');
+    tmux('send-keys', '-t', session, '-l', '作者是谁？');
+    tmux('send-keys', '-t', session, 'Enter');
+    const text = await waitFor((t) => prompts(t) === 3, 'the third prompt');
+    console.log(`terminal transcript:\n${text.trimEnd()}`);
+    expect(text).toContain('note: no -m given; using the embedded demo model');
+    expect(text).toContain('《春晓》\n孟浩然\n春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。');
+    expect(text).toContain('> 作者是谁？\n作者是孟浩然。');
+    tmux('send-keys', '-t', session, 'C-d');
+    await waitFor((t) => t.includes('EXITED 0'), 'exit after Ctrl+D');
+  });
+
+  it('stops an answer on Ctrl+C, goes on, and leaves on a second Ctrl+C at the prompt', async () => {
+    // ChatML on a model that does not know it: the answer runs on until stopped.
+    start(`-m ${f16Path} --template chatml -c 32768 -t 1 --temp 0.7`);
+    await waitFor((t) => prompts(t) === 1, 'the first prompt');
+    tmux('send-keys', '-t', session, '-l', 'hello');
+    tmux('send-keys', '-t', session, 'Enter');
+    await new Promise((r) => setTimeout(r, 1500));
+    tmux('send-keys', '-t', session, 'C-c');
+    let text = await waitFor((t) => t.includes('(stopped)') && prompts(t) === 2, 'the stopped answer');
+    expect(text).not.toContain('EXITED');
+    tmux('send-keys', '-t', session, '/reset', 'Enter');
+    text = await waitFor((t) => t.includes('(conversation cleared)'), '/reset');
+    tmux('send-keys', '-t', session, 'C-c');
+    await waitFor((t) => t.includes('press Ctrl+C again'), 'the first Ctrl+C at the prompt');
+    tmux('send-keys', '-t', session, 'C-c');
+    await waitFor((t) => t.includes('EXITED 0'), 'exit after the second Ctrl+C');
+  });
+
+  it('saves and loads a conversation with /save and /load', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'huozi-cli-')), 'chat.session');
+    start('--temp 0');
+    await waitFor((t) => prompts(t) === 1, 'the first prompt');
+    tmux('send-keys', '-t', session, '-l', '请背诵《春晓》');
+    tmux('send-keys', '-t', session, 'Enter');
+    await waitFor((t) => prompts(t) === 2, 'the answer');
+    tmux('send-keys', '-t', session, '-l', `/save ${file}`);
+    tmux('send-keys', '-t', session, 'Enter');
+    await waitFor((t) => t.includes(`(saved to ${file})`), '/save');
+    expect(existsSync(file)).toBe(true);
+    tmux('send-keys', '-t', session, '/reset', 'Enter');
+    tmux('send-keys', '-t', session, '-l', `/load ${file}`);
+    tmux('send-keys', '-t', session, 'Enter');
+    await waitFor((t) => t.includes(`(loaded 2 messages from ${file})`), '/load');
+    tmux('send-keys', '-t', session, '/help', 'Enter');
+    await waitFor((t) => t.includes('/system <text>'), '/help');
+  });
+});

@@ -61,6 +61,15 @@ export class BusyError extends HuoziError {
   }
 }
 
+/** A GGUF file is malformed, or would make llama.cpp abort. `offset` is where in the file the problem is. */
+export class GgufError extends HuoziError {
+  readonly offset: number;
+  constructor(message: string, offset: number, options?: ErrorOptions) {
+    super(`${message} (at byte ${offset})`, 'ERR_HUOZI_GGUF', options);
+    this.offset = offset;
+  }
+}
+
 /** The native addon could not be loaded. */
 export class BindingError extends HuoziError {
   constructor(message: string, options?: ErrorOptions) {

@@ -6,7 +6,7 @@ export type {
 } from './context.js';
 export {
   HuoziError, ModelLoadError, ContextCreateError, ContextOverflowError, DecodeError, DisposedError, AbortError,
-  BusyError, BindingError,
+  BusyError, BindingError, GgufError,
 } from './errors.js';
 export { demoModelPath } from './demo.js';
 export { systemInfo } from './system.js';
@@ -15,3 +15,12 @@ export type { ChatSessionOptions, ChatPromptOptions, ChatAnswer, ChatStream } fr
 export { huoziTemplate, chatmlTemplate, jinjaTemplate, jinjaTemplateFile } from './chat/template.js';
 export type { ChatTemplate, ChatMessage, ChatRole, Segment, JinjaTemplateOptions } from './chat/template.js';
 export type { TemplateOption } from './chat/detect.js';
+export { inspect } from './gguf/inspect.js';
+export type { GgufInspection } from './gguf/inspect.js';
+export { readGguf, parseGguf, GGUF_LIMITS } from './gguf/reader.js';
+export type { GgufFile, GgufTensorInfo, GgufMetadataEntry, GgufValue, GgufScalar } from './gguf/reader.js';
+export { writeGguf } from './gguf/writer.js';
+export type { WriterTensor, WriterValue } from './gguf/writer.js';
+export { GgufValueType, GGML_TYPES } from './gguf/types.js';
+export { synth, synthModel, SYNTH_SHAPES } from './gguf/synth.js';
+export type { SynthOptions, SynthShape, SynthType } from './gguf/synth.js';

@@ -72,23 +72,42 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   const callSite = new Error();
   let last = -1;
   let done = false;
+  let callbackError: unknown;
+  let handle: ReturnType<ReturnType<typeof binding>['loadModel']> | undefined;
   const report = (p: number) => {
     // Progress may arrive after the promise settles (it comes through another queue); keep it monotonic
-    // and leave 1 to the end.
-    if (!onProgress || done || p >= 1 || p <= last) return;
+    // and leave 1 to the end. A throwing callback must not become an uncaught exception: it stops the load.
+    if (!onProgress || done || p >= 1 || p <= last || callbackError !== undefined) return;
     last = p;
-    onProgress(p);
+    try {
+      onProgress(p);
+    } catch (error) {
+      callbackError = error;
+      handle?.cancel();
+    }
   };
-  const handle = binding().loadModel(fullPath, params, onProgress ? report : undefined);
+  handle = binding().loadModel(fullPath, params, onProgress ? report : undefined);
   const onAbort = () => handle.cancel();
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const native = await handle.promise;
     done = true;
-    onProgress?.(1);
-    return new Model(native, fullPath);
+    if (callbackError !== undefined) {
+      native.dispose();
+      throw callbackError;
+    }
+    const model = new Model(native, fullPath);
+    try {
+      onProgress?.(1);
+    } catch (error) {
+      await model.dispose();
+      callbackError = error;
+      throw error;
+    }
+    return model;
   } catch (error) {
     done = true;
+    if (callbackError !== undefined) throw callbackError;
     const typed = fromNative(error, callSite);
     if (typed instanceof ModelLoadError) {
       typed.message = typed.message.replace(/^failed to load model from /, `Failed to load model from `);

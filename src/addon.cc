@@ -3,6 +3,7 @@
 
 #include "addon_data.h"
 #include "context.h"
+#include "ggml.h"
 #include "llama.h"
 #include "log.h"
 #include "model.h"
@@ -22,6 +23,24 @@ Napi::Value SystemInfo(const Napi::CallbackInfo &info) {
   return out;
 }
 
+// ggmlTypes() -> [{ id, name, blockSize, typeSize }] for every ggml type id: lib/gguf/types.ts keeps the same
+// table in TypeScript (the GGUF reader must not need the addon), and a test checks the two agree.
+Napi::Value GgmlTypes(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env);
+  for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
+    const auto type = static_cast<ggml_type>(t);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("id", t);
+    const char *name = ggml_type_name(type);
+    o.Set("name", name ? name : "");
+    o.Set("blockSize", Napi::Number::New(env, static_cast<double>(ggml_blck_size(type))));
+    o.Set("typeSize", Napi::Number::New(env, static_cast<double>(ggml_type_size(type))));
+    out.Set(static_cast<uint32_t>(t), o);
+  }
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static bool backend_ready = false;
   if (!backend_ready) {
@@ -36,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(data);
   exports.Set("loadModel", Napi::Function::New(env, Model::Load));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
+  exports.Set("ggmlTypes", Napi::Function::New(env, GgmlTypes));
   return exports;
 }
 

@@ -62,6 +62,24 @@ samplingOptions(
 ).action(async (opts) => (await import('./complete.js')).complete(opts));
 
 program
+  .command('inspect')
+  .description('show what a GGUF file holds (shape, vocabulary, tensor types), reading only its header')
+  .argument('<model>', 'GGUF file')
+  .option('--json', 'machine-readable output', false)
+  .option('--tensors', 'list every tensor', false)
+  .action(async (path, opts) => (await import('./inspect.js')).inspectCommand(path, opts));
+
+program
+  .command('synth')
+  .description("write a random-weight GGUF with a real model's exact shape, for speed and memory measurements")
+  .requiredOption('--shape <name|json>', 'huozi3.5, tiny, a JSON shape or a .json file')
+  .option('--type <type>', 'q4_0, q8_0, q6_k or f16 (per-tensor types as llama-quantize picks them)', 'q4_0')
+  .requiredOption('-o, --output <file>', 'where to write the GGUF')
+  .addOption(new Option('--layers <n>', 'keep only the first N layers').argParser(intArg))
+  .addOption(new Option('--seed <n>', 'random seed').argParser(intArg))
+  .action(async (opts) => (await import('./synth.js')).synthCommand(opts));
+
+program
   .command('modelfile')
   .description("print an Ollama Modelfile for a GGUF, with Huozi's template and stop token")
   .option('-m, --model <file>', 'GGUF model (default: the embedded demo model)')

@@ -42,6 +42,11 @@ describe('loadModel throws on invalid arguments', () => {
     expect((error as ModelLoadError).code).toBe('ERR_HUOZI_MODEL_LOAD');
   });
 
+  it('turns an exception thrown by onProgress into a rejected load, not an uncaught exception', async () => {
+    const boom = new Error('progress callback failed');
+    await expect(loadModel(f16Path, { onProgress: () => { throw boom; } })).rejects.toBe(boom);
+  });
+
   it('aborts a load through its signal', async () => {
     await expect(loadModel(f16Path, { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ABORT_ERR' });
   });

@@ -1,0 +1,52 @@
+import { inspect, type GgufInspection } from '../gguf/inspect.js';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+
+function size(bytes: number): string {
+  return bytes >= GiB ? `${(bytes / GiB).toFixed(2)} GiB` : `${(bytes / MiB).toFixed(2)} MiB`;
+}
+
+function count(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : String(n);
+}
+
+export function formatInspection(i: GgufInspection, withTensors: boolean): string {
+  const s = i.shape;
+  const show = (x: unknown) => (x === null || x === undefined ? '-' : String(x));
+  const lines = [
+    `file           ${i.path}`,
+    `size           ${size(i.fileSize)} (${i.fileSize} bytes), GGUF v${i.version}, alignment ${i.alignment}`,
+    `architecture   ${show(i.architecture)}${i.name ? ` (${i.name})` : ''}`,
+    `file type      ${show(i.fileType)}`,
+    `parameters     ${count(i.parameters)} (${i.parameters}), ${size(i.tensorBytes)} of tensors, ${i.bitsPerWeight.toFixed(2)} bits per weight`,
+    `layers         ${show(s.layers)}`,
+    `embedding      ${show(s.embeddingSize)}, feed-forward ${show(s.expertFeedForwardSize ?? s.feedForwardSize)}`,
+    `attention      ${show(s.heads)} heads, ${show(s.kvHeads)} KV heads, head size ${show(s.headSize)}`,
+    `experts        ${s.experts ? `${s.experts}, ${show(s.expertsUsed)} used per token` : 'none (dense)'}`,
+    `context        ${show(s.contextLength)} tokens (trained)`,
+    `rope           base ${show(s.ropeFreqBase)}, ${show(s.ropeDimensions)} dimensions; rms eps ${show(s.rmsNormEpsilon)}`,
+    `vocabulary     ${show(i.vocabulary.size)} tokens (${show(i.vocabulary.model)}), bos ${show(i.vocabulary.bos)}, eos ${show(i.vocabulary.eos)}, add bos ${show(i.vocabulary.addBos)}`,
+    `special        ${Object.entries(i.vocabulary.special).map(([t, id]) => `${t}=${id}`).join(' ') || '-'}`,
+    `chat template  ${i.chatTemplate.present ? `yes (${i.chatTemplate.length} characters)` : 'none in the file'}`,
+    'tensor types',
+    ...i.quantization.map(
+      (q) => `  ${q.type.padEnd(8)} ${String(q.tensors).padStart(5)} tensors ${count(q.parameters).padStart(10)} params ${size(q.bytes).padStart(11)}`,
+    ),
+  ];
+  if (withTensors) {
+    lines.push('tensors');
+    for (const t of i.tensors) lines.push(`  ${t.name.padEnd(36)} ${t.type.padEnd(8)} ${t.dims.join(' x ').padEnd(24)} ${size(t.bytes)}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export async function inspectCommand(path: string, opts: { json: boolean; tensors: boolean }): Promise<void> {
+  const info = await inspect(path);
+  if (opts.json) {
+    const { tensors, ...rest } = info;
+    process.stdout.write(`${JSON.stringify(opts.tensors ? info : rest, null, 2)}\n`);
+  } else {
+    process.stdout.write(formatInspection(info, opts.tensors));
+  }
+}

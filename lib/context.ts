@@ -1,5 +1,6 @@
 import type { NativeContext, NativeGenerateResult } from './binding.js';
-import { AbortError, DisposedError, fromNative } from './errors.js';
+import { freemem } from 'node:os';
+import { AbortError, DisposedError, fromNative, InsufficientMemoryError } from './errors.js';
 import { defaultThreads, type Model } from './model.js';
 import * as v from './validate.js';
 
@@ -95,6 +96,15 @@ export interface EvaluateOptions {
   signal?: AbortSignal;
 }
 
+/** Bytes of an f16 KV cache of `contextSize` tokens (llama.cpp's default cache types). */
+export function kvCacheBytes(model: Model, contextSize: number): number {
+  const { layers, heads, kvHeads, embeddingSize } = model.info;
+  const arch = model.metadata['general.architecture'];
+  const keyLength = Number(model.metadata[`${arch}.attention.key_length`] ?? embeddingSize / Math.max(1, heads));
+  const valueLength = Number(model.metadata[`${arch}.attention.value_length`] ?? keyLength);
+  return contextSize * layers * kvHeads * (keyLength + valueLength) * 2;
+}
+
 /** @internal */
 export async function createContext(model: Model, options?: ContextOptions): Promise<Context> {
   const o = v.options<ContextOptions>('options', options, CONTEXT_OPTIONS);
@@ -104,13 +114,32 @@ export async function createContext(model: Model, options?: ContextOptions): Pro
   if (batchSize > contextSize) {
     throw v.rangeError(`positive integer no larger than contextSize (${contextSize})`, 'batchSize', batchSize);
   }
-  const ubatchSize = o.ubatchSize === undefined ? Math.min(512, batchSize) : v.integer('ubatchSize', o.ubatchSize, 1, 1 << 24);
+  // A non-causal model (attention.causal = false) must see each batch in one ubatch: llama_decode asserts it.
+  const arch = model.metadata['general.architecture'];
+  const causal = model.metadata[`${arch}.attention.causal`] !== 'false';
+  const ubatchSize =
+    o.ubatchSize === undefined ? (causal ? Math.min(512, batchSize) : batchSize) : v.integer('ubatchSize', o.ubatchSize, 1, 1 << 24);
+  if (!causal && ubatchSize !== batchSize) {
+    throw v.rangeError(`ubatchSize equal to batchSize (${batchSize}) for this non-causal model`, 'ubatchSize', ubatchSize);
+  }
   if (ubatchSize > batchSize) {
     throw v.rangeError(`positive integer no larger than batchSize (${batchSize})`, 'ubatchSize', ubatchSize);
   }
   const threads = o.threads === undefined ? defaultThreads() : v.integer('threads', o.threads, 1, 512);
   const batchThreads = o.batchThreads === undefined ? threads : v.integer('batchThreads', o.batchThreads, 1, 512);
   const fa = o.flashAttention === undefined ? 'auto' : v.oneOf('flashAttention', o.flashAttention, ['auto', true, false] as const);
+  // llama.cpp allocates the KV cache with malloc and then clears it: under Linux's overcommit a size far
+  // beyond memory does not fail cleanly, the OOM killer ends the process. Refuse it here.
+  if (!model.systemInfo.gpuOffload) {
+    const kv = kvCacheBytes(model, contextSize);
+    const free = freemem();
+    if (kv > free) {
+      throw new InsufficientMemoryError(
+        `A context of ${contextSize} tokens needs ${(kv / 2 ** 30).toFixed(2)} GiB for its KV cache, but only ` +
+          `${(free / 2 ** 30).toFixed(2)} GiB of memory is available`,
+      );
+    }
+  }
   const callSite = new Error();
   try {
     const native = await model.native.createContext({

@@ -70,6 +70,13 @@ export class GgufError extends HuoziError {
   }
 }
 
+/** The request needs more memory than the machine has available (checked before llama.cpp allocates it). */
+export class InsufficientMemoryError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_INSUFFICIENT_MEMORY', options);
+  }
+}
+
 /** The native addon could not be loaded. */
 export class BindingError extends HuoziError {
   constructor(message: string, options?: ErrorOptions) {

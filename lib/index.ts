@@ -6,7 +6,7 @@ export type {
 } from './context.js';
 export {
   HuoziError, ModelLoadError, ContextCreateError, ContextOverflowError, DecodeError, DisposedError, AbortError,
-  BusyError, BindingError, GgufError,
+  BusyError, BindingError, GgufError, InsufficientMemoryError,
 } from './errors.js';
 export { demoModelPath } from './demo.js';
 export { systemInfo } from './system.js';

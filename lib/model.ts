@@ -1,8 +1,10 @@
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
-import { binding, type NativeModel, type NativeModelInfo } from './binding.js';
+import { binding, type NativeModel, type NativeModelInfo, type NativeSystemInfo } from './binding.js';
 import { Context, createContext, type ContextOptions } from './context.js';
-import { AbortError, DisposedError, fromNative, ModelLoadError } from './errors.js';
+import { AbortError, DisposedError, fromNative, GgufError, ModelLoadError } from './errors.js';
+import { readGguf } from './gguf/reader.js';
+import { validateForLlama } from './gguf/validate.js';
 import * as v from './validate.js';
 
 export interface LoadModelOptions {
@@ -70,6 +72,14 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
 
   const fullPath = resolve(path);
   const callSite = new Error();
+  // Check the file in TypeScript first: what llama.cpp would abort() on becomes a GgufError here.
+  try {
+    validateForLlama(await readGguf(fullPath));
+  } catch (error) {
+    if (error instanceof GgufError) throw error;
+    throw new ModelLoadError(`Failed to load model from ${fullPath}: ${(error as Error).message}`, { cause: error });
+  }
+  if (signal?.aborted) throw new AbortError('model loading was aborted');
   let last = -1;
   let done = false;
   let callbackError: unknown;
@@ -132,6 +142,7 @@ export class Model {
   readonly vocabularySize: number;
 
   #native: NativeModel | undefined;
+  #systemInfo: NativeSystemInfo | undefined;
   #special: Map<string, number> | undefined;
   #specialText: Map<number, string> | undefined;
   readonly #contexts = new Set<Context>();
@@ -146,6 +157,11 @@ export class Model {
     this.metadata = Object.freeze(metadata);
     this.tokens = Object.freeze({ bos: tokens.bos, eos: tokens.eos, eot: tokens.eot, nl: tokens.nl, addBos: tokens.addBos });
     this.vocabularySize = info.vocabularySize;
+  }
+
+  /** @internal What the loaded addon supports (cached). */
+  get systemInfo(): NativeSystemInfo {
+    return (this.#systemInfo ??= binding().systemInfo());
   }
 
   /** @internal */

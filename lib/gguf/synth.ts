@@ -68,9 +68,16 @@ function typeFor(name: string, dims: number[], type: SynthType, experts: number)
   if (dims.length === 1 || name.includes('ffn_gate_inp')) return t('f32');
   if (type === 'f16') return t('f16');
   const base = t(type === 'q6_k' ? 'q6_K' : type);
-  if (name === 'output.weight') return type === 'q8_0' ? base : t('q6_K');
-  if (experts === 8 && /attn_[kv]\.weight$/.test(name)) return t('q8_0');
-  return base;
+  let chosen = base;
+  if (name === 'output.weight') chosen = type === 'q8_0' ? base : t('q6_K');
+  else if (experts === 8 && /attn_[kv]\.weight$/.test(name)) chosen = t('q8_0');
+  // Rows that are not whole blocks fall back as in llama-quant.cpp (convert_incompatible_tensor).
+  if (dims[0] % chosen.blockSize !== 0) {
+    const fallback: Record<string, string> = { q6_K: 'q8_0', q5_K: 'q5_1', q4_K: 'q5_0', q3_K: 'iq4_nl', q2_K: 'iq4_nl' };
+    chosen = t(fallback[chosen.name] ?? 'f16');
+    if (dims[0] % chosen.blockSize !== 0) chosen = t('f16');
+  }
+  return chosen;
 }
 
 export function synthPlan(shape: SynthShape, type: SynthType): TensorPlan[] {

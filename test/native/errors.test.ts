@@ -2,7 +2,7 @@
 // process (this test file's fork) keeps working afterwards.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  ContextOverflowError, DisposedError, loadModel, ModelLoadError, type Context, type Model,
+  ContextOverflowError, DisposedError, GgufError, loadModel, ModelLoadError, type Context, type Model,
 } from '../../dist/index.js';
 import { f16Path } from '../helpers.js';
 import { writeFileSync, mkdtempSync } from 'node:fs';
@@ -31,15 +31,18 @@ describe('loadModel throws on invalid arguments', () => {
     await expect(loadModel(f16Path, { signal: {} as never })).rejects.toMatchObject(typeErr);
   });
 
-  it('gives ModelLoadError for a missing or non-GGUF file, with llama.cpp\'s reason', async () => {
-    await expect(loadModel('/nonexistent/model.gguf')).rejects.toBeInstanceOf(ModelLoadError);
+  it('gives ModelLoadError for a missing file and GgufError for a non-GGUF one', async () => {
+    const missing = await loadModel('/nonexistent/model.gguf').catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(ModelLoadError);
+    expect((missing as ModelLoadError).code).toBe('ERR_HUOZI_MODEL_LOAD');
+    expect((missing as Error).message).toMatch(/\/nonexistent\/model\.gguf.*ENOENT/);
     const dir = mkdtempSync(join(tmpdir(), 'huozi-'));
     const junk = join(dir, 'junk.gguf');
     writeFileSync(junk, 'this is not a gguf file at all');
     const error = await loadModel(junk).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(ModelLoadError);
-    expect((error as Error).message).toMatch(/junk\.gguf/);
-    expect((error as ModelLoadError).code).toBe('ERR_HUOZI_MODEL_LOAD');
+    expect(error).toBeInstanceOf(GgufError);
+    expect(error).toMatchObject({ code: 'ERR_HUOZI_GGUF', offset: 0 });
+    expect((error as Error).message).toMatch(/not a GGUF file/);
   });
 
   it('turns an exception thrown by onProgress into a rejected load, not an uncaught exception', async () => {

@@ -1,0 +1,135 @@
+#!/usr/bin/env node
+// npm run fuzz: seeded mutations of the demo model, each loaded in a worker process through the public API.
+// A case that kills the worker (a signal: llama.cpp's abort()) or makes it hang is a failure. Prints and
+// optionally writes the tally: rejected by us / rejected by llama.cpp / loaded.
+//
+//   node scripts/fuzz.mjs [--cases 20000] [--seed 1] [--timeout 20000] [--base models/huozi-tiny-q4_0.gguf]
+//                         [--out docs/robustness.md] [--keep-failures dir]
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { fieldsOf, mutate, semanticMutate } from './fuzz/mutate.mjs';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const { values } = parseArgs({
+  options: {
+    cases: { type: 'string', default: '20000' },
+    seed: { type: 'string', default: '1' },
+    timeout: { type: 'string', default: '20000' },
+    base: { type: 'string', default: join(root, 'models', 'huozi-tiny-q4_0.gguf') },
+    out: { type: 'string' },
+    'keep-failures': { type: 'string' },
+    json: { type: 'boolean', default: false },
+  },
+});
+const cases = Number(values.cases);
+const seed0 = Number(values.seed);
+const timeoutMs = Number(values.timeout);
+const base = readFileSync(values.base);
+const info = fieldsOf(base);
+const work = mkdtempSync(join(tmpdir(), 'huozi-fuzz-'));
+
+class Worker {
+  constructor() {
+    this.proc = spawn(process.execPath, [join(root, 'scripts/fuzz/child.mjs')], { stdio: ['pipe', 'pipe', 'ignore'] });
+    this.lines = createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
+    this.exit = new Promise((r) => this.proc.once('exit', (code, signal) => r({ code, signal })));
+  }
+  async run(path) {
+    this.proc.stdin.write(`${path}\n`);
+    let timer;
+    const timeout = new Promise((r) => (timer = setTimeout(() => r({ timeout: true }), timeoutMs)));
+    const line = this.lines.next().then((x) => (x.done ? null : { line: x.value }));
+    const r = await Promise.race([line, this.exit.then((e) => ({ exit: e })), timeout]);
+    clearTimeout(timer);
+    if (r?.line) return JSON.parse(r.line);
+    if (r?.timeout) {
+      this.proc.kill('SIGKILL');
+      return { result: 'timeout' };
+    }
+    const e = r?.exit ?? (await this.exit);
+    return { result: e.signal ? 'signal' : 'exit', signal: e.signal, code: e.code };
+  }
+  close() {
+    this.proc.stdin.end();
+  }
+}
+
+const tally = { 'rejected-by-us': 0, 'rejected-by-llama': 0, loaded: 0, signal: 0, timeout: 0, exit: 0 };
+const failures = [];
+const reasons = new Map();
+let worker = new Worker();
+const started = Date.now();
+for (let i = 0; i < cases; i++) {
+  const seed = seed0 * 1_000_003 + i;
+  // Half the cases break the structure (bytes, fields, splices); half make one meaningful change.
+  const { buf, kinds } = i % 2 === 0 ? mutate(base, info, seed) : semanticMutate(base, seed);
+  const path = join(work, `case-${i % 2}.gguf`);
+  writeFileSync(path, buf);
+  const outcome = await worker.run(path);
+  tally[outcome.result] = (tally[outcome.result] ?? 0) + 1;
+  if (outcome.result === 'rejected-by-us' || outcome.result === 'rejected-by-llama') {
+    const reason = `${outcome.result}: ${String(outcome.message).replace(/\d+/g, 'N').replace(/"[^"]*"/g, '"…"').slice(0, 90)}`;
+    reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+  }
+  if (['signal', 'timeout', 'exit'].includes(outcome.result)) {
+    failures.push({ case: i, seed, kinds, ...outcome });
+    if (values['keep-failures']) {
+      mkdirSync(values['keep-failures'], { recursive: true });
+      copyFileSync(path, join(values['keep-failures'], `case-${i}-seed-${seed}.gguf`));
+    }
+    worker = new Worker();
+  }
+  if ((i + 1) % 1000 === 0 && !values.json) {
+    process.stderr.write(`${i + 1}/${cases} cases, ${((Date.now() - started) / 1000).toFixed(0)} s: ${JSON.stringify(tally)}\n`);
+  }
+}
+worker.close();
+rmSync(work, { recursive: true, force: true });
+const seconds = (Date.now() - started) / 1000;
+const summary = { cases, seed: seed0, seconds, tally, failures, cpu: cpus()[0]?.model };
+if (values.json) {
+  console.log(JSON.stringify(summary));
+} else {
+  console.log(JSON.stringify(tally));
+  for (const f of failures) console.log('FAILURE', JSON.stringify(f));
+}
+if (values.out) {
+  const top = [...reasons].sort((a, b) => b[1] - a[1]).slice(0, 25);
+  writeFileSync(
+    values.out,
+    `# Robustness: fuzzing GGUF loading
+
+Produced by \`npm run fuzz -- --cases ${cases} --seed ${seed0} --out ${values.out}\` (scripts/fuzz.mjs) on
+${new Date().toISOString().slice(0, 10)}, ${cpus().length} × ${cpus()[0]?.model}, in ${seconds.toFixed(0)} s.
+
+Each case is the demo model (\`models/huozi-tiny-q4_0.gguf\`) mutated, seeded. Even cases break the structure
+with 1-3 mutations (byte flips, mostly in the header; rewrites of metadata and tensor-info fields with boundary
+values; splices; truncations and cuts). Odd cases make one meaningful change to a well-formed file (a metadata
+value or its type, a token, a removed or added key, a tensor's type or shape, a removed tensor),
+loaded through the public API in a worker process: \`loadModel\` (our TypeScript reader and validator, then
+llama.cpp), then a 64-token context, tokenization and two generated tokens. A worker killed by a signal
+(llama.cpp's \`abort()\`) or hanging past ${timeoutMs / 1000} s is a failure.
+
+| outcome | cases |
+| --- | ---: |
+| rejected by huozi-gguf (GgufError before llama.cpp saw the file) | ${tally['rejected-by-us']} |
+| rejected by llama.cpp (a clean error: ModelLoadError and the like) | ${tally['rejected-by-llama']} |
+| loaded and generated | ${tally.loaded} |
+| **killed by a signal** | **${tally.signal}** |
+| **timed out / hung** | **${tally.timeout}** |
+| exited otherwise | ${tally.exit} |
+
+Most frequent reasons (numbers and quoted names folded):
+
+| reason | cases |
+| --- | ---: |
+${top.map(([r, n]) => `| ${r.replace(/\|/g, '\\|')} | ${n} |`).join('\n')}
+`,
+  );
+}
+process.exitCode = failures.length ? 1 : 0;

@@ -1,0 +1,27 @@
+// A fuzz worker: reads one file path per line on stdin, loads it through the public API (validation, then
+// llama.cpp), and if it loads, creates a small context, tokenizes and generates two tokens. Writes one JSON
+// line per case. If llama.cpp kills this process, the parent sees which case did it.
+import { createInterface } from 'node:readline';
+import { loadModel } from '../../dist/index.js';
+
+const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+for await (const path of lines) {
+  let outcome;
+  try {
+    const model = await loadModel(path, { useMmap: true });
+    try {
+      const context = await model.createContext({ contextSize: 64, batchSize: 64, threads: 1 });
+      const tokens = model.tokenize('请背诵《春晓》 hello', { addBos: true });
+      await context.generate(tokens.slice(0, 32), { temperature: 0, maxTokens: 2, stopAtEog: false }).result;
+      outcome = { result: 'loaded' };
+    } catch (error) {
+      outcome = { result: 'rejected-by-llama', code: error.code, message: String(error.message).slice(0, 200), stage: 'run' };
+    } finally {
+      await model.dispose();
+    }
+  } catch (error) {
+    const byUs = error.code === 'ERR_HUOZI_GGUF' || error.code === 'ERR_INVALID_ARG_TYPE' || error.code === 'ERR_OUT_OF_RANGE';
+    outcome = { result: byUs ? 'rejected-by-us' : 'rejected-by-llama', code: error.code, message: String(error.message).slice(0, 200) };
+  }
+  process.stdout.write(`${JSON.stringify(outcome)}\n`);
+}

@@ -46,10 +46,11 @@ export interface NativeGenerateResult {
 export interface NativeContext {
   info(): { contextSize: number; batchSize: number; ubatchSize: number; threads: number; batchThreads: number };
   tokens(): Int32Array;
-  evaluate(tokens: Int32Array, logits: 0 | 1 | 2): Promise<Float32Array | undefined>;
+  evaluate(tokens: Int32Array, logits: 0 | 1 | 2 | 3): Promise<Float32Array | undefined>;
   generate(prompt: Int32Array, params: object, onText?: (text: string) => void): Promise<NativeGenerateResult>;
   eraseFrom(position: number): void;
   saveState(): Promise<{ data: Buffer; tokens: Int32Array }>;
+  imatrix(): { name: string; values: Float32Array; counts: Float32Array }[];
   loadState(data: Buffer, tokens: Int32Array): Promise<void>;
   abort(): void;
   setThreads(threads: number, batchThreads: number): void;
@@ -76,6 +77,7 @@ export interface NativeBinding {
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; cancel(): void };
   systemInfo(): NativeSystemInfo;
+  ggmlTypes(): { id: number; name: string; blockSize: number; typeSize: number }[];
 }
 
 /** The package's root folder (where package.json is), from dist/ or lib/. */

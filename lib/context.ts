@@ -17,9 +17,11 @@ export interface ContextOptions {
   batchThreads?: number;
   /** Flash attention (llama.cpp `-fa`): `'auto'`, `true` or `false`. Default: `'auto'`. */
   flashAttention?: boolean | 'auto';
+  /** Collect importance-matrix statistics while evaluating (see computeImatrix). Default: `false`. */
+  collectImatrix?: boolean;
 }
 
-const CONTEXT_OPTIONS = ['contextSize', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention'] as const;
+const CONTEXT_OPTIONS = ['contextSize', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention', 'collectImatrix'] as const;
 
 export interface SamplingOptions {
   /** Sampling temperature; 0 picks the most likely token (greedy). Default: 0.8. */
@@ -91,8 +93,12 @@ export interface GenerationResult {
 }
 
 export interface EvaluateOptions {
-  /** Which logits to return: of the last token (default), of every token, or none. */
-  logits?: 'last' | 'all' | 'none';
+  /**
+   * Which logits to return: of the last token (default), of every token, or none. `'computeAll'` computes
+   * every position's logits without returning them (every layer then runs on every token, which an
+   * importance matrix needs; with 'none' llama.cpp skips the last layer's rows that are not outputs).
+   */
+  logits?: 'last' | 'all' | 'none' | 'computeAll';
   signal?: AbortSignal;
 }
 
@@ -128,6 +134,7 @@ export async function createContext(model: Model, options?: ContextOptions): Pro
   const threads = o.threads === undefined ? defaultThreads() : v.integer('threads', o.threads, 1, 512);
   const batchThreads = o.batchThreads === undefined ? threads : v.integer('batchThreads', o.batchThreads, 1, 512);
   const fa = o.flashAttention === undefined ? 'auto' : v.oneOf('flashAttention', o.flashAttention, ['auto', true, false] as const);
+  const collectImatrix = o.collectImatrix === undefined ? false : v.boolean('collectImatrix', o.collectImatrix);
   // llama.cpp allocates the KV cache with malloc and then clears it: under Linux's overcommit a size far
   // beyond memory does not fail cleanly, the OOM killer ends the process. Refuse it here.
   if (!model.systemInfo.gpuOffload) {
@@ -143,7 +150,7 @@ export async function createContext(model: Model, options?: ContextOptions): Pro
   const callSite = new Error();
   try {
     const native = await model.native.createContext({
-      contextSize, batchSize, ubatchSize, threads, batchThreads, flashAttention: fa === 'auto' ? -1 : fa ? 1 : 0,
+      contextSize, batchSize, ubatchSize, threads, batchThreads, flashAttention: fa === 'auto' ? -1 : fa ? 1 : 0, collectImatrix,
     });
     return new Context(model, native);
   } catch (error) {
@@ -233,12 +240,12 @@ export class Context {
     const ids = v.tokens('tokens', tokens, this.model.vocabularySize);
     if (ids.length === 0) throw v.rangeError('at least one token', 'tokens', tokens);
     const o = v.options<EvaluateOptions>('options', options, ['logits', 'signal']);
-    const logits = o.logits === undefined ? 'last' : v.oneOf('logits', o.logits, ['last', 'all', 'none'] as const);
+    const logits = o.logits === undefined ? 'last' : v.oneOf('logits', o.logits, ['last', 'all', 'none', 'computeAll'] as const);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const callSite = new Error();
     return this.#enqueue(signal, async (native) => {
       try {
-        return await native.evaluate(ids, logits === 'all' ? 2 : logits === 'none' ? 0 : 1);
+        return await native.evaluate(ids, ({ none: 0, last: 1, all: 2, computeAll: 3 } as const)[logits]);
       } catch (error) {
         throw fromNative(error, callSite);
       }
@@ -326,6 +333,15 @@ export class Context {
         throw fromNative(error, callSite);
       }
     });
+  }
+
+  /** @internal Importance-matrix sums collected so far (collectImatrix contexts). */
+  imatrix(): { name: string; values: Float32Array; counts: Float32Array }[] {
+    try {
+      return this.#alive().imatrix();
+    } catch (error) {
+      throw fromNative(error);
+    }
   }
 
   /** Empties the context. */

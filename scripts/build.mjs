@@ -11,7 +11,7 @@
 // --debug. The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, renameSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -62,5 +62,8 @@ if (r.status !== 0) process.exit(r.status ?? 1);
 const built = join(out, config, 'huozi_gguf.node');
 const dest = join(root, 'build', 'Release', 'huozi_gguf.node');
 mkdirSync(dirname(dest), { recursive: true });
-copyFileSync(built, dest);
+// Copy then rename: processes that have the old addon loaded keep their (unlinked) file intact; overwriting
+// it in place would change the pages under them.
+copyFileSync(built, `${dest}.tmp`);
+renameSync(`${dest}.tmp`, dest);
 console.log(`built ${dest}`);

@@ -24,6 +24,8 @@ const { values } = parseArgs({
     out: { type: 'string' },
     'keep-failures': { type: 'string' },
     json: { type: 'boolean', default: false },
+    // Without our reader and validator (llama.cpp alone), to see what they prevent.
+    raw: { type: 'boolean', default: false },
   },
 });
 const cases = Number(values.cases);
@@ -35,7 +37,10 @@ const work = mkdtempSync(join(tmpdir(), 'huozi-fuzz-'));
 
 class Worker {
   constructor() {
-    this.proc = spawn(process.execPath, [join(root, 'scripts/fuzz/child.mjs')], { stdio: ['pipe', 'pipe', 'ignore'] });
+    this.proc = spawn(process.execPath, [join(root, 'scripts/fuzz/child.mjs')], {
+      stdio: ['pipe', 'pipe', 'ignore'],
+      env: { ...process.env, HUOZI_FUZZ_RAW: values.raw ? '1' : '0' },
+    });
     this.lines = createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
     this.exit = new Promise((r) => this.proc.once('exit', (code, signal) => r({ code, signal })));
   }

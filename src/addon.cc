@@ -9,6 +9,9 @@
 #include "model.h"
 
 namespace huozi {
+
+Napi::Value Quantize(const Napi::CallbackInfo &info);
+
 namespace {
 
 Napi::Value SystemInfo(const Napi::CallbackInfo &info) {
@@ -56,6 +59,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New(env, Model::Load));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
   exports.Set("ggmlTypes", Napi::Function::New(env, GgmlTypes));
+  exports.Set("quantize", Napi::Function::New(env, Quantize));
   return exports;
 }
 

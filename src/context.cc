@@ -20,6 +20,7 @@ Napi::Function Context::Init(Napi::Env env) {
                          InstanceMethod<&Context::Generate>("generate"),
                          InstanceMethod<&Context::EraseFrom>("eraseFrom"),
                          InstanceMethod<&Context::SaveState>("saveState"),
+                         InstanceMethod<&Context::Imatrix>("imatrix"),
                          InstanceMethod<&Context::LoadState>("loadState"),
                          InstanceMethod<&Context::Abort>("abort"),
                          InstanceMethod<&Context::SetThreads>("setThreads"),
@@ -37,6 +38,7 @@ struct ContextParams {
   int32_t threads = 1;
   int32_t batch_threads = 1;
   int32_t flash_attention = -1;  // llama_flash_attn_type
+  bool collect_imatrix = false;
 };
 
 uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
@@ -55,6 +57,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   p.batch_threads = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(p.threads)));
   Napi::Value fa = o.Get("flashAttention");
   if (fa.IsNumber()) p.flash_attention = fa.As<Napi::Number>().Int32Value();
+  p.collect_imatrix = o.Get("collectImatrix").ToBoolean();
   // What would trip an assert inside llama.cpp (lib/validate.ts reports these to users first).
   if (p.n_ctx == 0 || p.n_batch == 0 || p.n_ubatch == 0 || p.n_ubatch > p.n_batch) {
     Throw(env, code::kOutOfRange, "contextSize, batchSize and ubatchSize must be positive with ubatchSize <= batchSize");
@@ -65,6 +68,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   struct Created {
     llama_context *ctx = nullptr;
     std::shared_ptr<ModelHandle> model;
+    std::shared_ptr<ImatrixCollector> imatrix;
   };
   return PromiseWorker<Created>::Start(
       env, Napi::Object::New(env), code::kContextCreate,
@@ -78,13 +82,19 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
         cp.n_threads_batch = p.batch_threads;
         cp.flash_attn_type = static_cast<llama_flash_attn_type>(p.flash_attention);
         cp.no_perf = true;
+        std::shared_ptr<ImatrixCollector> imatrix;
+        if (p.collect_imatrix) {
+          imatrix = std::make_shared<ImatrixCollector>();
+          cp.cb_eval = &ImatrixCollector::Callback;
+          cp.cb_eval_user_data = imatrix.get();
+        }
         TakeThreadErrors();
         llama_context *ctx = llama_init_from_model(model->model, cp);
         if (ctx == nullptr) {
           std::string why = TakeThreadErrors();
           throw CodedError(code::kContextCreate, "failed to create the context" + (why.empty() ? "" : ": " + why));
         }
-        return Created{ctx, model};
+        return Created{ctx, model, imatrix};
       },
       [](Napi::Env env, Created &created) -> Napi::Value {
         Napi::Object object = Data(env).context_ctor.New({Napi::External<llama_context>::New(env, created.ctx)});
@@ -92,6 +102,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
         context->model_ = std::move(created.model);
         context->vocab_ = llama_model_get_vocab(context->model_->model);
         context->n_vocab_ = llama_vocab_n_tokens(context->vocab_);
+        context->imatrix_ = std::move(created.imatrix);
         created.ctx = nullptr;
         return object;
       });
@@ -192,7 +203,7 @@ void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::
         batch.n_seq_id[i] = 1;
         batch.seq_id[i][0] = 0;
         const bool last = start + i == n - 1;
-        batch.logits[i] = mode == LogitsMode::kAll || (mode == LogitsMode::kLast && last);
+        batch.logits[i] = mode == LogitsMode::kAll || mode == LogitsMode::kComputeAll || (mode == LogitsMode::kLast && last);
       }
     }
     const int32_t ret = llama_decode(ctx_, batch);
@@ -267,7 +278,10 @@ Napi::Value Context::Evaluate(const Napi::CallbackInfo &info) {
   std::vector<llama_token> tokens = TokensArg(env, info[0], n_vocab_);
   if (tokens.empty()) Throw(env, code::kInvalidArgument, "evaluate() needs at least one token");
   const int32_t mode_arg = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
-  const LogitsMode mode = mode_arg == 2 ? LogitsMode::kAll : mode_arg == 0 ? LogitsMode::kNone : LogitsMode::kLast;
+  const LogitsMode mode = mode_arg == 2   ? LogitsMode::kAll
+                          : mode_arg == 3 ? LogitsMode::kComputeAll
+                          : mode_arg == 0 ? LogitsMode::kNone
+                                          : LogitsMode::kLast;
   if (tokens_.size() + tokens.size() > n_ctx_) {
     Throw(env, code::kContextOverflow, "evaluating " + std::to_string(tokens.size()) + " tokens after " +
                                            std::to_string(tokens_.size()) + " would exceed the context size of " +
@@ -375,6 +389,28 @@ Napi::Value Context::LoadState(const Napi::CallbackInfo &info) {
         return true;
       },
       [](Napi::Env env, bool &) -> Napi::Value { return env.Undefined(); }, [this]() { End(); });
+}
+
+// imatrix() -> [{ name, values: Float32Array, counts: Float32Array }] collected so far (collectImatrix only).
+Napi::Value Context::Imatrix(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  if (!imatrix_) Throw(env, code::kInvalidArgument, "this context was not created with collectImatrix");
+  if (imatrix_->failed()) Throw(env, code::kDecode, "importance matrix collection failed: " + imatrix_->error());
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto &[name, e] : imatrix_->stats()) {
+    Napi::Object item = Napi::Object::New(env);
+    item.Set("name", name);
+    Napi::Float32Array values = Napi::Float32Array::New(env, e.values.size());
+    for (size_t j = 0; j < e.values.size(); ++j) values[j] = static_cast<float>(e.values[j]);
+    Napi::Float32Array counts = Napi::Float32Array::New(env, e.counts.size());
+    for (size_t j = 0; j < e.counts.size(); ++j) counts[j] = static_cast<float>(e.counts[j]);
+    item.Set("values", values);
+    item.Set("counts", counts);
+    out.Set(i++, item);
+  }
+  return out;
 }
 
 Napi::Value Context::Abort(const Napi::CallbackInfo &info) {

@@ -10,13 +10,16 @@
 #include <vector>
 
 #include "executor.h"
+#include "imatrix.h"
 #include "llama.h"
 
 namespace huozi {
 
 struct ModelHandle;
 
-enum class LogitsMode { kNone, kLast, kAll };
+// kComputeAll: every position is an output (so that every layer runs on every token, as an importance matrix
+// needs), but the logits are not copied out.
+enum class LogitsMode { kNone, kLast, kAll, kComputeAll };
 
 class Context final : public Napi::ObjectWrap<Context> {
  public:
@@ -58,6 +61,7 @@ class Context final : public Napi::ObjectWrap<Context> {
   Napi::Value Generate(const Napi::CallbackInfo &info);
   Napi::Value EraseFrom(const Napi::CallbackInfo &info);
   Napi::Value SaveState(const Napi::CallbackInfo &info);
+  Napi::Value Imatrix(const Napi::CallbackInfo &info);
   Napi::Value LoadState(const Napi::CallbackInfo &info);
   Napi::Value Abort(const Napi::CallbackInfo &info);
   Napi::Value SetThreads(const Napi::CallbackInfo &info);
@@ -80,6 +84,8 @@ class Context final : public Napi::ObjectWrap<Context> {
   bool busy_ = false;
   bool dispose_pending_ = false;
   std::unique_ptr<Executor> executor_;
+  // When created with collectImatrix; llama.cpp holds its address as cb_eval_user_data.
+  std::shared_ptr<ImatrixCollector> imatrix_;
 };
 
 }  // namespace huozi

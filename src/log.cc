@@ -12,6 +12,8 @@ namespace {
 constexpr int kSilent = 100;
 thread_local std::string thread_errors;
 thread_local ggml_log_level last_level = GGML_LOG_LEVEL_NONE;
+thread_local LogHook hook = nullptr;
+thread_local void *hook_data = nullptr;
 int min_level = kSilent;
 
 int LevelFromEnv() {
@@ -29,6 +31,7 @@ void OnLog(ggml_log_level level, const char *text, void *) {
   ggml_log_level effective = level == GGML_LOG_LEVEL_CONT ? last_level : level;
   if (level != GGML_LOG_LEVEL_CONT) last_level = level;
   if (effective == GGML_LOG_LEVEL_ERROR && thread_errors.size() < 4096) thread_errors += text;
+  if (hook != nullptr) hook(text, hook_data);
   if (effective >= min_level) std::fputs(text, stderr);
 }
 
@@ -37,6 +40,11 @@ void OnLog(ggml_log_level level, const char *text, void *) {
 void InstallLogHandler() {
   min_level = LevelFromEnv();
   llama_log_set(OnLog, nullptr);
+}
+
+void SetThreadLogHook(LogHook h, void *data) {
+  hook = h;
+  hook_data = data;
 }
 
 std::string TakeThreadErrors() {

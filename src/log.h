@@ -10,4 +10,9 @@ void InstallLogHandler();
 // Error lines llama.cpp logged on this thread since the last call; clears them.
 std::string TakeThreadErrors();
 
+// While set, every log message from this thread is also passed to `hook` (used to read llama_model_quantize's
+// per-tensor lines as progress: it has no progress callback).
+using LogHook = void (*)(const char *text, void *data);
+void SetThreadLogHook(LogHook hook, void *data);
+
 }  // namespace huozi

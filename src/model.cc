@@ -93,9 +93,11 @@ Napi::Value Model::Info(const Napi::CallbackInfo &info) {
   out.Set("parameters", Napi::Number::New(env, static_cast<double>(llama_model_n_params(model_))));
   out.Set("trainContextSize", llama_model_n_ctx_train(model_));
   out.Set("embeddingSize", llama_model_n_embd(model_));
-  out.Set("layers", llama_model_n_layer(model_));
-  out.Set("heads", llama_model_n_head(model_));
-  out.Set("kvHeads", llama_model_n_head_kv(model_));
+  // A vocabOnly model has no layers, and llama_hparams::n_head(0) GGML_ABORTs when there are none.
+  const int32_t layers = llama_model_n_layer(model_);
+  out.Set("layers", layers);
+  out.Set("heads", layers > 0 ? llama_model_n_head(model_) : 0);
+  out.Set("kvHeads", layers > 0 ? llama_model_n_head_kv(model_) : 0);
   out.Set("vocabularySize", n_vocab_);
   out.Set("fileType", llama_ftype_name(llama_model_ftype(model_)));
   const char *tmpl = llama_model_chat_template(model_, nullptr);
@@ -236,6 +238,9 @@ Napi::Value Model::SpecialTokens(const Napi::CallbackInfo &info) {
 
 Napi::Value Model::CreateContext(const Napi::CallbackInfo &info) {
   CheckAlive(info.Env());
+  if (llama_model_n_layer(model_) == 0) {
+    Throw(info.Env(), code::kInvalidArgument, "this model was loaded with vocabOnly: it has no weights to run a context on");
+  }
   return Context::Create(info.Env(), handle_, info[0].As<Napi::Object>());
 }
 

@@ -70,6 +70,34 @@ program
   .action(async (path, opts) => (await import('./inspect.js')).inspectCommand(path, opts));
 
 program
+  .command('quantize')
+  .description('quantize a GGUF with llama.cpp (q4_0, q2_k, q4_k_m, ... as llama-quantize spells them)')
+  .argument('[input]', 'GGUF to quantize')
+  .argument('[output]', 'where to write the result')
+  .argument('[type]', 'target type, e.g. q4_0 (see --list)')
+  .option('--list', 'list the types (with a model: the size each would have)', false)
+  .addOption(new Option('--threads <n>', 'threads').argParser(intArg))
+  .option('--imatrix <file>', 'importance matrix (GGUF) from huozi-gguf imatrix or llama-imatrix')
+  .option('--allow-requantize', 'allow quantizing tensors that are already quantized', false)
+  .option('--leave-output-tensor', 'keep output.weight unquantized', false)
+  .option('--pure', 'every tensor in the target type', false)
+  .option('--output-tensor-type <type>', 'ggml type for output.weight')
+  .option('--token-embedding-type <type>', 'ggml type for token_embd.weight')
+  .option('--tensor-type <pattern=type...>', 'ggml type for tensors whose names match pattern')
+  .action(async (input, output, type, opts) => (await import('./quantize.js')).quantizeCommand(input, output, type, opts));
+
+program
+  .command('imatrix')
+  .description("compute an importance matrix (llama.cpp's GGUF format) for quantize --imatrix")
+  .argument('<model>', 'GGUF model (f16 or better)')
+  .argument('<text>', 'text file: what the model will be used for, not the evaluation set')
+  .requiredOption('-o, --output <file>', 'where to write the imatrix')
+  .addOption(new Option('-c, --ctx-size <n>', 'tokens per chunk').argParser(intArg).default(512))
+  .addOption(new Option('--chunks <n>', 'most chunks').argParser(intArg))
+  .addOption(new Option('-t, --threads <n>', 'threads').argParser(intArg))
+  .action(async (model, text, opts) => (await import('./quantize.js')).imatrixCommand(model, text, opts));
+
+program
   .command('synth')
   .description("write a random-weight GGUF with a real model's exact shape, for speed and memory measurements")
   .requiredOption('--shape <name|json>', 'huozi3.5, tiny, a JSON shape or a .json file')

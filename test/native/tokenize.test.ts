@@ -54,3 +54,13 @@ describe('tokenize', () => {
     expect(model.metadata['general.architecture']).toBe('llama');
   });
 });
+
+describe('vocabOnly', () => {
+  it('tokenizes without weights, and refuses to create a context', async () => {
+    const vocab = await loadModel(f16Path, { vocabOnly: true });
+    expect(vocab.tokenize('请背诵《春晓》')).toEqual(model.tokenize('请背诵《春晓》'));
+    expect(vocab.info.layers).toBe(0);
+    await expect(vocab.createContext()).rejects.toMatchObject({ name: 'TypeError', message: /vocabOnly/ });
+    await vocab.dispose();
+  });
+});

@@ -1,0 +1,220 @@
+// quantize(): llama_model_quantize in a child process, writing to a temporary file next to the output that
+// is checked, fsynced and renamed only when complete. A crash, an abort, a full disk or a bad type leaves
+// any existing output untouched and no partial file behind; the caller's process is never at risk.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { open, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { AbortError, HuoziError } from '../errors.js';
+import { readGguf } from '../gguf/reader.js';
+import { ggmlTypeByName } from '../gguf/types.js';
+import { validateForLlama } from '../gguf/validate.js';
+import * as v from '../validate.js';
+import { quantType, QUANT_TYPES, type QuantType } from './types.js';
+
+export interface QuantizeOptions {
+  /** Target type as llama-quantize spells it, case-insensitive: `q4_0`, `Q2_K`, `q4_k_m`, ... (see QUANT_TYPES). */
+  type: string;
+  /** Threads (llama-quantize's nthread). Default: all cores. */
+  threads?: number;
+  /** Importance matrix file (GGUF, from computeImatrix or llama-imatrix). */
+  imatrix?: string;
+  /** Allow re-quantizing tensors that are already quantized (`--allow-requantize`). Default: false. */
+  allowRequantize?: boolean;
+  /** Keep output.weight as it is (`--leave-output-tensor`). Default: false. */
+  leaveOutputTensor?: boolean;
+  /** Every tensor in the target type, no per-tensor mix (`--pure`). Default: false. */
+  pure?: boolean;
+  /** Type for output.weight (`--output-tensor-type`), a ggml type name such as `q8_0`. */
+  outputTensorType?: string;
+  /** Type for token_embd.weight (`--token-embedding-type`). */
+  tokenEmbeddingType?: string;
+  /** Per-tensor types by name pattern (`--tensor-type attn_v=q8_0`): `{ 'attn_v': 'q8_0' }`. */
+  tensorTypes?: Record<string, string>;
+  /** Called per tensor with tensors done and the total; reaches 1 (done === total) exactly once, at the end. */
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+const OPTIONS = [
+  'type', 'threads', 'imatrix', 'allowRequantize', 'leaveOutputTensor', 'pure', 'outputTensorType', 'tokenEmbeddingType',
+  'tensorTypes', 'onProgress', 'signal',
+] as const;
+
+export interface QuantizeResult {
+  output: string;
+  type: string;
+  inputBytes: number;
+  outputBytes: number;
+  parameters: number;
+  bitsPerWeight: number;
+  seconds: number;
+}
+
+/** Quantization failed; the output path is as it was before. */
+export class QuantizeError extends HuoziError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_QUANTIZE', options);
+  }
+}
+
+const childScript = join(dirname(fileURLToPath(import.meta.url)), 'child.js');
+
+function ggmlTypeId(name: string, option: string): number {
+  const t = ggmlTypeByName(v.string(option, name));
+  if (!t) throw v.rangeError('a ggml type name such as q8_0, q6_K or f16', option, name);
+  return t.id;
+}
+
+/** Same file (path, symlink or hard link): compares device and inode. */
+async function sameFile(a: string, b: string): Promise<boolean> {
+  try {
+    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return false;
+  }
+}
+
+interface ChildOutcome {
+  done?: { quantMiB: number; requiresImatrix: boolean };
+  error?: { message: string; code: string };
+  exit: { code: number | null; signal: NodeJS.Signals | null };
+}
+
+function runChild(job: object, onTensor: (i: number, n: number) => void, signal?: AbortSignal): Promise<ChildOutcome> {
+  return new Promise((resolveOutcome) => {
+    const child = spawn(process.execPath, [childScript, JSON.stringify(job)], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    const outcome: Partial<ChildOutcome> = {};
+    const lines = createInterface({ input: child.stdio[3] as NodeJS.ReadableStream });
+    lines.on('line', (line) => {
+      try {
+        const msg = JSON.parse(line);
+        if (msg.tensor) onTensor(msg.tensor, msg.of);
+        else if (msg.done) outcome.done = msg.done;
+        else if (msg.error) outcome.error = msg.error;
+      } catch {
+        // not ours
+      }
+    });
+    const onAbort = () => child.kill('SIGKILL');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    child.on('close', (code, sig) => {
+      signal?.removeEventListener('abort', onAbort);
+      if (!outcome.done && !outcome.error && stderr.trim()) {
+        outcome.error = { message: stderr.trim().split('\n').slice(-3).join(' '), code: 'ERR_HUOZI_QUANTIZE' };
+      }
+      resolveOutcome({ ...outcome, exit: { code, signal: sig } } as ChildOutcome);
+    });
+  });
+}
+
+/** Quantizes `input` into `output`. */
+export async function quantize(input: string, output: string, options: QuantizeOptions): Promise<QuantizeResult> {
+  v.string('input', input, { allowEmpty: false });
+  v.string('output', output, { allowEmpty: false });
+  const o = v.options<QuantizeOptions>('options', options, OPTIONS);
+  if (o.type === undefined) throw v.typeError('a quantization type', 'options.type', undefined);
+  const qt: QuantType | undefined = quantType(v.string('type', o.type));
+  if (!qt) {
+    throw v.rangeError(`one of ${QUANT_TYPES.map((t) => t.name).join(', ')}`, 'type', o.type);
+  }
+  const params: Record<string, unknown> = { ftype: qt.ftype, onlyCopy: qt.onlyCopy === true };
+  if (o.threads !== undefined) params.threads = v.integer('threads', o.threads, 1, 512);
+  if (o.allowRequantize !== undefined) params.allowRequantize = v.boolean('allowRequantize', o.allowRequantize);
+  if (o.leaveOutputTensor !== undefined) params.leaveOutputTensor = v.boolean('leaveOutputTensor', o.leaveOutputTensor);
+  if (o.pure !== undefined) params.pure = v.boolean('pure', o.pure);
+  if (o.outputTensorType !== undefined) params.outputTensorType = ggmlTypeId(o.outputTensorType, 'outputTensorType');
+  if (o.tokenEmbeddingType !== undefined) params.tokenEmbeddingType = ggmlTypeId(o.tokenEmbeddingType, 'tokenEmbeddingType');
+  if (o.tensorTypes !== undefined) {
+    const entries = Object.entries(v.options<Record<string, string>>('tensorTypes', o.tensorTypes, Object.keys(o.tensorTypes)));
+    params.tensorTypes = entries.map(([pattern, type]) => ({ pattern, type: ggmlTypeId(type as string, `tensorTypes.${pattern}`) }));
+  }
+  const onProgress = o.onProgress === undefined ? undefined : v.func<(d: number, t: number) => void>('onProgress', o.onProgress);
+  const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+  const imatrix = o.imatrix === undefined ? undefined : resolve(v.string('imatrix', o.imatrix, { allowEmpty: false }));
+
+  const inPath = resolve(input);
+  const outPath = resolve(output);
+  const started = Date.now();
+  // The input must be a file llama.cpp can load without aborting (it loads it to quantize it).
+  const inputFile = await readGguf(inPath);
+  validateForLlama(inputFile);
+  if (imatrix) await stat(imatrix);
+  if (inPath === outPath || (await sameFile(inPath, outPath)) ||
+      (await realpath(dirname(outPath)).then((d) => join(d, basename(outPath))).catch(() => outPath)) === (await realpath(inPath))) {
+    throw v.rangeError('an output that is not the input file (same path, symlink or hard link)', 'output', output);
+  }
+  signal?.throwIfAborted();
+
+  // A dry run first: llama.cpp says whether the type needs an importance matrix, before anything is written.
+  if (!imatrix && !qt.onlyCopy) {
+    const dry = await runChild({ input: inPath, output: '/dev/null', params: { ...params, dryRun: true } }, () => undefined, signal);
+    if (signal?.aborted) throw new AbortError('quantization was aborted');
+    if (dry.error || !dry.done) throw new QuantizeError(`Cannot quantize ${inPath}: ${dry.error?.message ?? `the worker ended (${dry.exit.signal ?? dry.exit.code})`}`);
+    if (dry.done.requiresImatrix || qt.needsImatrix) {
+      throw new QuantizeError(`${qt.name} needs an importance matrix: pass imatrix (huozi-gguf imatrix computes one)`);
+    }
+  }
+
+  const tmp = join(dirname(outPath), `.${basename(outPath)}.${randomBytes(6).toString('hex')}.tmp`);
+  let reported = 0;
+  try {
+    const outcome = await runChild(
+      { input: inPath, output: tmp, params, imatrixFile: imatrix },
+      (i, n) => {
+        // Tensor i is starting: i-1 are done. The final 100% comes after the rename.
+        if (i - 1 > reported && i - 1 < n) onProgress?.((reported = i - 1), n);
+      },
+      signal,
+    );
+    if (signal?.aborted) throw new AbortError('quantization was aborted');
+    if (!outcome.done) {
+      const why = outcome.error?.message ??
+        (outcome.exit.signal ? `the quantizer was killed by ${outcome.exit.signal}` : `the quantizer exited with code ${outcome.exit.code}`);
+      throw new QuantizeError(`Quantizing ${inPath} to ${qt.name} failed: ${why}`);
+    }
+    // Check what was written before it replaces anything, then make it durable.
+    const written = await readGguf(tmp);
+    const handle = await open(tmp, 'r+');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, outPath);
+    const dirHandle = await open(dirname(outPath), 'r');
+    await dirHandle.sync().catch(() => undefined);
+    await dirHandle.close();
+    const total = written.tensors.length;
+    onProgress?.(total, total);
+    const outputBytes = Number(written.fileSize);
+    const parameters = written.tensors.reduce((a, t) => a + Number(t.elements), 0);
+    return {
+      output: outPath,
+      type: qt.name,
+      inputBytes: Number(inputFile.fileSize),
+      outputBytes,
+      parameters,
+      bitsPerWeight: (Number(written.tensors.reduce((a, t) => a + t.bytes, 0n)) * 8) / parameters,
+      seconds: (Date.now() - started) / 1000,
+    };
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+}
+
+/** Size (MiB) a quantization would produce, from llama.cpp's dry run; no file is written. */
+export async function quantizedSize(input: string, type: string): Promise<{ mib: number; requiresImatrix: boolean }> {
+  const qt = quantType(type);
+  if (!qt) throw v.rangeError(`one of ${QUANT_TYPES.map((t) => t.name).join(', ')}`, 'type', type);
+  const inPath = resolve(input);
+  validateForLlama(await readGguf(inPath));
+  const dry = await runChild({ input: inPath, output: '/dev/null', params: { ftype: qt.ftype, onlyCopy: qt.onlyCopy === true, dryRun: true } }, () => undefined);
+  if (!dry.done) throw new QuantizeError(`Dry run failed: ${dry.error?.message ?? 'the worker ended'}`);
+  return { mib: dry.done.quantMiB, requiresImatrix: dry.done.requiresImatrix || qt.needsImatrix };
+}

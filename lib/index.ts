@@ -30,3 +30,5 @@ export { QUANT_TYPES, quantType } from './quantize/types.js';
 export type { QuantType } from './quantize/types.js';
 export { computeImatrix, readImatrix } from './quantize/imatrix.js';
 export type { ImatrixOptions, ImatrixResult, LoadedImatrix } from './quantize/imatrix.js';
+export { perplexity, perplexityOfFile } from './eval/perplexity.js';
+export type { PerplexityOptions, PerplexityResult } from './eval/perplexity.js';

@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -105,11 +105,17 @@ if (values.json) {
 }
 if (values.out) {
   const top = [...reasons].sort((a, b) => b[1] - a[1]).slice(0, 25);
+  const rel = relative(root, resolve(values.out));
+  const rawNote = values.raw
+    ? `**This run skipped huozi-gguf's reader and validator** (\`--raw\`): every file went straight to llama.cpp
+through the addon, to show what they prevent. The package never loads files this way.\n\n`
+    : `The same seeds without our reader and validator: \`node scripts/fuzz.mjs --raw --cases 2000 --seed ${seed0}
+--out docs/robustness-raw.md\` ([robustness-raw.md](robustness-raw.md)).\n\n`;
   writeFileSync(
     values.out,
-    `# Robustness: fuzzing GGUF loading
+    `# Robustness: fuzzing GGUF loading${values.raw ? ' (llama.cpp alone, for comparison)' : ''}
 
-Produced by \`npm run fuzz -- --cases ${cases} --seed ${seed0} --out ${values.out}\` (scripts/fuzz.mjs) on
+${rawNote}Produced by \`node scripts/fuzz.mjs --cases ${cases} --seed ${seed0}${values.raw ? ' --raw' : ''} --out ${rel}\` on
 ${new Date().toISOString().slice(0, 10)}, ${cpus().length} × ${cpus()[0]?.model}, in ${seconds.toFixed(0)} s.
 
 Each case is the demo model (\`models/huozi-tiny-q4_0.gguf\`) mutated, seeded. Even cases break the structure
@@ -128,7 +134,7 @@ llama.cpp), then a 64-token context, tokenization and two generated tokens. A wo
 | **killed by a signal** | **${tally.signal}** |
 | **timed out / hung** | **${tally.timeout}** |
 | exited otherwise | ${tally.exit} |
-
+${failures.length ? `\nThe mutations behind the failures, most frequent first: ${[...failures.reduce((m, f) => m.set(f.kinds[0], (m.get(f.kinds[0]) ?? 0) + 1), new Map())].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([k, n]) => `${k} (${n})`).join('; ')}.\n` : ''}
 Most frequent reasons (numbers and quoted names folded):
 
 | reason | cases |

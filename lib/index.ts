@@ -1,5 +1,5 @@
 export { loadModel, Model } from './model.js';
-export type { LoadModelOptions, SpecialTokens, TokenizeOptions, DetokenizeOptions } from './model.js';
+export type { LoadModelOptions, SpecialTokens, TokenizeOptions, DetokenizeOptions, GpuPlan } from './model.js';
 export { Context, Generation } from './context.js';
 export type {
   ContextOptions, SamplingOptions, GenerateOptions, GenerationResult, StopReason, EvaluateOptions,
@@ -32,3 +32,5 @@ export { computeImatrix, readImatrix } from './quantize/imatrix.js';
 export type { ImatrixOptions, ImatrixResult, LoadedImatrix } from './quantize/imatrix.js';
 export { perplexity, perplexityOfFile } from './eval/perplexity.js';
 export type { PerplexityOptions, PerplexityResult } from './eval/perplexity.js';
+export { devices, estimateMemory } from './gpu.js';
+export type { Device, DeviceMemory, MemoryEstimateOptions, FitResult } from './gpu.js';

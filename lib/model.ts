@@ -5,14 +5,26 @@ import { Context, createContext, type ContextOptions } from './context.js';
 import { AbortError, DisposedError, fromNative, GgufError, ModelLoadError } from './errors.js';
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
+import { fitToMemory } from './gpu.js';
 import * as v from './validate.js';
 
 export interface LoadModelOptions {
   /**
-   * Layers to offload to the GPU (llama.cpp `-ngl`). A number, or `'max'` for all of them.
-   * Ignored by the CPU build. Default: `'max'`.
+   * Layers to offload to the GPU (llama.cpp `-ngl`): a number, `'max'` for all of them, or `'auto'`: the
+   * most layers (and, for MoE models, which expert tensors stay on the CPU, like llama.cpp's `--n-cpu-moe`)
+   * that fit the free GPU memory with a context of `fit.contextSize` and a safety margin, measured by
+   * llama.cpp's own fit (no out-of-memory abort); the choice is in `model.gpuPlan`. Ignored by the CPU
+   * build. Default: `'max'`.
    */
-  gpuLayers?: number | 'max';
+  gpuLayers?: number | 'max' | 'auto';
+  /** For gpuLayers 'auto': the context to leave room for (default 4096) and the margin per GPU (default 1024 MiB). */
+  fit?: { contextSize?: number; marginMiB?: number };
+  /** The GPU for the whole model with splitMode 'none' (llama.cpp `-mg`). Default: 0. */
+  mainGpu?: number;
+  /** How to use several GPUs (llama.cpp `-sm`): 'none', 'layer' (default) or 'row'. */
+  splitMode?: 'none' | 'layer' | 'row';
+  /** Share of the model per GPU (llama.cpp `-ts`), e.g. [3, 1]. Default: by free memory. */
+  tensorSplit?: number[];
   /** Memory-map the file instead of reading it (llama.cpp `--mmap`). Default: `true`. */
   useMmap?: boolean;
   /** Lock the weights in RAM so the OS cannot swap them out (llama.cpp `--mlock`). Default: `false`. */
@@ -27,7 +39,18 @@ export interface LoadModelOptions {
   signal?: AbortSignal;
 }
 
-const LOAD_OPTIONS = ['gpuLayers', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'onProgress', 'signal'] as const;
+const LOAD_OPTIONS = [
+  'gpuLayers', 'fit', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'onProgress', 'signal',
+] as const;
+
+/** How the model was placed on the devices when loaded with gpuLayers 'auto'. */
+export interface GpuPlan {
+  gpuLayers: number;
+  /** Tensors kept on another device than their layer's (MoE experts on the CPU). */
+  overrides: { pattern: string; buffer: string }[];
+  contextSize: number;
+  status: 'fits' | 'doesNotFit' | 'error';
+}
 
 /** The special tokens of a model's vocabulary (`null` where the vocabulary has none). */
 export interface SpecialTokens {
@@ -59,9 +82,18 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   v.string('path', path, { allowEmpty: false });
   const o = v.options<LoadModelOptions>('options', options, LOAD_OPTIONS);
   const params: Record<string, unknown> = {};
-  if (o.gpuLayers !== undefined) {
+  if (o.gpuLayers !== undefined && o.gpuLayers !== 'auto') {
     params.gpuLayers = o.gpuLayers === 'max' ? -1 : v.integer('gpuLayers', o.gpuLayers, 0, 100_000);
   }
+  if (o.mainGpu !== undefined) params.mainGpu = v.integer('mainGpu', o.mainGpu, 0, 127);
+  if (o.splitMode !== undefined) params.splitMode = { none: 0, layer: 1, row: 2 }[v.oneOf('splitMode', o.splitMode, ['none', 'layer', 'row'] as const)];
+  if (o.tensorSplit !== undefined) {
+    if (!Array.isArray(o.tensorSplit)) throw v.typeError('array of numbers', 'tensorSplit', o.tensorSplit);
+    params.tensorSplit = o.tensorSplit.map((x, i) => v.number(`tensorSplit[${i}]`, x, 0));
+  }
+  const fitOptions = v.options<{ contextSize: number; marginMiB: number }>('fit', o.fit, ['contextSize', 'marginMiB']);
+  const fitContext = fitOptions.contextSize === undefined ? 4096 : v.integer('fit.contextSize', fitOptions.contextSize, 1, 1 << 24);
+  const fitMargin = fitOptions.marginMiB === undefined ? 1024 : v.number('fit.marginMiB', fitOptions.marginMiB, 0);
   if (o.useMmap !== undefined) params.useMmap = v.boolean('useMmap', o.useMmap);
   if (o.useMlock !== undefined) params.useMlock = v.boolean('useMlock', o.useMlock);
   if (o.vocabOnly !== undefined) params.vocabOnly = v.boolean('vocabOnly', o.vocabOnly);
@@ -80,6 +112,14 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     throw new ModelLoadError(`Failed to load model from ${fullPath}: ${(error as Error).message}`, { cause: error });
   }
   if (signal?.aborted) throw new AbortError('model loading was aborted');
+  let gpuPlan: GpuPlan | undefined;
+  if (o.gpuLayers === 'auto') {
+    const fitted = await fitToMemory(fullPath, { contextSize: fitContext, marginBytes: Math.round(fitMargin * 2 ** 20) });
+    gpuPlan = { gpuLayers: fitted.gpuLayers, overrides: fitted.overrides, contextSize: fitted.contextSize, status: fitted.status };
+    params.gpuLayers = fitted.gpuLayers;
+    if (fitted.overrides.length) params.overrides = fitted.overrides;
+    if (fitted.tensorSplit.some((x) => x > 0)) params.tensorSplit = fitted.tensorSplit;
+  }
   let last = -1;
   let done = false;
   let callbackError: unknown;
@@ -106,7 +146,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
       native.dispose();
       throw callbackError;
     }
-    const model = new Model(native, fullPath);
+    const model = new Model(native, fullPath, gpuPlan);
     try {
       onProgress?.(1);
     } catch (error) {
@@ -148,10 +188,14 @@ export class Model {
   readonly #contexts = new Set<Context>();
   readonly #disposeListeners = new Set<() => void>();
 
+  /** With gpuLayers 'auto': what llama.cpp's fit chose. */
+  readonly gpuPlan: Readonly<GpuPlan> | undefined;
+
   /** @internal Use {@link loadModel}. */
-  constructor(native: NativeModel, path: string) {
+  constructor(native: NativeModel, path: string, gpuPlan?: GpuPlan) {
     this.#native = native;
     this.path = path;
+    this.gpuPlan = gpuPlan;
     const { metadata, tokens, ...info } = native.info();
     this.info = Object.freeze(info);
     this.metadata = Object.freeze(metadata);

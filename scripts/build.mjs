@@ -8,7 +8,8 @@
 //
 // Options: --gpu cpu|cuda|metal (env HUOZI_GPU), --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES),
 // --jobs N (env HUOZI_BUILD_JOBS, default: all cores), --portable (no -march=native: for prebuilt binaries),
-// --debug. The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
+// --native-tools (llama-bench and llama-quantize from the same libraries, into .build/cmake/bin), --debug.
+// The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { copyFileSync, existsSync, mkdirSync, renameSync } from 'node:fs';
@@ -24,6 +25,7 @@ const { values } = parseArgs({
     'cuda-arch': { type: 'string' },
     jobs: { type: 'string' },
     portable: { type: 'boolean', default: false },
+    'native-tools': { type: 'boolean', default: false },
     debug: { type: 'boolean', default: false },
   },
 });
@@ -46,6 +48,7 @@ if (!existsSync(join(root, 'vendor/llama.cpp/include/llama.h'))) {
 const config = values.debug ? 'Debug' : 'Release';
 const defines = { HUOZI_GPU: gpu, CMAKE_BUILD_TYPE: config };
 if (values.portable) defines.GGML_NATIVE = 'OFF';
+if (values['native-tools']) defines.HUOZI_NATIVE_TOOLS = 'ON';
 const cudaArch = values['cuda-arch'] ?? process.env.HUOZI_CUDA_ARCHITECTURES ?? process.env.CMAKE_CUDA_ARCHITECTURES;
 if (gpu === 'cuda' && cudaArch) defines.CMAKE_CUDA_ARCHITECTURES = cudaArch;
 
@@ -67,3 +70,9 @@ mkdirSync(dirname(dest), { recursive: true });
 copyFileSync(built, `${dest}.tmp`);
 renameSync(`${dest}.tmp`, dest);
 console.log(`built ${dest}`);
+if (values['native-tools']) {
+  // llama-bench and llama-quantize from the same compiled libraries (.build/cmake/bin).
+  const t = spawnSync('cmake', ['--build', out, '--config', config, '--parallel', String(jobs), '--target', 'llama-bench', 'llama-quantize'], { stdio: 'inherit', cwd: root });
+  if (t.status !== 0) process.exit(t.status ?? 1);
+  console.log(`built ${join(out, 'bin')}/llama-bench and llama-quantize`);
+}

@@ -11,6 +11,7 @@
 namespace huozi {
 
 Napi::Value Quantize(const Napi::CallbackInfo &info);
+void RegisterFit(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -60,6 +61,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
   exports.Set("ggmlTypes", Napi::Function::New(env, GgmlTypes));
   exports.Set("quantize", Napi::Function::New(env, Quantize));
+  RegisterFit(env, exports);
   return exports;
 }
 

@@ -41,7 +41,27 @@ export function formatInspection(i: GgufInspection, withTensors: boolean): strin
   return `${lines.join('\n')}\n`;
 }
 
-export async function inspectCommand(path: string, opts: { json: boolean; tensors: boolean }): Promise<void> {
+export async function inspectCommand(
+  path: string,
+  opts: { json: boolean; tensors: boolean; memory: boolean; gpuLayers?: string; ctxSize: number },
+): Promise<void> {
+  if (opts.memory) {
+    const { estimateMemory } = await import('../gpu.js');
+    const gpuLayers = opts.gpuLayers === undefined || opts.gpuLayers === 'max' ? 'max' : Number(opts.gpuLayers);
+    const rows = await estimateMemory(path, { gpuLayers, contextSize: opts.ctxSize });
+    if (opts.json) {
+      process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+      return;
+    }
+    const m = (b: number) => `${(b / MiB).toFixed(0).padStart(8)} MiB`;
+    const lines = [
+      `memory for ${path} with ${gpuLayers === 'max' ? 'all' : gpuLayers} layers on the GPU and a context of ${opts.ctxSize} (llama.cpp's accounting, nothing loaded):`,
+      `  ${'device'.padEnd(10)} ${'weights'.padStart(12)} ${'KV cache'.padStart(12)} ${'compute'.padStart(12)} ${'total'.padStart(12)}   free now`,
+      ...rows.map((r) => `  ${r.name.padEnd(10)} ${m(r.model)} ${m(r.context)} ${m(r.compute)} ${m(r.total)}   ${r.deviceTotal ? m(r.deviceFree) : '-'}`),
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+    return;
+  }
   const info = await inspect(path);
   if (opts.json) {
     const { tensors, ...rest } = info;

@@ -67,6 +67,9 @@ program
   .argument('<model>', 'GGUF file')
   .option('--json', 'machine-readable output', false)
   .option('--tensors', 'list every tensor', false)
+  .option('--memory', 'estimate memory per device (weights, KV cache, compute) without loading', false)
+  .option('--ngl, --gpu-layers <n>', 'with --memory: layers on the GPU, or "max" (also -ngl)')
+  .addOption(new Option('-c, --ctx-size <n>', 'with --memory: context size').argParser(intArg).default(4096))
   .action(async (path, opts) => (await import('./inspect.js')).inspectCommand(path, opts));
 
 program

@@ -5,16 +5,19 @@
 //     its decodes.
 import { loadModel } from '../../dist/index.js';
 
-const [modelPath, threadsArg, promptArg, genArg] = process.argv.slice(2);
+const [modelPath, threadsArg, promptArg, genArg, gpuLayersArg, faArg] = process.argv.slice(2);
 const threads = Number(threadsArg);
 const prompt = Number(promptArg);
 const gen = Number(genArg);
-const model = await loadModel(modelPath);
+// Optional: layers on the GPU (a number or max; default 0 as on the CPU build) and flash attention (1/0).
+const gpuLayers = gpuLayersArg === undefined ? undefined : gpuLayersArg === 'max' ? 'max' : Number(gpuLayersArg);
+const flashAttention = faArg === undefined ? 'auto' : faArg === '1';
+const model = await loadModel(modelPath, gpuLayers === undefined ? {} : { gpuLayers });
 const random = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (model.vocabularySize - 3)));
 
 const out = {};
 {
-  const context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads });
+  const context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads, flashAttention });
   const tokens = random(prompt);
   await context.evaluate(tokens, { logits: 'last' }); // warm-up, as llama-bench does
   await context.clear();
@@ -24,7 +27,7 @@ const out = {};
   await context.dispose();
 }
 {
-  const context = await model.createContext({ contextSize: gen + 2, batchSize: gen + 2, threads });
+  const context = await model.createContext({ contextSize: gen + 2, batchSize: gen + 2, threads, flashAttention });
   const opts = { temperature: 0, maxTokens: gen + 1, stopAtEog: false, reuseCache: false };
   await context.generate([1], { ...opts, maxTokens: 2 }).result; // warm-up
   const generation = context.generate([1], opts);

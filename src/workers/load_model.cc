@@ -5,6 +5,9 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "ggml-backend.h"
 
 #include "../addon_data.h"
 #include "../errors.h"
@@ -17,6 +20,10 @@ namespace {
 struct LoadParams {
   std::string path;
   int32_t gpu_layers = -1;
+  int32_t main_gpu = 0;
+  int32_t split_mode = LLAMA_SPLIT_MODE_LAYER;
+  std::vector<float> tensor_split;
+  std::vector<std::pair<std::string, std::string>> overrides;  // tensor name pattern -> buffer type name
   bool use_mmap = true;
   bool use_mlock = false;
   bool vocab_only = false;
@@ -61,9 +68,41 @@ class LoadModelWorker final : public Napi::AsyncWorker {
     return true;
   }
 
+  // The buffer type named `name` (CPU, CUDA0, CUDA_Host, ...), or null.
+  static ggml_backend_buffer_type_t BufferType(const std::string &name) {
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+      ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+      ggml_backend_buffer_type_t b = ggml_backend_dev_buffer_type(dev);
+      if (b && name == ggml_backend_buft_name(b)) return b;
+      b = ggml_backend_dev_host_buffer_type(dev);
+      if (b && name == ggml_backend_buft_name(b)) return b;
+    }
+    return nullptr;
+  }
+
   void Execute() override {
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params_.gpu_layers;
+    mp.main_gpu = params_.main_gpu;
+    mp.split_mode = static_cast<llama_split_mode>(params_.split_mode);
+    std::vector<float> split(llama_max_devices(), 0.0f);
+    if (!params_.tensor_split.empty()) {
+      std::copy_n(params_.tensor_split.begin(), std::min(split.size(), params_.tensor_split.size()), split.begin());
+      mp.tensor_split = split.data();
+    }
+    std::vector<llama_model_tensor_buft_override> overrides;
+    for (const auto &[pattern, buffer] : params_.overrides) {
+      ggml_backend_buffer_type_t b = BufferType(buffer);
+      if (b == nullptr) {
+        SetError("no device buffer named \"" + buffer + "\" for tensors matching " + pattern);
+        return;
+      }
+      overrides.push_back({pattern.c_str(), b});
+    }
+    if (!overrides.empty()) {
+      overrides.push_back({nullptr, nullptr});
+      mp.tensor_buft_overrides = overrides.data();
+    }
     mp.load_mode = params_.use_mmap ? (params_.use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
                                     : (params_.use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
     mp.vocab_only = params_.vocab_only;
@@ -127,6 +166,19 @@ Napi::Value Model::Load(const Napi::CallbackInfo &info) {
   if (p.Has("useMlock")) params.use_mlock = p.Get("useMlock").ToBoolean();
   if (p.Has("vocabOnly")) params.vocab_only = p.Get("vocabOnly").ToBoolean();
   if (p.Has("checkTensors")) params.check_tensors = p.Get("checkTensors").ToBoolean();
+  if (p.Get("mainGpu").IsNumber()) params.main_gpu = p.Get("mainGpu").As<Napi::Number>().Int32Value();
+  if (p.Get("splitMode").IsNumber()) params.split_mode = p.Get("splitMode").As<Napi::Number>().Int32Value();
+  if (p.Get("tensorSplit").IsArray()) {
+    Napi::Array a = p.Get("tensorSplit").As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) params.tensor_split.push_back(a.Get(i).As<Napi::Number>().FloatValue());
+  }
+  if (p.Get("overrides").IsArray()) {
+    Napi::Array a = p.Get("overrides").As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Object o = a.Get(i).As<Napi::Object>();
+      params.overrides.emplace_back(o.Get("pattern").ToString().Utf8Value(), o.Get("buffer").ToString().Utf8Value());
+    }
+  }
   Napi::Function on_progress;
   if (info.Length() > 2 && info[2].IsFunction()) on_progress = info[2].As<Napi::Function>();
 

@@ -1,0 +1,105 @@
+#!/usr/bin/env node
+// Run on the GPU machine (see docs/gpu.md): Huozi's VRAM table and the speed table, ours against llama.cpp's
+// own llama-bench built from the same libraries, in one run. Needs a CUDA build with --native-tools.
+//
+//   node scripts/gpu-check.mjs prepare <dir>        synth Huozi-3.5-shaped q4_0, quantize it to q2_k
+//   node scripts/gpu-check.mjs measure <dir> <out.md>
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { devices, estimateMemory, loadModel, quantize, synth } from '../dist/index.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const [command, dir, out] = process.argv.slice(2);
+const q4 = join(dir, 'huozi35-q4_0.gguf');
+const q2 = join(dir, 'huozi35-q2_k.gguf');
+const bench = join(root, '.build/cmake/bin/llama-bench');
+const MiB = 2 ** 20;
+
+function vramUsedMiB() {
+  return execFileSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits'], { encoding: 'utf8' })
+    .trim().split('\n').map(Number);
+}
+
+/** Runs a command while sampling GPU 0's used memory; returns its output and the peak above the baseline. */
+async function withPeak(cmd, args) {
+  const base = vramUsedMiB()[0];
+  let peak = base;
+  const timer = setInterval(() => (peak = Math.max(peak, vramUsedMiB()[0])), 50);
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise((r) => child.on('close', r));
+  clearInterval(timer);
+  if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr.slice(-2000)}`);
+  return { stdout, peak: peak - base };
+}
+
+if (command === 'prepare') {
+  const t0 = Date.now();
+  if (!existsSync(q4)) await synth(q4, { shape: 'huozi3.5', type: 'q4_0' });
+  console.log(`synth q4_0: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  const t1 = Date.now();
+  if (!existsSync(q2)) await quantize(q4, q2, { type: 'q2_k', allowRequantize: true });
+  console.log(`quantize q2_k (from q4_0, requantized): ${((Date.now() - t1) / 1000).toFixed(0)} s`);
+} else if (command === 'measure') {
+  console.log(JSON.stringify(devices()));
+  const configs = [
+    { name: 'q4_0, all layers', file: q4, ngl: 99, huozi: '28 GB' },
+    { name: 'q2_k, all layers', file: q2, ngl: 99, huozi: '18 GB' },
+    { name: 'q2_k, 16 layers', file: q2, ngl: 16, huozi: '9.6 GB' },
+  ];
+  const rows = [];
+  for (const c of configs) {
+    const native = await withPeak(bench, ['-m', c.file, '-ngl', String(c.ngl), '-fa', '1', '-p', '512', '-n', '128', '-r', '3', '-o', 'json']);
+    const json = JSON.parse(native.stdout);
+    const nativePp = json.find((r) => r.n_prompt > 0).avg_ts;
+    const nativeTg = json.find((r) => r.n_gen > 0).avg_ts;
+    // Ours: a 2048-token context, as Huozi's README; speed with the same pp512/tg128 as llama-bench.
+    const vram = await withPeak(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), c.file, String(c.ngl), '2048']);
+    const speeds = [];
+    for (let i = 0; i < 3; i++) {
+      speeds.push(JSON.parse(execFileSync(process.execPath, [join(root, 'scripts/bench/addon.mjs'), c.file, '16', '512', '128', String(c.ngl), '1'], { encoding: 'utf8' })));
+    }
+    const ourPp = Math.max(...speeds.map((s) => s.pp));
+    const ourTg = Math.max(...speeds.map((s) => s.tg));
+    const est = await estimateMemory(c.file, { gpuLayers: c.ngl, contextSize: 2048, flashAttention: true });
+    const estGpu = est.filter((d) => d.name !== 'host').reduce((a, d) => a + d.total, 0) / MiB;
+    rows.push({ ...c, nativeVram: native.peak, ourVram: vram.peak, estimate: estGpu, nativePp, nativeTg, ourPp, ourTg });
+    console.log(JSON.stringify(rows.at(-1)));
+  }
+  const card = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader'], { encoding: 'utf8' }).trim();
+  const md = [
+    `Card: ${card}. Command: \`node scripts/gpu-check.mjs measure\` (after \`prepare\`), ${new Date().toISOString().slice(0, 16)}Z.`,
+    '',
+    '| setting | Huozi README | native llama-bench peak (MiB) | ours, contextSize 2048 (MiB) | ours / native | estimate (MiB) | estimate / ours |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...rows.map((r) => `| ${r.name} | ${r.huozi} | ${r.nativeVram} | ${r.ourVram} | ${(r.ourVram / r.nativeVram).toFixed(3)} | ${r.estimate.toFixed(0)} | ${(r.estimate / r.ourVram).toFixed(3)} |`),
+    '',
+    '| setting | native pp512 t/s | ours pp512 | ratio | native tg128 t/s | ours tg128 | ratio |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...rows.map((r) => `| ${r.name} | ${r.nativePp.toFixed(0)} | ${r.ourPp.toFixed(0)} | ${(r.ourPp / r.nativePp).toFixed(3)} | ${r.nativeTg.toFixed(1)} | ${r.ourTg.toFixed(1)} | ${(r.ourTg / r.nativeTg).toFixed(3)} |`),
+  ].join('\n');
+  writeFileSync(out, `${md}\n`);
+  console.log(md);
+} else if (command === 'auto') {
+  // Hold most of the card with other processes, then load with gpuLayers 'auto' and a 32768 context.
+  const holders = [];
+  for (const file of [q4, q2]) {
+    const h = spawn(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), file, '99', '512', 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => h.stdout.once('data', r));
+    holders.push(h);
+  }
+  console.log(`free before: ${JSON.stringify(devices().map((d) => [d.name, Math.round(d.free / MiB)]))}`);
+  const t0 = Date.now();
+  const model = await loadModel(q4, { gpuLayers: 'auto', fit: { contextSize: 32768 } });
+  const context = await model.createContext({ contextSize: 32768, flashAttention: true });
+  const r = await context.generate([1, 500, 600], { temperature: 0, maxTokens: 16, stopAtEog: false }).result;
+  console.log(JSON.stringify({ plan: model.gpuPlan, seconds: (Date.now() - t0) / 1000, generated: r.tokens.length, tgps: r.timings.tokensPerSecond }));
+  console.log(`free after: ${JSON.stringify(devices().map((d) => [d.name, Math.round(d.free / MiB)]))}`);
+  await model.dispose();
+  for (const h of holders) h.kill();
+}

@@ -34,3 +34,5 @@ export { perplexity, perplexityOfFile } from './eval/perplexity.js';
 export type { PerplexityOptions, PerplexityResult } from './eval/perplexity.js';
 export { devices, estimateMemory } from './gpu.js';
 export type { Device, DeviceMemory, MemoryEstimateOptions, FitResult } from './gpu.js';
+export { convert, ConvertError, HUOZI_CHAT_TEMPLATE } from './convert/convert.js';
+export type { ConvertOptions, ConvertResult, ConvertOutType } from './convert/convert.js';

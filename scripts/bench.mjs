@@ -11,6 +11,7 @@ import { cpus, totalmem } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { ensureF16 } from './fixture.mjs';
 import { buildNativeTools, nativeTool } from './native-tools.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -31,7 +32,7 @@ const prompt = Number(values.prompt);
 const gen = Number(values.gen);
 const models = values.models
   ? values.models.split(',').map((m) => resolve(m))
-  : [join(root, 'models', 'huozi-tiny-q4_0.gguf'), join(root, 'test', 'fixtures', 'huozi-tiny', 'huozi-tiny-f16.gguf')];
+  : [join(root, 'models', 'huozi-tiny-q4_0.gguf'), await ensureF16()];
 
 buildNativeTools(['llama-bench']);
 if (!existsSync(join(root, 'dist', 'index.js'))) execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });

@@ -12,6 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ChatSession, computeImatrix, loadModel, perplexity, quantize } from '../dist/index.js';
+import { ensureF16 } from './fixture.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
@@ -23,7 +24,7 @@ const { values } = parseArgs({
 });
 const threads = Number(values.threads);
 const fixture = join(root, 'test/fixtures/huozi-tiny');
-const f16 = join(fixture, 'huozi-tiny-f16.gguf');
+const f16 = await ensureF16(); // our conversion of hf/, byte-identical to llama.cpp's
 const poems = JSON.parse(readFileSync(join(fixture, 'eval/recite.json'), 'utf8')).slice(0, values.poems ? Number(values.poems) : undefined);
 const heldout = { en: readFileSync(join(fixture, 'eval/heldout-en.txt'), 'utf8'), zh: readFileSync(join(fixture, 'eval/heldout-zh.txt'), 'utf8') };
 const imatrixText = join(root, 'test/fixtures/text/imatrix-recitations.txt');

@@ -4,7 +4,8 @@ import { fileURLToPath } from 'node:url';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const fixtureDir = join(root, 'test', 'fixtures', 'huozi-tiny');
-export const f16Path = join(fixtureDir, 'huozi-tiny-f16.gguf');
+/** huozi-tiny in f16, as our converter writes it from hf/ (test/global-setup.ts; byte-identical to llama.cpp's). */
+export const f16Path = join(root, 'test', 'fixtures', '.generated', 'huozi-tiny-f16.gguf');
 export const demoPath = join(root, 'models', 'huozi-tiny-q4_0.gguf');
 
 export interface Reference {

@@ -73,6 +73,15 @@ program
   .action(async (path, opts) => (await import('./inspect.js')).inspectCommand(path, opts));
 
 program
+  .command('convert')
+  .description("convert a Hugging Face checkpoint (Llama, Mistral, Mixtral/Huozi 3.5) to GGUF, as llama.cpp's convert_hf_to_gguf.py")
+  .argument('<hf-dir>', 'checkpoint directory (config.json, *.safetensors, tokenizer.model)')
+  .requiredOption('-o, --output <file>', 'where to write the GGUF')
+  .option('--outtype <type>', 'f32, f16, bf16 or q8_0', 'f16')
+  .option('--chat-template <name>', 'embed a chat template: huozi')
+  .action(async (dir, opts) => (await import('./convert.js')).convertCommand(dir, opts));
+
+program
   .command('quantize')
   .description('quantize a GGUF with llama.cpp (q4_0, q2_k, q4_k_m, ... as llama-quantize spells them)')
   .argument('[input]', 'GGUF to quantize')

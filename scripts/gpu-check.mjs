@@ -11,7 +11,9 @@ import { fileURLToPath } from 'node:url';
 import { devices, estimateMemory, loadModel, quantize, synth } from '../dist/index.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const [command, dir, out] = process.argv.slice(2);
+const [command, dir, out, threadsArg] = process.argv.slice(2);
+// The same CPU thread count for both runtimes (llama-bench defaults to the physical cores, we to all cores).
+const threads = threadsArg ?? '8';
 const q4 = join(dir, 'huozi35-q4_0.gguf');
 const q2 = join(dir, 'huozi35-q2_k.gguf');
 const bench = join(root, '.build/cmake/bin/llama-bench');
@@ -54,18 +56,19 @@ if (command === 'prepare') {
   ];
   const rows = [];
   for (const c of configs) {
-    const native = await withPeak(bench, ['-m', c.file, '-ngl', String(c.ngl), '-fa', '1', '-p', '512', '-n', '128', '-r', '3', '-o', 'json']);
+    const native = await withPeak(bench, ['-m', c.file, '-ngl', String(c.ngl), '-fa', '1', '-t', threads, '-p', '512', '-n', '128', '-r', '3', '-o', 'json']);
     const json = JSON.parse(native.stdout);
     const nativePp = json.find((r) => r.n_prompt > 0).avg_ts;
     const nativeTg = json.find((r) => r.n_gen > 0).avg_ts;
     // Ours: a 2048-token context, as Huozi's README; speed with the same pp512/tg128 as llama-bench.
     const vram = await withPeak(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), c.file, String(c.ngl), '2048']);
     const speeds = [];
+    // Three runs averaged, as llama-bench -r 3 averages its three.
     for (let i = 0; i < 3; i++) {
-      speeds.push(JSON.parse(execFileSync(process.execPath, [join(root, 'scripts/bench/addon.mjs'), c.file, '16', '512', '128', String(c.ngl), '1'], { encoding: 'utf8' })));
+      speeds.push(JSON.parse(execFileSync(process.execPath, [join(root, 'scripts/bench/addon.mjs'), c.file, threads, '512', '128', String(c.ngl), '1'], { encoding: 'utf8' })));
     }
-    const ourPp = Math.max(...speeds.map((s) => s.pp));
-    const ourTg = Math.max(...speeds.map((s) => s.tg));
+    const ourPp = speeds.reduce((a, s) => a + s.pp, 0) / speeds.length;
+    const ourTg = speeds.reduce((a, s) => a + s.tg, 0) / speeds.length;
     const est = await estimateMemory(c.file, { gpuLayers: c.ngl, contextSize: 2048, flashAttention: true });
     const estGpu = est.filter((d) => d.name !== 'host').reduce((a, d) => a + d.total, 0) / MiB;
     rows.push({ ...c, nativeVram: native.peak, ourVram: vram.peak, estimate: estGpu, nativePp, nativeTg, ourPp, ourTg });
@@ -73,7 +76,7 @@ if (command === 'prepare') {
   }
   const card = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader'], { encoding: 'utf8' }).trim();
   const md = [
-    `Card: ${card}. Command: \`node scripts/gpu-check.mjs measure\` (after \`prepare\`), ${new Date().toISOString().slice(0, 16)}Z.`,
+    `Card: ${card}. Command: \`node scripts/gpu-check.mjs measure <dir> <out> ${threads}\` (after \`prepare\`), ${new Date().toISOString().slice(0, 16)}Z; flash attention on, ${threads} CPU threads for both.`,
     '',
     '| setting | Huozi README | native llama-bench peak (MiB) | ours, contextSize 2048 (MiB) | ours / native | estimate (MiB) | estimate / ours |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
@@ -88,7 +91,10 @@ if (command === 'prepare') {
 } else if (command === 'auto') {
   // Hold most of the card with other processes, then load with gpuLayers 'auto' and a 32768 context.
   const holders = [];
-  for (const file of [q4, q2]) {
+  // Other processes take most of the card (on a 141 GiB H200: four copies of the q4_0 model and one of q2_k).
+  const total = devices().find((d) => d.type === 'gpu')?.total ?? 0;
+  const copies = Math.max(1, Math.floor((total / MiB - 37_700) / 26_300));
+  for (const file of [...Array(copies).fill(q4), q2]) {
     const h = spawn(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), file, '99', '512', 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise((r) => h.stdout.once('data', r));
     holders.push(h);

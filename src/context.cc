@@ -7,6 +7,7 @@
 #include "errors.h"
 #include "log.h"
 #include "model.h"
+#include "tokens.h"
 #include "workers/promise_worker.h"
 
 namespace huozi {
@@ -252,30 +253,12 @@ Napi::Value Context::Tokens(const Napi::CallbackInfo &info) {
   return out;
 }
 
-namespace {
-
-std::vector<llama_token> TokensArg(Napi::Env env, const Napi::Value &value, int32_t n_vocab) {
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    Throw(env, code::kInvalidArgument, "tokens must be an Int32Array");
-  }
-  Napi::Int32Array arr = value.As<Napi::Int32Array>();
-  std::vector<llama_token> tokens(arr.Data(), arr.Data() + arr.ElementLength());
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-      Throw(env, code::kOutOfRange, "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                                        " is outside the vocabulary (0.." + std::to_string(n_vocab - 1) + ")");
-    }
-  }
-  return tokens;
-}
-
-}  // namespace
 
 // evaluate(tokens: Int32Array, logits: 0 none | 1 last | 2 all) -> Promise<Float32Array | undefined>
 Napi::Value Context::Evaluate(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   CheckIdle(env);
-  std::vector<llama_token> tokens = TokensArg(env, info[0], n_vocab_);
+  std::vector<llama_token> tokens = TokenIds(env, info[0], n_vocab_, "tokens");
   if (tokens.empty()) Throw(env, code::kInvalidArgument, "evaluate() needs at least one token");
   const int32_t mode_arg = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
   const LogitsMode mode = mode_arg == 2   ? LogitsMode::kAll
@@ -363,7 +346,7 @@ Napi::Value Context::LoadState(const Napi::CallbackInfo &info) {
   if (!info[0].IsBuffer()) Throw(env, code::kInvalidArgument, "state must be a Buffer");
   Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
   std::vector<uint8_t> data(buffer.Data(), buffer.Data() + buffer.Length());
-  std::vector<llama_token> tokens = TokensArg(env, info[1], n_vocab_);
+  std::vector<llama_token> tokens = TokenIds(env, info[1], n_vocab_, "tokens");
   if (tokens.size() > n_ctx_) Throw(env, code::kContextOverflow, "the saved state holds more tokens than this context");
   Begin(env);
   return PromiseWorker<bool>::Start(

@@ -6,6 +6,7 @@
 #include "addon_data.h"
 #include "context.h"
 #include "errors.h"
+#include "tokens.h"
 
 namespace huozi {
 
@@ -145,32 +146,12 @@ Napi::Value Model::Tokenize(const Napi::CallbackInfo &info) {
   return result;
 }
 
-namespace {
-
-// Token ids reach llama.cpp's vocab lookups (std::vector::at or unchecked indexing); check them here.
-std::vector<llama_token> CheckedTokens(Napi::Env env, const Napi::Value &value, int32_t n_vocab) {
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    Throw(env, code::kInvalidArgument, "tokens must be an Int32Array");
-  }
-  Napi::Int32Array arr = value.As<Napi::Int32Array>();
-  std::vector<llama_token> tokens(arr.Data(), arr.Data() + arr.ElementLength());
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-      Throw(env, code::kOutOfRange,
-            "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) + " is outside the vocabulary (0.." +
-                std::to_string(n_vocab - 1) + ")");
-    }
-  }
-  return tokens;
-}
-
-}  // namespace
 
 // detokenize(tokens: Int32Array, removeSpecial: boolean, unparseSpecial: boolean) -> string
 Napi::Value Model::Detokenize(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   CheckAlive(env);
-  std::vector<llama_token> tokens = CheckedTokens(env, info[0], n_vocab_);
+  std::vector<llama_token> tokens = TokenIds(env, info[0], n_vocab_, "tokens");
   bool remove_special = info[1].ToBoolean();
   bool unparse_special = info[2].ToBoolean();
   if (tokens.size() > static_cast<size_t>(INT32_MAX / 64)) Throw(env, code::kOutOfRange, "too many tokens");
@@ -190,7 +171,7 @@ Napi::Value Model::Detokenize(const Napi::CallbackInfo &info) {
 Napi::Value Model::TokenPieces(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   CheckAlive(env);
-  std::vector<llama_token> tokens = CheckedTokens(env, info[0], n_vocab_);
+  std::vector<llama_token> tokens = TokenIds(env, info[0], n_vocab_, "tokens");
   bool special = info[1].ToBoolean();
   Napi::Array out = Napi::Array::New(env, tokens.size());
   std::vector<char> buf(64);

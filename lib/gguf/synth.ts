@@ -125,7 +125,7 @@ function toHalf(f: number): number {
 }
 
 /** A deterministic PRNG (mulberry32), so that a seed reproduces a file. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

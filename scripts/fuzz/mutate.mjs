@@ -2,16 +2,8 @@
 // and splices, aimed mostly at the header where llama.cpp's parsing and validation live.
 import { parseGguf } from '../../dist/gguf/reader.js';
 
-export function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../../dist/gguf/synth.js';
+import { prng } from '../../dist/gguf/synth.js';
 
 const INTERESTING_U32 = [0, 1, 2, 3, 7, 8, 9, 31, 32, 63, 64, 255, 256, 511, 512, 513, 1023, 1024, 1025, 2049, 2050, 65535, 65536, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
 const INTERESTING_U64 = [0n, 1n, 2n, 0x7fffffffn, 0xffffffffn, 0x100000000n, (1n << 62n), (1n << 63n) - 1n, 1n << 63n, (1n << 64n) - 1n, (1n << 64n) - 4n];

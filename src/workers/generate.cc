@@ -11,6 +11,7 @@
 #include "../errors.h"
 #include "../sampler.h"
 #include "../text_stream.h"
+#include "../tokens.h"
 
 namespace huozi {
 namespace {
@@ -234,22 +235,6 @@ class GenerateWorker final : public Napi::AsyncWorker {
   Clock::time_point last_delivery_{};
 };
 
-std::vector<llama_token> TokenList(Napi::Env env, Napi::Value v, int32_t n_vocab, const char *what) {
-  std::vector<llama_token> out;
-  if (v.IsUndefined() || v.IsNull()) return out;
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    Throw(env, code::kInvalidArgument, std::string(what) + " must be an Int32Array");
-  }
-  Napi::Int32Array arr = v.As<Napi::Int32Array>();
-  out.assign(arr.Data(), arr.Data() + arr.ElementLength());
-  for (llama_token t : out) {
-    if (t < 0 || t >= n_vocab) {
-      Throw(env, code::kOutOfRange, std::string(what) + " contains token id " + std::to_string(t) +
-                                        ", outside the vocabulary (0.." + std::to_string(n_vocab - 1) + ")");
-    }
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -260,7 +245,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo &info) {
   if (info.Length() < 2 || !info[1].IsObject()) Throw(env, code::kInvalidArgument, "generate(prompt, params, onText?)");
   Napi::Object p = info[1].As<Napi::Object>();
   GenerateParams params;
-  params.prompt = TokenList(env, info[0], n_vocab_, "prompt");
+  params.prompt = TokenIds(env, info[0], n_vocab_, "prompt");
   if (params.prompt.empty()) Throw(env, code::kInvalidArgument, "the prompt must contain at least one token");
   if (params.prompt.size() > n_ctx_) {
     Throw(env, code::kContextOverflow, "the prompt has " + std::to_string(params.prompt.size()) +
@@ -270,7 +255,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo &info) {
   if (p.Get("maxTokens").IsNumber()) params.max_tokens = p.Get("maxTokens").As<Napi::Number>().Int32Value();
   if (p.Has("reuseCache")) params.reuse_cache = p.Get("reuseCache").ToBoolean();
   if (p.Has("stopAtEog")) params.stop_at_eog = p.Get("stopAtEog").ToBoolean();
-  params.stop_tokens = TokenList(env, p.Get("stopTokens"), n_vocab_, "stopTokens");
+  params.stop_tokens = TokenIds(env, p.Get("stopTokens"), n_vocab_, "stopTokens", true);
   Napi::Value stops = p.Get("stopStrings");
   if (stops.IsArray()) {
     Napi::Array arr = stops.As<Napi::Array>();

@@ -25,7 +25,10 @@ export interface LoadModelOptions {
   splitMode?: 'none' | 'layer' | 'row';
   /** Share of the model per GPU (llama.cpp `-ts`), e.g. [3, 1]. Default: by free memory. */
   tensorSplit?: number[];
-  /** Memory-map the file instead of reading it (llama.cpp `--mmap`). Default: `true`. */
+  /**
+   * Memory-map the file instead of reading it (llama.cpp `--mmap`). Default: llama.cpp's own choice (map it,
+   * unless a device in use cannot work from mapped memory), as llama-cli and llama-bench do.
+   */
   useMmap?: boolean;
   /** Lock the weights in RAM so the OS cannot swap them out (llama.cpp `--mlock`). Default: `false`. */
   useMlock?: boolean;

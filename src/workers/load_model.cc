@@ -24,7 +24,7 @@ struct LoadParams {
   int32_t split_mode = LLAMA_SPLIT_MODE_LAYER;
   std::vector<float> tensor_split;
   std::vector<std::pair<std::string, std::string>> overrides;  // tensor name pattern -> buffer type name
-  bool use_mmap = true;
+  int use_mmap = -1;  // -1: llama.cpp's default (AUTO: mmap unless a device cannot use it), 0: no, 1: yes
   bool use_mlock = false;
   bool vocab_only = false;
   bool check_tensors = false;
@@ -103,8 +103,13 @@ class LoadModelWorker final : public Napi::AsyncWorker {
       overrides.push_back({nullptr, nullptr});
       mp.tensor_buft_overrides = overrides.data();
     }
-    mp.load_mode = params_.use_mmap ? (params_.use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
-                                    : (params_.use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+    if (params_.use_mmap < 0 && !params_.use_mlock) {
+      mp.load_mode = LLAMA_LOAD_MODE_AUTO;  // what llama.cpp and llama-bench use by default
+    } else {
+      const bool mmap = params_.use_mmap != 0;
+      mp.load_mode = mmap ? (params_.use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
+                          : (params_.use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+    }
     mp.vocab_only = params_.vocab_only;
     mp.check_tensors = params_.check_tensors;
     mp.progress_callback = &LoadModelWorker::OnProgress;
@@ -162,7 +167,7 @@ Napi::Value Model::Load(const Napi::CallbackInfo &info) {
   params.path = info[0].As<Napi::String>().Utf8Value();
   if (params.path.find('\0') != std::string::npos) Throw(env, code::kInvalidArgument, "path contains a NUL byte");
   if (p.Has("gpuLayers")) params.gpu_layers = p.Get("gpuLayers").As<Napi::Number>().Int32Value();
-  if (p.Has("useMmap")) params.use_mmap = p.Get("useMmap").ToBoolean();
+  if (p.Has("useMmap")) params.use_mmap = p.Get("useMmap").ToBoolean() ? 1 : 0;
   if (p.Has("useMlock")) params.use_mlock = p.Get("useMlock").ToBoolean();
   if (p.Has("vocabOnly")) params.vocab_only = p.Get("vocabOnly").ToBoolean();
   if (p.Has("checkTensors")) params.check_tensors = p.Get("checkTensors").ToBoolean();

@@ -58,14 +58,21 @@ FitArgs ParseFitArgs(Napi::Env env, const Napi::CallbackInfo &info) {
   return a;
 }
 
-void Params(const FitArgs &a, llama_model_params &mp, llama_context_params &cp) {
-  mp = llama_model_default_params();
+struct LlamaParams {
+  llama_model_params mp;
+  llama_context_params cp;
+};
+
+LlamaParams Params(const FitArgs &a) {
+  LlamaParams p{llama_model_default_params(), llama_context_default_params()};
+  llama_model_params &mp = p.mp;
+  llama_context_params &cp = p.cp;
   if (a.gpu_layers >= 0) mp.n_gpu_layers = a.gpu_layers;
-  cp = llama_context_default_params();
   cp.n_ctx = a.n_ctx;
   cp.n_batch = a.n_batch;
   cp.n_ubatch = a.n_ubatch;
   cp.flash_attn_type = static_cast<llama_flash_attn_type>(a.flash_attention);
+  return p;
 }
 
 Napi::Value Devices(const Napi::CallbackInfo &info) {
@@ -100,12 +107,10 @@ Napi::Value EstimateMemory(const Napi::CallbackInfo &info) {
       env, Napi::Object::New(env), code::kModelLoad,
       [a]() {
         std::lock_guard<std::mutex> lock(fit_mutex);
-        llama_model_params mp;
-        llama_context_params cp;
-        Params(a, mp, cp);
+        LlamaParams p = Params(a);
         Estimate e;
         std::vector<ggml_backend_dev_t> devs;
-        e.data = common_get_device_memory_data(a.path.c_str(), &mp, &cp, devs, e.layers, e.n_ctx_train, e.experts, GGML_LOG_LEVEL_ERROR);
+        e.data = common_get_device_memory_data(a.path.c_str(), &p.mp, &p.cp, devs, e.layers, e.n_ctx_train, e.experts, GGML_LOG_LEVEL_ERROR);
         InstallLogHandler();
         for (ggml_backend_dev_t d : devs) e.names.push_back(ggml_backend_dev_name(d));
         e.names.push_back("host");
@@ -143,9 +148,9 @@ Napi::Value FitParams(const Napi::CallbackInfo &info) {
       env, Napi::Object::New(env), code::kModelLoad,
       [a]() {
         std::lock_guard<std::mutex> lock(fit_mutex);
-        llama_model_params mp;
-        llama_context_params cp;
-        Params(a, mp, cp);
+        LlamaParams p = Params(a);
+        llama_model_params &mp = p.mp;
+        llama_context_params &cp = p.cp;
         std::vector<float> split(llama_max_devices(), 0.0f);
         std::vector<llama_model_tensor_buft_override> overrides(llama_max_tensor_buft_overrides(), {nullptr, nullptr});
         std::vector<size_t> margins(llama_max_devices(), static_cast<size_t>(a.margin));

@@ -103,13 +103,7 @@ class Cursor {
     return v;
   }
   string(what: string, max: number): string {
-    const at = this.pos;
-    const len = this.u64(`the length of ${what}`);
-    if (len > BigInt(max)) throw new GgufError(`${what} is ${len} bytes long, more than the limit of ${max}`, at);
-    const n = this.need(len, what);
-    const bytes = this.buf.subarray(this.pos, this.pos + n);
-    this.pos += n;
-    return bytes.toString('utf8');
+    return this.rawString(what, max).toString('utf8');
   }
   /** The raw bytes of a string (to check for NUL bytes and invalid UTF-8 where it matters). */
   rawString(what: string, max: number): Buffer {

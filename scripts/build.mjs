@@ -12,7 +12,7 @@
 // The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { copyFileSync, existsSync, mkdirSync, renameSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -60,6 +60,26 @@ const cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', '
 const args = [cmakeJs, 'compile', '--out', out, '--config', config, '--parallel', String(jobs), '--log-level', 'warn'];
 for (const [k, v] of Object.entries(defines)) args.push(`--CD${k}=${v}`);
 console.log(`building huozi-gguf: backend=${gpu} config=${config} jobs=${jobs}${values.portable ? ' portable' : ''}`);
+// One build at a time in this tree: two ninja runs in one build directory corrupt each other's outputs.
+const lock = join(root, '.build', 'cmake.lock');
+mkdirSync(join(root, '.build'), { recursive: true });
+for (let waited = 0; ; waited++) {
+  try {
+    mkdirSync(lock);
+    writeFileSync(join(lock, 'pid'), String(process.pid));
+    break;
+  } catch (error) {
+    if (error.code !== 'EEXIST') throw error;
+    let holder = NaN;
+    try { holder = Number(readFileSync(join(lock, 'pid'), 'utf8')); } catch {}
+    let alive = false;
+    try { if (holder > 0) { process.kill(holder, 0); alive = true; } } catch {}
+    if (!alive && waited > 2) { rmSync(lock, { recursive: true, force: true }); continue; }
+    if (waited === 0) console.log(`waiting for another build of this tree (pid ${holder}) to finish`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
+  }
+}
+process.on('exit', () => rmSync(lock, { recursive: true, force: true }));
 const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root, env: { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: String(jobs) } });
 if (r.status !== 0) process.exit(r.status ?? 1);
 const built = join(out, config, 'huozi_gguf.node');

@@ -9,7 +9,10 @@ import { BindingError } from './errors.js';
 export interface NativeSystemInfo {
   backend: 'cpu' | 'cuda' | 'metal';
   llamaCpp: string;
+  /** A local GPU (RPC devices do not count). */
   gpuOffload: boolean;
+  /** The RPC backend is built in (GGML_RPC). */
+  rpc: boolean;
   mmap: boolean;
   mlock: boolean;
   maxDevices: number;
@@ -78,6 +81,14 @@ export interface NativeBinding {
   ): { promise: Promise<NativeModel>; cancel(): void };
   systemInfo(): NativeSystemInfo;
   ggmlTypes(): { id: number; name: string; blockSize: number; typeSize: number }[];
+  /** Starts ggml_backend_rpc_start_server on a thread of its own; onExit only if it ever returns. */
+  rpcStartServer(
+    endpoint: string,
+    cacheDir: string | null,
+    threads: number,
+    devices: string[] | null,
+    onExit: (why: string) => void,
+  ): { devices: { name: string; description: string; totalBytes: number; freeBytes: number }[] };
 }
 
 /** The package's root folder (where package.json is), from dist/ or lib/. */

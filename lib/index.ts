@@ -34,5 +34,7 @@ export { perplexity, perplexityOfFile } from './eval/perplexity.js';
 export type { PerplexityOptions, PerplexityResult } from './eval/perplexity.js';
 export { devices, estimateMemory } from './gpu.js';
 export type { Device, DeviceMemory, MemoryEstimateOptions, FitResult } from './gpu.js';
+export { startRpcServer, RpcServerError, RPC_DEFAULT_PORT } from './rpc.js';
+export type { RpcServer, RpcServerOptions, RpcDevice } from './rpc.js';
 export { convert, ConvertError, HUOZI_CHAT_TEMPLATE } from './convert/convert.js';
 export type { ConvertOptions, ConvertResult, ConvertOutType } from './convert/convert.js';

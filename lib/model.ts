@@ -6,6 +6,7 @@ import { AbortError, DisposedError, fromNative, GgufError, ModelLoadError } from
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
 import { fitToMemory } from './gpu.js';
+import { prepareRpcServers, retainRpcServers, validateRpcServers } from './rpc.js';
 import * as v from './validate.js';
 
 export interface LoadModelOptions {
@@ -14,7 +15,8 @@ export interface LoadModelOptions {
    * most layers (and, for MoE models, which expert tensors stay on the CPU, like llama.cpp's `--n-cpu-moe`)
    * that fit the free GPU memory with a context of `fit.contextSize` and a safety margin, measured by
    * llama.cpp's own fit (no out-of-memory abort); the choice is in `model.gpuPlan`. Ignored by the CPU
-   * build. Default: `'max'`.
+   * build, except with `rpcServers`: then it counts the layers on the RPC servers ('auto' is not supported
+   * with them). Default: `'max'`.
    */
   gpuLayers?: number | 'max' | 'auto';
   /** For gpuLayers 'auto': the context to leave room for (default 4096) and the margin per GPU (default 1024 MiB). */
@@ -36,6 +38,16 @@ export interface LoadModelOptions {
   vocabOnly?: boolean;
   /** Check tensor data for NaN/inf while loading (llama.cpp `--check-tensors`). Default: `false`. */
   checkTensors?: boolean;
+  /**
+   * llama.cpp RPC servers (`huozi-gguf rpc-server`, llama.cpp's ggml-rpc-server) whose devices take layers,
+   * as `"host:port"` (llama.cpp `--rpc`), e.g. `['192.168.1.10:50052']`. Layers are spread over the servers'
+   * devices (first, in this order) and the local GPUs by free memory, or by `tensorSplit`; what gpuLayers
+   * leaves stays on the local CPU. Each server is checked with the protocol's handshake first (a
+   * {@link ModelLoadError} naming it when it is unreachable, busy or incompatible). A server that dies while
+   * the model is in use aborts this process: llama.cpp's RPC client cannot recover (docs/gpu.md). The
+   * protocol is unauthenticated and unencrypted: use trusted networks only. Default: none.
+   */
+  rpcServers?: string[];
   /** Called with the load progress, from 0 to 1; 1 is reported exactly once, when the model is ready. */
   onProgress?: (progress: number) => void;
   /** Stops loading; the promise then rejects with an {@link AbortError}. */
@@ -43,7 +55,8 @@ export interface LoadModelOptions {
 }
 
 const LOAD_OPTIONS = [
-  'gpuLayers', 'fit', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'onProgress', 'signal',
+  'gpuLayers', 'fit', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'rpcServers',
+  'onProgress', 'signal',
 ] as const;
 
 /** How the model was placed on the devices when loaded with gpuLayers 'auto'. */
@@ -101,6 +114,11 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   if (o.useMlock !== undefined) params.useMlock = v.boolean('useMlock', o.useMlock);
   if (o.vocabOnly !== undefined) params.vocabOnly = v.boolean('vocabOnly', o.vocabOnly);
   if (o.checkTensors !== undefined) params.checkTensors = v.boolean('checkTensors', o.checkTensors);
+  const rpcServers = o.rpcServers === undefined ? undefined : validateRpcServers(o.rpcServers);
+  if (rpcServers?.length && o.gpuLayers === 'auto') {
+    // fitToMemory measures local devices only.
+    throw v.rangeError('a number or "max" with rpcServers', 'gpuLayers', o.gpuLayers);
+  }
   const onProgress = o.onProgress === undefined ? undefined : v.func<(p: number) => void>('onProgress', o.onProgress);
   const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
   if (signal?.aborted) throw new AbortError('model loading was aborted');
@@ -115,6 +133,10 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     throw new ModelLoadError(`Failed to load model from ${fullPath}: ${(error as Error).message}`, { cause: error });
   }
   if (signal?.aborted) throw new AbortError('model loading was aborted');
+  if (rpcServers?.length) {
+    params.rpcServers = await prepareRpcServers(rpcServers);
+    if (signal?.aborted) throw new AbortError('model loading was aborted');
+  }
   let gpuPlan: GpuPlan | undefined;
   if (o.gpuLayers === 'auto') {
     const fitted = await fitToMemory(fullPath, { contextSize: fitContext, marginBytes: Math.round(fitMargin * 2 ** 20) });
@@ -150,6 +172,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
       throw callbackError;
     }
     const model = new Model(native, fullPath, gpuPlan);
+    if (params.rpcServers) model.onDispose(retainRpcServers(params.rpcServers as string[]));
     try {
       onProgress?.(1);
     } catch (error) {

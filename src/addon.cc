@@ -3,6 +3,7 @@
 
 #include "addon_data.h"
 #include "context.h"
+#include "ggml-backend.h"
 #include "ggml.h"
 #include "llama.h"
 #include "log.h"
@@ -12,6 +13,7 @@ namespace huozi {
 
 Napi::Value Quantize(const Napi::CallbackInfo &info);
 void RegisterFit(Napi::Env env, Napi::Object exports);
+void RegisterRpc(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -20,7 +22,10 @@ Napi::Value SystemInfo(const Napi::CallbackInfo &info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("backend", HUOZI_BACKEND);
   out.Set("llamaCpp", llama_print_system_info());
-  out.Set("gpuOffload", llama_supports_gpu_offload());
+  // A local GPU: llama_supports_gpu_offload() also says yes for the RPC backend, which every build has.
+  out.Set("gpuOffload", ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU) != nullptr ||
+                            ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU) != nullptr);
+  out.Set("rpc", llama_supports_rpc());
   out.Set("mmap", llama_supports_mmap());
   out.Set("mlock", llama_supports_mlock());
   out.Set("maxDevices", Napi::Number::New(env, static_cast<double>(llama_max_devices())));
@@ -62,6 +67,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ggmlTypes", Napi::Function::New(env, GgmlTypes));
   exports.Set("quantize", Napi::Function::New(env, Quantize));
   RegisterFit(env, exports);
+  RegisterRpc(env, exports);
   return exports;
 }
 

@@ -126,6 +126,16 @@ program
   .option('--system <text>', 'system prompt to bake in')
   .action(async (opts) => (await import('./modelfile.js')).modelfile(opts));
 
+program
+  .command('rpc-server')
+  .description("llama.cpp's RPC server: lend this machine's devices to loadModel({ rpcServers }) or llama.cpp's --rpc (no authentication: trusted networks only)")
+  .option('-H, --host <address>', 'IPv4 address to listen on; anything but loopback is reachable by anyone on the network', '127.0.0.1')
+  .addOption(new Option('-p, --port <n>', 'port').argParser(intArg).default(50052))
+  .addOption(new Option('-t, --threads <n>', 'threads for the CPU device (default: half the cores)').argParser(intArg))
+  .option('-c, --cache [dir]', 'cache large tensors on disk (default folder: $LLAMA_CACHE or ~/.cache/llama.cpp, then rpc/)')
+  .option('-d, --device <names>', 'devices to serve, comma-separated (default: every GPU, else the CPU)')
+  .action(async (opts) => (await import('./rpc-server.js')).rpcServerCommand(opts));
+
 // llama.cpp spells it -ngl; commander allows one-letter short flags only.
 const argv = process.argv.map((a) => (a === '-ngl' ? '--ngl' : a));
 

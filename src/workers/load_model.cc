@@ -28,6 +28,7 @@ struct LoadParams {
   bool use_mlock = false;
   bool vocab_only = false;
   bool check_tensors = false;
+  std::vector<std::string> rpc_servers;  // "address:port", checked and reachable (lib/rpc.ts)
 };
 
 class LoadModelWorker final : public Napi::AsyncWorker {
@@ -80,8 +81,53 @@ class LoadModelWorker final : public Napi::AsyncWorker {
     return nullptr;
   }
 
+  // The devices for a load with RPC servers, as llama.cpp's --rpc ends up choosing them: the servers' devices
+  // first (llama_prepare_model_devices puts RPC devices at the front, to minimize network transfers), then the
+  // local GPUs (integrated ones only when there is no discrete one). common/arg.cpp registers each server's
+  // backend with ggml_backend_register, which would add them to every later load in the process; here they
+  // go only into this load's llama_model_params.devices. The CPU is never in the list: llama.cpp keeps what
+  // is not offloaded there, so on the CPU build gpuLayers counts the layers on the RPC servers.
+  bool RpcDevices(std::vector<ggml_backend_dev_t> &devices) {
+    ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
+    using AddServer = ggml_backend_reg_t (*)(const char *);
+    auto add = rpc == nullptr ? nullptr
+        : reinterpret_cast<AddServer>(ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_add_server"));
+    if (add == nullptr) {
+      SetError("this build of the addon has no RPC backend (GGML_RPC)");
+      return false;
+    }
+    for (const std::string &endpoint : params_.rpc_servers) {
+      // Connects to ask for the device count; GGML_ABORTs when it cannot, hence the check in lib/rpc.ts.
+      ggml_backend_reg_t reg = add(endpoint.c_str());
+      if (reg == nullptr || ggml_backend_reg_dev_count(reg) == 0) {
+        SetError("the RPC server " + endpoint + " has no devices");
+        return false;
+      }
+      for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); ++i) devices.push_back(ggml_backend_reg_dev_get(reg, i));
+    }
+    std::vector<ggml_backend_dev_t> igpus;
+    bool gpu = false;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+      ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+      if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) {
+        devices.push_back(dev);
+        gpu = true;
+      } else if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+        igpus.push_back(dev);
+      }
+    }
+    if (!gpu) devices.insert(devices.end(), igpus.begin(), igpus.end());
+    devices.push_back(nullptr);
+    return true;
+  }
+
   void Execute() override {
     llama_model_params mp = llama_model_default_params();
+    std::vector<ggml_backend_dev_t> devices;
+    if (!params_.rpc_servers.empty()) {
+      if (!RpcDevices(devices)) return;
+      mp.devices = devices.data();
+    }
     mp.n_gpu_layers = params_.gpu_layers;
     mp.main_gpu = params_.main_gpu;
     mp.split_mode = static_cast<llama_split_mode>(params_.split_mode);
@@ -176,6 +222,13 @@ Napi::Value Model::Load(const Napi::CallbackInfo &info) {
   if (p.Get("tensorSplit").IsArray()) {
     Napi::Array a = p.Get("tensorSplit").As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); ++i) params.tensor_split.push_back(a.Get(i).As<Napi::Number>().FloatValue());
+  }
+  if (p.Get("rpcServers").IsArray()) {
+    Napi::Array a = p.Get("rpcServers").As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      params.rpc_servers.push_back(a.Get(i).ToString().Utf8Value());
+      if (params.rpc_servers.back().find('\0') != std::string::npos) Throw(env, code::kInvalidArgument, "rpcServers entry contains a NUL byte");
+    }
   }
   if (p.Get("overrides").IsArray()) {
     Napi::Array a = p.Get("overrides").As<Napi::Array>();

@@ -346,22 +346,11 @@ export function validateRpcServers(value: unknown): { host: string; port: number
 export async function prepareRpcServers(servers: { host: string; port: number }[]): Promise<string[]> {
   const endpoints = await Promise.all(
     servers.map(async ({ host, port }) => {
-      let address: string;
       try {
-        address = isIPv4(host) ? host : (await lookup(host, { family: 4 })).address;
+        return `${isIPv4(host) ? host : (await lookup(host, { family: 4 })).address}:${port}`;
       } catch (error) {
-        throw new ModelLoadError(`Cannot reach the RPC server ${host}:${port}: cannot resolve ${host}`, { cause: error });
+        throw new ModelLoadError(`Cannot use the RPC server ${host}:${port}: cannot resolve ${host}`, { cause: error });
       }
-      const endpoint = `${address}:${port}`;
-      if (!inUse.has(endpoint)) {
-        try {
-          await probeRpcServer(address, port);
-        } catch (error) {
-          const shown = address === host ? endpoint : `${host}:${port} (${endpoint})`;
-          throw new ModelLoadError(`Cannot use the RPC server ${shown}: ${(error as Error).message}`, { cause: error });
-        }
-      }
-      return endpoint;
     }),
   );
   const seen = new Set<string>();
@@ -370,6 +359,18 @@ export async function prepareRpcServers(servers: { host: string; port: number }[
     if (seen.has(e)) throw v.rangeError(`each server once (${e} is listed twice)`, `rpcServers[${i}]`, `${servers[i].host}:${servers[i].port}`);
     seen.add(e);
   }
+  await Promise.all(
+    endpoints.map(async (endpoint, i) => {
+      if (inUse.has(endpoint)) return;
+      const { host, port } = servers[i];
+      try {
+        await probeRpcServer(endpoint.slice(0, endpoint.lastIndexOf(':')), port);
+      } catch (error) {
+        const shown = endpoint === `${host}:${port}` ? endpoint : `${host}:${port} (${endpoint})`;
+        throw new ModelLoadError(`Cannot use the RPC server ${shown}: ${(error as Error).message}`, { cause: error });
+      }
+    }),
+  );
   return endpoints;
 }
 

@@ -17,13 +17,20 @@ export async function rpcServerCommand(opts: RpcServerCliOptions): Promise<void>
   // Started by startRpcServer(): the parent's end of the IPC channel closes when it exits, however it exits.
   process.once('disconnect', () => process.exit(0));
   const devices = opts.device?.split(/[,/]+/).filter(Boolean);
-  const server = await serveRpc({
-    host: opts.host,
-    port: opts.port,
-    ...(opts.threads === undefined ? {} : { threads: opts.threads }),
-    ...(opts.cache === undefined ? {} : { cacheDir: opts.cache }),
-    ...(devices?.length ? { devices } : {}),
-  });
+  let server: Awaited<ReturnType<typeof serveRpc>>;
+  try {
+    server = await serveRpc({
+      host: opts.host,
+      port: opts.port,
+      ...(opts.threads === undefined ? {} : { threads: opts.threads }),
+      ...(opts.cache === undefined ? {} : { cacheDir: opts.cache }),
+      ...(devices?.length ? { devices } : {}),
+    });
+  } catch (error) {
+    // Exit here: under startRpcServer() the IPC channel would keep this process alive.
+    process.stderr.write(`huozi-gguf: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
   const list = server.devices.map((d) => `${d.name} (${d.description})`).join(', ');
   process.stderr.write(`huozi-gguf rpc-server: listening on ${server.endpoint}, serving ${list}; stop with Ctrl-C\n`);
   process.send?.({ type: 'ready', endpoint: server.endpoint, devices: server.devices });

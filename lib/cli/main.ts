@@ -14,6 +14,7 @@ export function samplingOptions(cmd: Command): Command {
     .addOption(new Option('-c, --ctx-size <n>', 'context size in tokens').argParser(intArg).default(2048))
     .addOption(new Option('-t, --threads <n>', 'CPU threads (default: available cores)').argParser(intArg))
     .addOption(new Option('--ngl, --gpu-layers <n>', 'layers to offload to the GPU, or "max" (also -ngl)').default('max'))
+    .option('--rpc <servers>', 'RPC servers for layers, comma-separated host:port (huozi-gguf rpc-server; llama.cpp --rpc)')
     .addOption(new Option('--temp <x>', 'temperature (0 = greedy)').argParser(floatArg).default(0.2))
     .addOption(new Option('--top-k <n>', 'top-k sampling').argParser(intArg).default(40))
     .addOption(new Option('--top-p <x>', 'top-p sampling').argParser(floatArg).default(0.95))

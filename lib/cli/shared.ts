@@ -8,6 +8,7 @@ export interface ModelCliOptions {
   ctxSize: number;
   threads?: number;
   gpuLayers: string;
+  rpc?: string;
   temp: number;
   topK: number;
   topP: number;
@@ -22,7 +23,8 @@ export async function loadCliModel(opts: ModelCliOptions): Promise<Model> {
     process.stderr.write('note: no -m given; using the embedded demo model huozi-tiny (6.6M parameters, q4_0)\n');
   }
   const gpuLayers = opts.gpuLayers === 'max' ? 'max' : Number(opts.gpuLayers);
-  return loadModel(path, { gpuLayers });
+  const rpcServers = opts.rpc?.split(',').map((s) => s.trim()).filter(Boolean);
+  return loadModel(path, { gpuLayers, ...(rpcServers?.length ? { rpcServers } : {}) });
 }
 
 export function cliSampling(opts: ModelCliOptions): SamplingOptions {

@@ -9,6 +9,13 @@
 #include "log.h"
 #include "model.h"
 
+#ifdef HUOZI_BACKEND_DL
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <string>
+#endif
+
 namespace huozi {
 
 Napi::Value Quantize(const Napi::CallbackInfo &info);
@@ -17,10 +24,57 @@ void RegisterRpc(Napi::Env env, Napi::Object exports);
 
 namespace {
 
+#ifdef HUOZI_BACKEND_DL
+// Prebuilt binaries (CMakeLists.txt, HUOZI_BACKEND_DL): ggml's backends (libggml-cpu-<level>.so, -cuda, -rpc)
+// are modules next to this .node. ggml_backend_load_all() would look next to node's executable and in the
+// working directory, so they are loaded from this file's own folder, once, before llama.cpp is used.
+std::string backends_dir;
+std::string backend_error;
+
+void LoadBackends() {
+  Dl_info self{};
+  if (dladdr(reinterpret_cast<void *>(&LoadBackends), &self) == 0 || self.dli_fname == nullptr) {
+    backend_error = "cannot find the addon's own folder (dladdr failed)";
+    return;
+  }
+  backends_dir = self.dli_fname;
+  backends_dir.erase(backends_dir.find_last_of('/'));
+  ggml_backend_load_all_from_path(backends_dir.c_str());
+  // ggml skips a backend that does not load without saying why; for CUDA the reason matters to the user
+  // (no driver, libcudart/libcublas missing), so ask dlopen once.
+  const std::string cuda = backends_dir + "/libggml-cuda.so";
+  ggml_backend_reg_t reg = ggml_backend_reg_by_name("CUDA");
+  if (access(cuda.c_str(), F_OK) == 0 && (reg == nullptr || ggml_backend_reg_dev_count(reg) == 0)) {
+    void *h = dlopen(cuda.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) {
+      const char *e = dlerror();
+      backend_error = std::string("libggml-cuda.so did not load: ") + (e ? e : "unknown error");
+    } else {
+      dlclose(h);
+      backend_error = "libggml-cuda.so loaded but found no CUDA device";
+    }
+  }
+  if (ggml_backend_reg_by_name("CPU") == nullptr) {
+    backend_error += (backend_error.empty() ? "" : "; ") + std::string("no CPU backend loaded from ") + backends_dir;
+  }
+}
+
+const char *Backend() {
+  ggml_backend_reg_t reg = ggml_backend_reg_by_name("CUDA");
+  return reg != nullptr && ggml_backend_reg_dev_count(reg) > 0 ? "cuda" : "cpu";
+}
+#else
+const char *Backend() { return HUOZI_BACKEND; }
+#endif
+
 Napi::Value SystemInfo(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
-  out.Set("backend", HUOZI_BACKEND);
+  out.Set("backend", Backend());
+#ifdef HUOZI_BACKEND_DL
+  out.Set("backendsDir", backends_dir);
+  if (!backend_error.empty()) out.Set("backendError", backend_error);
+#endif
   out.Set("llamaCpp", llama_print_system_info());
   // A local GPU: llama_supports_gpu_offload() also says yes for the RPC backend, which every build has.
   out.Set("gpuOffload", ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU) != nullptr ||
@@ -55,6 +109,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   if (!backend_ready) {
     // Process-wide and not reference counted in llama.cpp: once, never freed (workers share it).
     InstallLogHandler();
+#ifdef HUOZI_BACKEND_DL
+    LoadBackends();
+#endif
     llama_backend_init();
     backend_ready = true;
   }

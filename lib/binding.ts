@@ -1,6 +1,7 @@
 // Finds and loads the native addon, lazily: `huozi-gguf --help` must not pay for loading llama.cpp.
-// Order: HUOZI_BINDING (an explicit .node path), then node-gyp-build's search of this package
-// (build/Release from a source build, then prebuilds/<platform>-<arch>/).
+// Order (see binding()): HUOZI_BINDING, the CUDA package when there is an NVIDIA device, build/Release (a source
+// build), prebuilds/<platform>-<arch>/ (node-gyp-build's layout and names). HUOZI_BACKEND=cpu|cuda forces one.
+import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +17,12 @@ export interface NativeSystemInfo {
   mmap: boolean;
   mlock: boolean;
   maxDevices: number;
+  /** Prebuilt binaries (HUOZI_BACKEND_DL): the folder ggml loaded its backends from. */
+  backendsDir?: string;
+  /** Prebuilt binaries: why the CUDA backend next to the addon did not load, if it did not. */
+  backendError?: string;
+  /** Which addon file answered (added by the loader, lib/binding.ts). */
+  addon?: AddonOrigin;
 }
 
 export interface NativeModelInfo {
@@ -94,30 +101,149 @@ export interface NativeBinding {
 /** The package's root folder (where package.json is), from dist/ or lib/. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-let cached: NativeBinding | undefined;
+/** Where the loaded addon came from, what was tried before it, and what went wrong on the way. */
+export interface AddonOrigin {
+  /** The .node file that was loaded. */
+  path: string;
+  /** explicit (HUOZI_BINDING), cuda (@huozi-gguf/linux-x64-cuda), source (build/Release) or prebuild (prebuilds/). */
+  variant: 'explicit' | 'cuda' | 'source' | 'prebuild';
+  /** One line per candidate that was passed over (for example a CUDA package that did not find a device). */
+  warnings: string[];
+}
 
+/** The scoped package with the CUDA build (same version, optionalDependencies). */
+export const CUDA_PACKAGE = `@huozi-gguf/${process.platform}-${process.arch}-cuda`;
+
+/** What to run to build the addon from source, as the README documents it. */
+export const BUILD_FROM_SOURCE =
+  'npm install --save-dev cmake-js node-api-headers && HUOZI_BUILD_FROM_SOURCE=1 npm rebuild huozi-gguf --foreground-scripts';
+
+let cached: NativeBinding | undefined;
+let origin: AddonOrigin | undefined;
+
+/** Where the addon was loaded from; undefined until something has needed it. */
+export function addonOrigin(): AddonOrigin | undefined {
+  return origin;
+}
+
+// Cheap signs of an NVIDIA driver, without loading CUDA: the kernel module's device list, its control device,
+// or WSL2's GPU paravirtualization with the driver's libcuda.
+function nvidiaDevicePresent(): boolean {
+  try {
+    if (existsSync('/proc/driver/nvidia/gpus') && readdirSync('/proc/driver/nvidia/gpus').length > 0) return true;
+  } catch {
+    // unreadable: fall through to the other signs
+  }
+  return existsSync('/dev/nvidiactl') || (existsSync('/dev/dxg') && existsSync('/usr/lib/wsl/lib/libcuda.so.1'));
+}
+
+function isMusl(): boolean {
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return process.platform === 'linux' && !report?.header?.glibcVersionRuntime;
+}
+
+// prebuilds/<platform>-<arch>/*.node as node-gyp-build names them (tags between dots: napi, glibc/musl, ...).
+function prebuildsIn(dir: string): string[] {
+  let files: string[];
+  try {
+    files = readdirSync(dir).filter((f) => f.endsWith('.node'));
+  } catch {
+    return [];
+  }
+  const libc = isMusl() ? 'musl' : 'glibc';
+  return files
+    .filter((f) => !f.split('.').some((tag) => (tag === 'glibc' || tag === 'musl') && tag !== libc))
+    .map((f) => join(dir, f));
+}
+
+function firstLine(error: unknown): string {
+  return String((error as Error)?.message ?? error).split('\n')[0]!;
+}
+
+/**
+ * Loads the addon once. Order: HUOZI_BINDING (an explicit .node path, nothing else is tried); then, unless
+ * HUOZI_BACKEND=cpu, the CUDA package when it is installed and an NVIDIA device is present (HUOZI_BACKEND=cuda
+ * insists on it); then build/Release (a source build); then prebuilds/<platform>-<arch>/ (the portable CPU
+ * prebuild). A CUDA addon that loads but finds no CUDA device is still used (it carries the CPU backends too),
+ * with a warning in systemInfo().addon.warnings, printed when HUOZI_LOG is set.
+ */
 export function binding(): NativeBinding {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   const tried: string[] = [];
-  const explicit = process.env.HUOZI_BINDING;
-  try {
-    if (explicit) {
-      tried.push(explicit);
-      cached = require(explicit) as NativeBinding;
-    } else {
-      tried.push(join(packageRoot, 'build/Release/huozi_gguf.node'), join(packageRoot, `prebuilds/${process.platform}-${process.arch}/`));
-      const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeBinding;
-      cached = nodeGypBuild(packageRoot);
+  const warnings: string[] = [];
+  const attempt = (path: string, variant: AddonOrigin['variant']): NativeBinding | undefined => {
+    if (!existsSync(path)) {
+      tried.push(`${path}: not there`);
+      return undefined;
     }
-  } catch (cause) {
+    try {
+      const b = require(path) as NativeBinding;
+      origin = { path, variant, warnings };
+      return b;
+    } catch (error) {
+      tried.push(`${path}: ${firstLine(error)}`);
+      return undefined;
+    }
+  };
+  const fail = (why: string, cause?: unknown): never => {
     throw new BindingError(
-      `huozi-gguf could not load its native addon for ${process.platform}-${process.arch} (Node ${process.version}).\n` +
-        `Tried:\n${tried.map((t) => `  - ${t}`).join('\n')}\n` +
-        `Reason: ${(cause as Error).message}\n` +
-        `To build it from source (needs cmake and a C++17 compiler): cd ${packageRoot} && npm run setup`,
-      { cause },
+      `huozi-gguf could not load its native addon for ${process.platform}-${process.arch} (Node ${process.version}): ${why}\n` +
+        `Tried:\n${tried.map((t) => `  - ${t}`).join('\n') || '  (nothing)'}\n` +
+        `Prebuilt binaries exist for linux-x64 (glibc); elsewhere, build from source (needs cmake >= 3.19 and a ` +
+        `C++17 compiler; about 10 minutes on two cores), in your project:\n  ${BUILD_FROM_SOURCE}`,
+      cause === undefined ? undefined : { cause },
     );
+  };
+
+  const explicit = process.env.HUOZI_BINDING;
+  const forced = process.env.HUOZI_BACKEND?.toLowerCase();
+  if (forced !== undefined && forced !== '' && forced !== 'cpu' && forced !== 'cuda') {
+    throw new BindingError(`Expected HUOZI_BACKEND to be cpu or cuda but received "${process.env.HUOZI_BACKEND}"`);
   }
+  let loaded: NativeBinding | undefined;
+  if (explicit) {
+    loaded = attempt(explicit, 'explicit') ?? fail('HUOZI_BINDING names an addon that does not load');
+  } else {
+    if (forced !== 'cpu') {
+      let cudaAddon: string | undefined;
+      try {
+        cudaAddon = join(dirname(require.resolve(`${CUDA_PACKAGE}/package.json`)), 'bin', 'huozi_gguf.node');
+      } catch {
+        tried.push(`${CUDA_PACKAGE}: not installed`);
+      }
+      if (cudaAddon && (forced === 'cuda' || nvidiaDevicePresent())) {
+        const before = tried.length;
+        loaded = attempt(cudaAddon, 'cuda');
+        const info = loaded?.systemInfo();
+        if (!loaded) {
+          if (forced === 'cuda') fail(`HUOZI_BACKEND=cuda, but ${CUDA_PACKAGE} did not load`);
+          warnings.push(`${CUDA_PACKAGE} did not load (${tried[before]}); using the CPU addon`);
+        } else if (info?.backend !== 'cuda') {
+          const reason = `${CUDA_PACKAGE} loaded but CUDA did not (${info?.backendError ?? 'no CUDA device'}); running on the CPU`;
+          if (forced === 'cuda') fail(reason);
+          warnings.push(reason);
+        }
+      } else if (cudaAddon) {
+        tried.push(`${cudaAddon}: skipped, no NVIDIA device (/proc/driver/nvidia/gpus); HUOZI_BACKEND=cuda forces it`);
+      } else if (forced === 'cuda') {
+        fail(`HUOZI_BACKEND=cuda, but ${CUDA_PACKAGE} is not installed (npm install ${CUDA_PACKAGE})`);
+      }
+    }
+    loaded ??= attempt(join(packageRoot, 'build', 'Release', 'huozi_gguf.node'), 'source');
+    const prebuilds = join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
+    const files = loaded ? [] : prebuildsIn(prebuilds);
+    if (!loaded && files.length === 0) tried.push(`${prebuilds}/: no prebuilt addon for this platform`);
+    for (const file of files) loaded ??= attempt(file, 'prebuild');
+    if (!loaded) fail('no candidate loaded');
+  }
+  if (warnings.length > 0 && process.env.HUOZI_LOG) {
+    for (const w of warnings) process.stderr.write(`huozi-gguf: ${w}\n`);
+  }
+  // systemInfo() also says which addon answered, so a silent CPU fallback is visible.
+  const native = loaded!;
+  const nativeInfo = native.systemInfo.bind(native);
+  native.systemInfo = () => ({ ...nativeInfo(), addon: origin });
+  cached = native;
   return cached;
 }

@@ -66,7 +66,8 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
 }
 
-const GENERATE_OPTIONS = [
+/** @internal */
+export const GENERATE_OPTIONS = [
   'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'frequencyPenalty', 'presencePenalty',
   'seed', 'maxTokens', 'stopTokens', 'stopStrings', 'stopAtEog', 'reuseCache', 'addBos', 'parseSpecial', 'signal',
 ] as const;
@@ -258,27 +259,7 @@ export class Context {
    */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation {
     this.#alive();
-    const o = v.options<GenerateOptions>('options', options, GENERATE_OPTIONS);
-    let ids: Int32Array;
-    if (typeof prompt === 'string') {
-      ids = this.model.tokenizeToArray(prompt, { addBos: o.addBos, parseSpecial: o.parseSpecial });
-    } else {
-      ids = v.tokens('prompt', prompt, this.model.vocabularySize);
-    }
-    if (ids.length === 0) throw v.rangeError('a prompt of at least one token', 'prompt', prompt);
-    if (ids.length > this.contextSize) {
-      throw v.rangeError(`a prompt of at most contextSize (${this.contextSize}) tokens`, 'prompt', `${ids.length} tokens`);
-    }
-    const params = nativeGenerateParams(o, this.model.vocabularySize);
-    // Control tokens render no text, so a stop string naming one (`<|endofutterance|>`) could never match
-    // the text; it stops at the token instead.
-    const specialStops = (params.stopStrings as string[] | undefined)?.flatMap((s) => {
-      const ids = this.model.tokenizeToArray(s, { addBos: false, parseSpecial: true });
-      return ids.length === 1 && this.model.native.detokenize(ids, false, false) === '' ? [ids[0]] : [];
-    });
-    if (specialStops?.length) {
-      params.stopTokens = Int32Array.from([...((params.stopTokens as Int32Array | undefined) ?? []), ...specialStops]);
-    }
+    const { ids, params, o } = prepareGeneration(this.model, prompt, options, this.contextSize, GENERATE_OPTIONS);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const callSite = new Error();
     const generation = new Generation();
@@ -371,6 +352,41 @@ export class Context {
   }
 }
 
+/**
+ * @internal Checks a generate() call's prompt and options and turns them into the native parameters
+ * (shared by Context and ParallelContext).
+ */
+export function prepareGeneration<O extends GenerateOptions>(
+  model: Model,
+  prompt: string | ArrayLike<number>,
+  options: O | undefined,
+  contextSize: number,
+  allowed: readonly string[],
+): { ids: Int32Array; params: Record<string, unknown>; o: Partial<O> } {
+  const o = v.options<O>('options', options, allowed as readonly (keyof O & string)[]);
+  let ids: Int32Array;
+  if (typeof prompt === 'string') {
+    ids = model.tokenizeToArray(prompt, { addBos: o.addBos, parseSpecial: o.parseSpecial });
+  } else {
+    ids = v.tokens('prompt', prompt, model.vocabularySize);
+  }
+  if (ids.length === 0) throw v.rangeError('a prompt of at least one token', 'prompt', prompt);
+  if (ids.length > contextSize) {
+    throw v.rangeError(`a prompt of at most contextSize (${contextSize}) tokens`, 'prompt', `${ids.length} tokens`);
+  }
+  const params = nativeGenerateParams(o, model.vocabularySize);
+  // Control tokens render no text, so a stop string naming one (`<|endofutterance|>`) could never match
+  // the text; it stops at the token instead.
+  const specialStops = (params.stopStrings as string[] | undefined)?.flatMap((s) => {
+    const stopIds = model.tokenizeToArray(s, { addBos: false, parseSpecial: true });
+    return stopIds.length === 1 && model.native.detokenize(stopIds, false, false) === '' ? [stopIds[0]] : [];
+  });
+  if (specialStops?.length) {
+    params.stopTokens = Int32Array.from([...((params.stopTokens as Int32Array | undefined) ?? []), ...specialStops]);
+  }
+  return { ids, params, o };
+}
+
 function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: number): Record<string, unknown> {
   const p: Record<string, unknown> = {};
   if (o.temperature !== undefined) p.temperature = v.number('temperature', o.temperature, 0, 100);
@@ -392,7 +408,8 @@ function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: numbe
   return p;
 }
 
-function toResult(raw: NativeGenerateResult, promptTokens: number): GenerationResult {
+/** @internal */
+export function toResult(raw: NativeGenerateResult, promptTokens: number): GenerationResult {
   const generated = raw.tokens.length;
   return {
     text: raw.text,

@@ -4,6 +4,8 @@ export { Context, Generation } from './context.js';
 export type {
   ContextOptions, SamplingOptions, GenerateOptions, GenerationResult, StopReason, EvaluateOptions,
 } from './context.js';
+export { ParallelContext } from './parallel.js';
+export type { ParallelContextOptions, ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';
 export {
   HuoziError, ModelLoadError, ContextCreateError, ContextOverflowError, DecodeError, DisposedError, AbortError,
   BusyError, BindingError, GgufError, InsufficientMemoryError,

@@ -6,6 +6,7 @@ import { AbortError, DisposedError, fromNative, GgufError, ModelLoadError } from
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
 import { fitToMemory } from './gpu.js';
+import { createParallelContext, type ParallelContext, type ParallelContextOptions } from './parallel.js';
 import { prepareRpcServers, retainRpcServers, validateRpcServers } from './rpc.js';
 import * as v from './validate.js';
 
@@ -211,7 +212,7 @@ export class Model {
   #systemInfo: NativeSystemInfo | undefined;
   #special: Map<string, number> | undefined;
   #specialText: Map<number, string> | undefined;
-  readonly #contexts = new Set<Context>();
+  readonly #contexts = new Set<{ dispose(): Promise<void> }>();
   readonly #disposeListeners = new Set<() => void>();
 
   /** With gpuLayers 'auto': what llama.cpp's fit chose. */
@@ -291,6 +292,17 @@ export class Model {
   /** Creates an inference context (KV cache and compute buffers) on this model. */
   async createContext(options?: ContextOptions): Promise<Context> {
     const context = await createContext(this, options);
+    this.#contexts.add(context);
+    context.onDispose(() => this.#contexts.delete(context));
+    return context;
+  }
+
+  /**
+   * Creates a context that serves several generations at once (continuous batching over `parallel` slots),
+   * for servers and batch jobs. See {@link ParallelContext}.
+   */
+  async createParallelContext(options?: ParallelContextOptions): Promise<ParallelContext> {
+    const context = await createParallelContext(this, options);
     this.#contexts.add(context);
     context.onDispose(() => this.#contexts.delete(context));
     return context;

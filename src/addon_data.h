@@ -7,6 +7,7 @@ namespace huozi {
 struct AddonData {
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference context_ctor;
+  Napi::FunctionReference parallel_ctor;
 };
 
 inline AddonData &Data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }

@@ -5,6 +5,7 @@
 
 #include "addon_data.h"
 #include "context.h"
+#include "parallel.h"
 #include "errors.h"
 #include "tokens.h"
 
@@ -20,6 +21,7 @@ Napi::Function Model::Init(Napi::Env env) {
                          InstanceMethod<&Model::IsEog>("isEog"),
                          InstanceMethod<&Model::SpecialTokens>("specialTokens"),
                          InstanceMethod<&Model::CreateContext>("createContext"),
+                         InstanceMethod<&Model::CreateParallelContext>("createParallelContext"),
                          InstanceMethod<&Model::Dispose>("dispose"),
                          InstanceAccessor<&Model::Disposed>("disposed"),
                      });
@@ -223,6 +225,16 @@ Napi::Value Model::CreateContext(const Napi::CallbackInfo &info) {
     Throw(info.Env(), code::kInvalidArgument, "this model was loaded with vocabOnly: it has no weights to run a context on");
   }
   return Context::Create(info.Env(), handle_, info[0].As<Napi::Object>());
+}
+
+// createParallelContext(params, onEvents) -> Promise<NativeParallelContext>
+Napi::Value Model::CreateParallelContext(const Napi::CallbackInfo &info) {
+  CheckAlive(info.Env());
+  if (llama_model_n_layer(model_) == 0) {
+    Throw(info.Env(), code::kInvalidArgument, "this model was loaded with vocabOnly: it has no weights to run a context on");
+  }
+  if (!info[0].IsObject() || !info[1].IsFunction()) Throw(info.Env(), code::kInvalidArgument, "createParallelContext(params, onEvents)");
+  return ParallelContext::Create(info.Env(), handle_, info[0].As<Napi::Object>(), info[1].As<Napi::Function>());
 }
 
 }  // namespace huozi

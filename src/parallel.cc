@@ -1,0 +1,611 @@
+#include "parallel.h"
+
+#include <algorithm>
+
+#include "addon_data.h"
+#include "errors.h"
+#include "log.h"
+#include "model.h"
+#include "tokens.h"
+#include "workers/promise_worker.h"
+
+namespace huozi {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kMinDeliveryInterval = std::chrono::milliseconds(16);
+
+double MsBetween(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+
+uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
+}
+
+}  // namespace
+
+// A request being served by a slot.
+struct ParallelContext::Active {
+  explicit Active(std::unique_ptr<Request> r) : req(std::move(r)), stream(req->stop_strings) {}
+  std::unique_ptr<Request> req;
+  SamplerPtr sampler;
+  TextStream stream;
+  size_t prompt_pos = 0;    // next prompt token to evaluate
+  bool has_next = false;    // `next` was sampled and waits to be decoded
+  llama_token next = -1;
+  int32_t logits_index = -1;  // this step: the batch row holding this slot's logits
+  size_t batch_from = 0, batch_count = 0;  // this step: rows holding this slot's tokens
+  Clock::time_point submitted, started, first_token;
+  std::unique_ptr<Result> result = std::make_unique<Result>();
+};
+
+Napi::Function ParallelContext::Init(Napi::Env env) {
+  return DefineClass(env, "NativeParallelContext",
+                     {
+                         InstanceMethod<&ParallelContext::Info>("info"),
+                         InstanceMethod<&ParallelContext::Submit>("submit"),
+                         InstanceMethod<&ParallelContext::Cancel>("cancel"),
+                         InstanceMethod<&ParallelContext::Stats>("stats"),
+                         InstanceMethod<&ParallelContext::Dispose>("dispose"),
+                         InstanceAccessor<&ParallelContext::Disposed>("disposed"),
+                     });
+}
+
+Napi::Value ParallelContext::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o,
+                                    Napi::Function on_events) {
+  const uint32_t n_seq = U32(o, "parallel", 1);
+  const uint32_t n_ctx = U32(o, "contextSize", 4096);
+  uint32_t n_batch = U32(o, "batchSize", 512);
+  const uint32_t n_ubatch = U32(o, "ubatchSize", std::min(n_batch, 512u));
+  const int32_t threads = static_cast<int32_t>(U32(o, "threads", 1));
+  const int32_t batch_threads = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(threads)));
+  Napi::Value fa_value = o.Get("flashAttention");
+  const int32_t fa = fa_value.IsNumber() ? fa_value.As<Napi::Number>().Int32Value() : -1;
+  const bool unified = o.Get("unifiedCache").ToBoolean();
+  // lib/parallel.ts checks these for users first; here they guard llama.cpp's asserts.
+  if (n_seq < 1 || n_seq > 256) Throw(env, code::kOutOfRange, "parallel must be between 1 and 256");  // llama.cpp's LLAMA_MAX_SEQ
+  if (n_ctx < n_seq || n_batch == 0 || n_ubatch == 0 || n_ubatch > n_batch) {
+    Throw(env, code::kOutOfRange, "contextSize must be at least parallel, batchSize and ubatchSize positive with ubatchSize <= batchSize");
+  }
+  if (threads < 1 || threads > 512 || batch_threads < 1 || batch_threads > 512) Throw(env, code::kOutOfRange, "threads must be between 1 and 512");
+  if (!on_events.IsFunction()) Throw(env, code::kInvalidArgument, "createParallelContext needs an event callback");
+  n_batch = std::max(n_batch, n_seq);  // every generating slot adds one token per step
+
+  auto callback = std::make_shared<Napi::FunctionReference>(Napi::Persistent(on_events));
+  return PromiseWorker<llama_context *>::Start(
+      env, Napi::Object::New(env), code::kContextCreate,
+      [=]() {
+        llama_context_params cp = llama_context_default_params();
+        cp.n_ctx = n_ctx;
+        cp.n_batch = n_batch;
+        cp.n_ubatch = n_ubatch;
+        cp.n_seq_max = n_seq;
+        cp.kv_unified = unified;
+        cp.n_threads = threads;
+        cp.n_threads_batch = batch_threads;
+        cp.flash_attn_type = static_cast<llama_flash_attn_type>(fa);
+        cp.no_perf = true;
+        TakeThreadErrors();
+        llama_context *ctx = llama_init_from_model(model->model, cp);
+        if (ctx == nullptr) {
+          std::string why = TakeThreadErrors();
+          throw CodedError(code::kContextCreate, "failed to create the context" + (why.empty() ? "" : ": " + why));
+        }
+        return ctx;
+      },
+      [model, callback](Napi::Env env, llama_context *&ctx) -> Napi::Value {
+        Napi::Object object = Data(env).parallel_ctor.New({Napi::External<llama_context>::New(env, ctx)});
+        ParallelContext *self = ParallelContext::Unwrap(object);
+        ctx = nullptr;
+        self->model_ = model;
+        self->vocab_ = llama_model_get_vocab(model->model);
+        self->n_vocab_ = llama_vocab_n_tokens(self->vocab_);
+        self->on_events_ = std::move(*callback);
+        // The wrapper stays alive until the thread-safe function is finalized (after dispose), so that no
+        // queued delivery can reach a collected object.
+        self->Ref();
+        self->tsfn_ = Napi::ThreadSafeFunction::New(env, self->on_events_.Value(), "huozi-gguf:parallel", 0, 1,
+                                                    [self](Napi::Env) { self->Unref(); });
+        self->tsfn_.Unref(env);  // idle: do not keep the process alive
+        self->cleanup_ = env.AddCleanupHook(std::function<void()>([self] { self->StopThread(); }));
+        self->has_cleanup_ = true;
+        self->thread_ = std::thread([self] { self->Loop(); });
+        return object;
+      });
+}
+
+ParallelContext::ParallelContext(const Napi::CallbackInfo &info) : Napi::ObjectWrap<ParallelContext>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    Throw(env, code::kInvalidArgument, "NativeParallelContext cannot be constructed directly; use model.createParallelContext()");
+  }
+  ctx_ = info[0].As<Napi::External<llama_context>>().Data();
+  n_ctx_ = llama_n_ctx(ctx_);
+  n_ctx_seq_ = llama_n_ctx_seq(ctx_);
+  n_batch_ = llama_n_batch(ctx_);
+  batch_ = llama_batch_init(static_cast<int32_t>(n_batch_), 0, 1);
+  const uint32_t n_seq = llama_n_seq_max(ctx_);
+  slots_.resize(n_seq);
+  for (uint32_t i = 0; i < n_seq; ++i) slots_[i].seq = static_cast<llama_seq_id>(i);
+  llama_set_abort_callback(ctx_, &ParallelContext::AbortCallback, this);
+}
+
+ParallelContext::~ParallelContext() {
+  StopThread();
+  if (ctx_ != nullptr) llama_free(ctx_);
+  if (batch_.token != nullptr) llama_batch_free(batch_);
+}
+
+bool ParallelContext::AbortCallback(void *data) {
+  return static_cast<ParallelContext *>(data)->abort_.load(std::memory_order_relaxed);
+}
+
+void ParallelContext::StopThread() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  abort_.store(true);
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Main thread
+
+Napi::Value ParallelContext::Info(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("contextSize", n_ctx_);
+  out.Set("slotContextSize", n_ctx_seq_);
+  out.Set("parallel", static_cast<uint32_t>(slots_.size()));
+  out.Set("batchSize", n_batch_);
+  if (ctx_ != nullptr && !disposed_) {
+    out.Set("ubatchSize", llama_n_ubatch(ctx_));
+    out.Set("threads", llama_n_threads(ctx_));
+    out.Set("batchThreads", llama_n_threads_batch(ctx_));
+  }
+  return out;
+}
+
+// submit(id: number, prompt: Int32Array, params) -> void. The outcome comes as a done or error event.
+Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (disposed_) Throw(env, code::kDisposed, "the parallel context has been disposed");
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[2].IsObject()) {
+    Throw(env, code::kInvalidArgument, "submit(id, prompt, params)");
+  }
+  auto request = std::make_unique<Request>();
+  request->id = info[0].As<Napi::Number>().Int64Value();
+  request->submitted = std::chrono::steady_clock::now();
+  request->prompt = TokenIds(env, info[1], n_vocab_, "prompt");
+  if (request->prompt.empty()) Throw(env, code::kInvalidArgument, "the prompt must contain at least one token");
+  if (request->prompt.size() > n_ctx_seq_) {
+    Throw(env, code::kContextOverflow, "the prompt has " + std::to_string(request->prompt.size()) +
+                                           " tokens, more than a slot's context size of " + std::to_string(n_ctx_seq_));
+  }
+  Napi::Object p = info[2].As<Napi::Object>();
+  request->sampling = SamplerParams::FromJs(p);
+  if (p.Get("maxTokens").IsNumber()) request->max_tokens = p.Get("maxTokens").As<Napi::Number>().Int32Value();
+  if (p.Has("stopAtEog")) request->stop_at_eog = p.Get("stopAtEog").ToBoolean();
+  request->stop_tokens = TokenIds(env, p.Get("stopTokens"), n_vocab_, "stopTokens", true);
+  Napi::Value stops = p.Get("stopStrings");
+  if (stops.IsArray()) {
+    Napi::Array arr = stops.As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      std::string s = arr.Get(i).ToString().Utf8Value();
+      if (!s.empty()) request->stop_strings.push_back(std::move(s));
+    }
+  }
+  if (outstanding_++ == 0) tsfn_.Ref(env);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inbox_.push_back(std::move(request));
+  }
+  cv_.notify_one();
+  return env.Undefined();
+}
+
+// cancel(id): ends the request at the next step; its done event has stopReason 'abort' and what was
+// generated so far.
+Napi::Value ParallelContext::Cancel(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (disposed_) return env.Undefined();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancels_.insert(info[0].As<Napi::Number>().Int64Value());
+  }
+  cv_.notify_one();
+  return env.Undefined();
+}
+
+Napi::Value ParallelContext::Stats(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  auto set = [&](const char *key, const std::atomic<int64_t> &v) { out.Set(key, Napi::Number::New(env, static_cast<double>(v.load()))); };
+  set("busySlots", busy_slots_);
+  set("waiting", waiting_count_);
+  set("promptTokens", prompt_tokens_);
+  set("generatedTokens", generated_tokens_);
+  set("reusedTokens", reused_tokens_);
+  set("decodeCalls", decode_calls_);
+  set("completed", completed_);
+  set("cancelled", cancelled_);
+  set("failed", failed_);
+  out.Set("outstanding", Napi::Number::New(env, static_cast<double>(outstanding_)));
+  return out;
+}
+
+// dispose() -> Promise<void>: stops the loop (requests still running end with a disposed error), frees the
+// context.
+Napi::Value ParallelContext::Dispose(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (disposed_) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  disposed_ = true;
+  if (has_cleanup_) {
+    cleanup_.Remove(env);
+    has_cleanup_ = false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  abort_.store(true);
+  cv_.notify_one();
+  return PromiseWorker<bool>::Start(
+      env, Value(), code::kDecode,
+      [this]() {
+        if (thread_.joinable()) thread_.join();
+        llama_free(ctx_);
+        ctx_ = nullptr;
+        return true;
+      },
+      [this](Napi::Env env, bool &) -> Napi::Value {
+        Deliver(env);
+        tsfn_.Release();
+        model_.reset();
+        return env.Undefined();
+      });
+}
+
+Napi::Value ParallelContext::Disposed(const Napi::CallbackInfo &info) { return Napi::Boolean::New(info.Env(), disposed_); }
+
+// Hands queued text and outcomes to JS in one call: [{ id, text }] first, then [{ id, result } | { id, code,
+// message }].
+void ParallelContext::Deliver(Napi::Env env) {
+  std::map<int64_t, std::string> texts;
+  std::vector<Event> events;
+  {
+    std::lock_guard<std::mutex> lock(out_mu_);
+    texts.swap(pending_text_);
+    events.swap(pending_events_);
+    call_scheduled_ = false;
+  }
+  if (texts.empty() && events.empty()) return;
+  Napi::HandleScope scope(env);
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (auto &[id, text] : texts) {
+    Napi::Object e = Napi::Object::New(env);
+    e.Set("id", Napi::Number::New(env, static_cast<double>(id)));
+    e.Set("text", Napi::String::New(env, text));
+    out.Set(n++, e);
+  }
+  for (Event &event : events) {
+    Napi::Object e = Napi::Object::New(env);
+    e.Set("id", Napi::Number::New(env, static_cast<double>(event.id)));
+    if (event.result) {
+      const Result &r = *event.result;
+      Napi::Object o = Napi::Object::New(env);
+      Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
+      std::copy(r.tokens.begin(), r.tokens.end(), tokens.Data());
+      o.Set("tokens", tokens);
+      o.Set("text", Napi::String::New(env, r.text));
+      o.Set("stopReason", r.stop_reason);
+      o.Set("stopToken", r.stop_token >= 0 ? Napi::Value(Napi::Number::New(env, r.stop_token)) : env.Null());
+      o.Set("stopString", r.stop_string.empty() ? env.Null() : Napi::Value(Napi::String::New(env, r.stop_string)));
+      o.Set("reusedTokens", Napi::Number::New(env, static_cast<double>(r.reused_tokens)));
+      o.Set("evaluatedTokens", Napi::Number::New(env, static_cast<double>(r.evaluated_tokens)));
+      o.Set("queueMs", r.queue_ms);
+      o.Set("promptMs", r.prompt_ms);
+      o.Set("generateMs", r.generate_ms);
+      o.Set("slot", r.slot);
+      e.Set("result", o);
+    } else {
+      e.Set("code", event.code);
+      e.Set("message", event.message);
+    }
+    out.Set(n++, e);
+    if (--outstanding_ == 0 && !disposed_) tsfn_.Unref(env);
+  }
+  if (!on_events_.IsEmpty()) on_events_.Call({out});
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Loop thread
+
+void ParallelContext::ScheduleDelivery(bool now) {
+  // Called with out_mu_ held. As in generate.cc, text wakes the main thread at most every 16 ms; outcomes
+  // go at once.
+  if (call_scheduled_) return;
+  const auto t = Clock::now();
+  if (!now && t - last_delivery_ < kMinDeliveryInterval) return;
+  last_delivery_ = t;
+  call_scheduled_ = true;
+  tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function, ParallelContext *self) {
+    if (env != nullptr) self->Deliver(env);
+  });
+}
+
+void ParallelContext::Text(int64_t id, const std::string &text) {
+  if (text.empty()) return;
+  std::lock_guard<std::mutex> lock(out_mu_);
+  pending_text_[id] += text;
+  ScheduleDelivery(false);
+}
+
+void ParallelContext::Post(Event event) {
+  std::lock_guard<std::mutex> lock(out_mu_);
+  pending_events_.push_back(std::move(event));
+  ScheduleDelivery(true);
+}
+
+void ParallelContext::Fail(int64_t id, const char *code, const std::string &message) {
+  failed_.fetch_add(1);
+  Event e;
+  e.id = id;
+  e.code = code;
+  e.message = message;
+  Post(std::move(e));
+}
+
+void ParallelContext::FailSlot(Slot &slot, const char *code, const std::string &message) {
+  const int64_t id = slot.active->req->id;
+  Text(id, slot.active->stream.Finish());
+  // The slot is free before anyone hears of the outcome (stats() read in the callback must agree).
+  slot.active.reset();
+  busy_slots_.fetch_sub(1);
+  Fail(id, code, message);
+}
+
+void ParallelContext::Finish(Slot &slot, const char *stop_reason) {
+  Active &a = *slot.active;
+  const std::string tail = a.stream.Finish();
+  a.result->text += tail;
+  Text(a.req->id, tail);
+  const auto now = Clock::now();
+  a.result->stop_reason = stop_reason;
+  a.result->generate_ms = a.result->tokens.empty() ? 0 : MsBetween(a.first_token, now);
+  if (a.result->tokens.empty()) a.result->prompt_ms = MsBetween(a.started, now);
+  if (std::string(stop_reason) != "abort") completed_.fetch_add(1);
+  Event e;
+  e.id = a.req->id;
+  e.result = std::move(a.result);
+  slot.active.reset();
+  busy_slots_.fetch_sub(1);
+  Post(std::move(e));
+}
+
+void ParallelContext::Assign(std::unique_ptr<Request> request) {
+  // The free slot sharing the longest prefix with the prompt; among equals, the one unused longest.
+  Slot *best = nullptr;
+  size_t best_keep = 0;
+  for (Slot &slot : slots_) {
+    if (slot.active) continue;
+    const size_t limit = std::min(slot.cache.size(), request->prompt.size() - 1);
+    size_t keep = 0;
+    while (keep < limit && slot.cache[keep] == request->prompt[keep]) ++keep;
+    if (best == nullptr || keep > best_keep || (keep == best_keep && slot.last_used < best->last_used)) {
+      best = &slot;
+      best_keep = keep;
+    }
+  }
+  Slot &slot = *best;
+  llama_memory_t mem = llama_get_memory(ctx_);
+  if (!llama_memory_seq_rm(mem, slot.seq, static_cast<llama_pos>(best_keep), -1)) {
+    llama_memory_seq_rm(mem, slot.seq, -1, -1);
+    best_keep = 0;
+  }
+  slot.cache.resize(best_keep);
+  slot.last_used = ++clock_;
+  auto active = std::make_unique<Active>(std::move(request));
+  active->prompt_pos = best_keep;
+  active->started = Clock::now();
+  active->result->queue_ms = MsBetween(active->req->submitted, active->started);
+  active->result->reused_tokens = best_keep;
+  active->result->evaluated_tokens = active->req->prompt.size() - best_keep;
+  active->result->slot = static_cast<int32_t>(slot.seq);
+  active->sampler = BuildSampler(active->req->sampling, n_vocab_, active->req->prompt);
+  reused_tokens_.fetch_add(static_cast<int64_t>(best_keep));
+  slot.active = std::move(active);
+  busy_slots_.fetch_add(1);
+}
+
+void ParallelContext::Loop() {
+  for (;;) {
+    std::deque<std::unique_ptr<Request>> incoming;
+    std::unordered_set<int64_t> cancels;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      const bool idle = busy_slots_.load() == 0 && waiting_.empty();
+      if (idle) cv_.wait(lock, [this] { return stopping_ || !inbox_.empty() || !cancels_.empty(); });
+      if (stopping_) break;
+      incoming.swap(inbox_);
+      cancels.swap(cancels_);
+    }
+    for (auto &r : incoming) {
+      r->prompt.shrink_to_fit();
+      waiting_.push_back(std::move(r));
+    }
+    if (!cancels.empty()) {
+      for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if (cancels.count((*it)->id)) {
+          // Never started: a result with nothing in it.
+          Event e;
+          e.id = (*it)->id;
+          e.result = std::make_unique<Result>();
+          e.result->stop_reason = "abort";
+          e.result->queue_ms = MsBetween((*it)->submitted, Clock::now());
+          cancelled_.fetch_add(1);
+          Post(std::move(e));
+          it = waiting_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (Slot &slot : slots_) {
+        if (slot.active && cancels.count(slot.active->req->id)) {
+          cancelled_.fetch_add(1);
+          Finish(slot, "abort");
+        }
+      }
+    }
+    while (!waiting_.empty() && busy_slots_.load() < static_cast<int64_t>(slots_.size())) {
+      std::unique_ptr<Request> r = std::move(waiting_.front());
+      waiting_.pop_front();
+      Assign(std::move(r));
+    }
+    waiting_count_.store(static_cast<int64_t>(waiting_.size()));
+    if (busy_slots_.load() == 0) continue;
+    Step();
+  }
+  // Stopping (dispose or process exit): everything still open ends with a disposed error.
+  for (Slot &slot : slots_) {
+    if (slot.active) FailSlot(slot, code::kDisposed, "the parallel context was disposed");
+  }
+  std::deque<std::unique_ptr<Request>> rest;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    rest.swap(inbox_);
+  }
+  for (auto &r : waiting_) Fail(r->id, code::kDisposed, "the parallel context was disposed");
+  for (auto &r : rest) Fail(r->id, code::kDisposed, "the parallel context was disposed");
+  waiting_.clear();
+}
+
+void ParallelContext::Step() {
+  // 1. The batch: one token for every generating slot, then prompt tokens while there is room.
+  batch_.n_tokens = 0;
+  auto add = [&](llama_token token, llama_pos pos, llama_seq_id seq, bool logits) {
+    const int32_t i = batch_.n_tokens++;
+    batch_.token[i] = token;
+    batch_.pos[i] = pos;
+    batch_.n_seq_id[i] = 1;
+    batch_.seq_id[i][0] = seq;
+    batch_.logits[i] = logits;
+    return i;
+  };
+  for (Slot &slot : slots_) {
+    if (!slot.active) continue;
+    Active &a = *slot.active;
+    a.logits_index = -1;
+    a.batch_count = 0;
+    if (!a.has_next) continue;
+    a.batch_from = static_cast<size_t>(batch_.n_tokens);
+    a.logits_index = add(a.next, static_cast<llama_pos>(slot.cache.size()), slot.seq, true);
+    a.batch_count = 1;
+  }
+  for (Slot &slot : slots_) {
+    if (!slot.active || slot.active->has_next) continue;
+    Active &a = *slot.active;
+    const size_t room = n_batch_ - static_cast<size_t>(batch_.n_tokens);
+    if (room == 0) break;
+    const size_t left = a.req->prompt.size() - a.prompt_pos;
+    const size_t take = std::min(room, left);
+    a.batch_from = static_cast<size_t>(batch_.n_tokens);
+    a.batch_count = take;
+    for (size_t i = 0; i < take; ++i) {
+      const size_t at = a.prompt_pos + i;
+      const bool last = at == a.req->prompt.size() - 1;
+      const int32_t row = add(a.req->prompt[at], static_cast<llama_pos>(slot.cache.size() + i), slot.seq, last);
+      if (last) a.logits_index = row;
+    }
+  }
+  if (batch_.n_tokens == 0) return;
+
+  // 2. Decode.
+  TakeThreadErrors();
+  const int32_t ret = llama_decode(ctx_, batch_);
+  decode_calls_.fetch_add(1);
+  llama_memory_t mem = llama_get_memory(ctx_);
+  if (ret != 0) {
+    if (ret == 2 || abort_.load()) return;  // dispose: the loop ends next
+    std::string why = TakeThreadErrors();
+    const std::string message = "llama_decode failed with status " + std::to_string(ret) + (why.empty() ? "" : ": " + why);
+    // The requests in this batch fail; each slot's token list is cut back to what its memory holds.
+    for (Slot &slot : slots_) {
+      if (!slot.active || slot.active->batch_count == 0) continue;
+      const llama_pos pos_max = llama_memory_seq_pos_max(mem, slot.seq);
+      const size_t kept = pos_max < 0 ? 0 : static_cast<size_t>(pos_max) + 1;
+      if (kept < slot.cache.size()) slot.cache.resize(kept);
+      llama_memory_seq_rm(mem, slot.seq, static_cast<llama_pos>(slot.cache.size()), -1);
+      FailSlot(slot, ret == 1 ? code::kContextOverflow : code::kDecode, message);
+    }
+    return;
+  }
+
+  // 3. Record what the memory now holds, and sample every slot that got logits.
+  const auto now = Clock::now();
+  for (Slot &slot : slots_) {
+    if (!slot.active || slot.active->batch_count == 0) continue;
+    Active &a = *slot.active;
+    if (a.has_next) {
+      slot.cache.push_back(a.next);
+      a.has_next = false;
+      generated_tokens_.fetch_add(1);
+    } else {
+      slot.cache.insert(slot.cache.end(), a.req->prompt.begin() + static_cast<std::ptrdiff_t>(a.prompt_pos),
+                        a.req->prompt.begin() + static_cast<std::ptrdiff_t>(a.prompt_pos + a.batch_count));
+      a.prompt_pos += a.batch_count;
+      prompt_tokens_.fetch_add(static_cast<int64_t>(a.batch_count));
+    }
+    if (a.logits_index < 0) continue;
+    if (a.result->tokens.empty()) {
+      a.first_token = now;
+      a.result->prompt_ms = MsBetween(a.started, now);
+    }
+    const llama_token token = llama_sampler_sample(a.sampler.get(), ctx_, a.logits_index);
+    a.result->tokens.push_back(token);
+    if (std::find(a.req->stop_tokens.begin(), a.req->stop_tokens.end(), token) != a.req->stop_tokens.end()) {
+      a.result->stop_token = token;
+      Finish(slot, "stopToken");
+      continue;
+    }
+    if (a.req->stop_at_eog && llama_vocab_is_eog(vocab_, token)) {
+      a.result->stop_token = token;
+      Finish(slot, "eog");
+      continue;
+    }
+    std::string piece(64, '\0');
+    int32_t n = llama_token_to_piece(vocab_, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
+    if (n < 0) {
+      piece.resize(static_cast<size_t>(-n));
+      n = llama_token_to_piece(vocab_, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
+    }
+    const std::string text = a.stream.Push(std::string(piece.data(), static_cast<size_t>(std::max(n, 0))));
+    a.result->text += text;
+    Text(a.req->id, text);
+    if (a.stream.stopped()) {
+      a.result->stop_string = a.stream.matched_stop();
+      Finish(slot, "stopString");
+      continue;
+    }
+    if (a.req->max_tokens >= 0 && a.result->tokens.size() >= static_cast<size_t>(a.req->max_tokens)) {
+      Finish(slot, "maxTokens");
+      continue;
+    }
+    if (slot.cache.size() >= n_ctx_seq_) {
+      Finish(slot, "contextFull");
+      continue;
+    }
+    a.next = token;
+    a.has_next = true;
+  }
+}
+
+}  // namespace huozi

@@ -1,0 +1,152 @@
+// ParallelContext: one llama_context with N sequences ("slots") and a thread of its own that serves many
+// requests at once with continuous batching, as llama-server does. Each step builds one batch from the next
+// token of every generating slot plus as many prompt tokens of newly started slots as fit, decodes it, and
+// samples every slot that got logits; requests join and leave between steps. A slot keeps its tokens after
+// its request ends, and the next request goes to the free slot sharing the longest prefix with its prompt
+// (a multi-turn chat then re-evaluates only the new turn).
+//
+// JS talks to it through submit()/cancel() and one event callback (text, done, error), delivered in batches
+// through one thread-safe function at most every 16 ms (done and error events go out at once).
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "llama.h"
+#include "sampler.h"
+#include "text_stream.h"
+
+namespace huozi {
+
+struct ModelHandle;
+
+class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  // Creates the llama_context off the main thread; resolves to a NativeParallelContext.
+  static Napi::Value Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object params, Napi::Function on_events);
+
+  explicit ParallelContext(const Napi::CallbackInfo &info);
+  ~ParallelContext() override;
+
+  struct Request {
+    int64_t id = 0;
+    std::vector<llama_token> prompt;
+    SamplerParams sampling;
+    int32_t max_tokens = -1;
+    bool stop_at_eog = true;
+    std::vector<llama_token> stop_tokens;
+    std::vector<std::string> stop_strings;
+    std::chrono::steady_clock::time_point submitted;
+  };
+
+ private:
+  struct Active;
+  struct Slot {
+    llama_seq_id seq = 0;
+    std::vector<llama_token> cache;  // what this sequence's memory holds
+    std::unique_ptr<Active> active;  // null when free
+    uint64_t last_used = 0;
+  };
+  struct Result {
+    std::vector<llama_token> tokens;
+    std::string text;
+    const char *stop_reason = "maxTokens";
+    llama_token stop_token = -1;
+    std::string stop_string;
+    size_t reused_tokens = 0;
+    size_t evaluated_tokens = 0;
+    double queue_ms = 0;
+    double prompt_ms = 0;
+    double generate_ms = 0;
+    int32_t slot = -1;
+  };
+  struct Event {
+    int64_t id = 0;
+    std::unique_ptr<Result> result;  // done; null for an error
+    const char *code = nullptr;      // error
+    std::string message;
+  };
+
+  Napi::Value Info(const Napi::CallbackInfo &info);
+  Napi::Value Submit(const Napi::CallbackInfo &info);
+  Napi::Value Cancel(const Napi::CallbackInfo &info);
+  Napi::Value Stats(const Napi::CallbackInfo &info);
+  Napi::Value Dispose(const Napi::CallbackInfo &info);
+  Napi::Value Disposed(const Napi::CallbackInfo &info);
+
+  // Loop thread.
+  void Loop();
+  void Assign(std::unique_ptr<Request> request);
+  void Step();
+  void Finish(Slot &slot, const char *stop_reason);
+  void FailSlot(Slot &slot, const char *code, const std::string &message);
+  void Fail(int64_t id, const char *code, const std::string &message);
+  void Text(int64_t id, const std::string &text);
+  void Post(Event event);
+  void ScheduleDelivery(bool now);
+  void StopThread();
+  static bool AbortCallback(void *data);
+
+  // Main thread.
+  void Deliver(Napi::Env env);
+
+  llama_context *ctx_ = nullptr;
+  std::shared_ptr<ModelHandle> model_;
+  const llama_vocab *vocab_ = nullptr;
+  int32_t n_vocab_ = 0;
+  uint32_t n_ctx_ = 0;
+  uint32_t n_ctx_seq_ = 0;
+  uint32_t n_batch_ = 0;
+  llama_batch batch_{};
+  std::vector<Slot> slots_;
+  uint64_t clock_ = 0;
+
+  // Shared between the main thread and the loop thread.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Request>> inbox_;  // submitted, not yet taken by the loop
+  std::deque<std::unique_ptr<Request>> waiting_;  // taken, waiting for a free slot (loop thread only)
+  std::unordered_set<int64_t> cancels_;
+  bool stopping_ = false;
+  std::atomic<bool> abort_{false};
+  std::thread thread_;
+
+  // Outgoing events.
+  std::mutex out_mu_;
+  std::map<int64_t, std::string> pending_text_;
+  std::vector<Event> pending_events_;
+  bool call_scheduled_ = false;
+  std::chrono::steady_clock::time_point last_delivery_{};
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::FunctionReference on_events_;
+  int64_t outstanding_ = 0;  // main thread: submitted and not yet reported done/error
+  bool disposed_ = false;
+  Napi::Env::CleanupHook<std::function<void()>> cleanup_;
+  bool has_cleanup_ = false;
+
+  // Counters for stats() (written by the loop thread).
+  std::atomic<int64_t> busy_slots_{0};
+  std::atomic<int64_t> waiting_count_{0};
+  std::atomic<int64_t> prompt_tokens_{0};
+  std::atomic<int64_t> generated_tokens_{0};
+  std::atomic<int64_t> reused_tokens_{0};
+  std::atomic<int64_t> decode_calls_{0};
+  std::atomic<int64_t> completed_{0};
+  std::atomic<int64_t> cancelled_{0};
+  std::atomic<int64_t> failed_{0};
+};
+
+}  // namespace huozi

@@ -1,0 +1,100 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AbortError, DisposedError, loadModel, type Model, type ParallelContext } from '../../dist/index.js';
+import { EOU, f16Path, reference } from '../helpers.js';
+
+let model: Model;
+let expected: number[][];
+beforeAll(async () => {
+  model = await loadModel(f16Path);
+  // What one sequence alone produces, greedy: the reference for every concurrent run below.
+  const context = await model.createContext({ contextSize: 1024, threads: 1 });
+  expected = [];
+  for (const g of reference.greedy) {
+    expected.push((await context.generate(g.prompt_ids, { temperature: 0, maxTokens: 48, stopTokens: [EOU] }).result).tokens);
+  }
+  await context.dispose();
+});
+afterAll(() => model.dispose());
+
+async function collect(generation: ReturnType<ParallelContext['generate']>) {
+  let text = '';
+  for await (const chunk of generation) text += chunk;
+  return { text, result: await generation.result };
+}
+
+describe('ParallelContext', () => {
+  it('serves more requests than slots at once, each exactly as if it ran alone', async () => {
+    const par = await model.createParallelContext({ parallel: 4, contextSize: 4096, threads: 1 });
+    expect(par.parallel).toBe(4);
+    expect(par.slotContextSize).toBe(1024);
+    const prompts = [...reference.greedy, ...reference.greedy].map((g) => g.prompt_ids);
+    const runs = await Promise.all(
+      prompts.map((p) => collect(par.generate(p, { temperature: 0, maxTokens: 48, stopTokens: [EOU] }))),
+    );
+    runs.forEach(({ text, result }, i) => {
+      expect(result.tokens).toEqual(expected[i % reference.greedy.length]);
+      expect(text).toBe(result.text);
+    });
+    // Continuous batching: far fewer decode calls than tokens, and all four slots were used.
+    const stats = par.stats();
+    expect(stats.completed).toBe(prompts.length);
+    expect(stats.decodeCalls).toBeLessThan(stats.generatedTokens / 2);
+    expect(new Set(runs.map((r) => r.result.slot))).toEqual(new Set([0, 1, 2, 3]));
+    expect(stats.busySlots).toBe(0);
+    await par.dispose();
+  });
+
+  it('sends a follow-up to the slot that holds its prefix and reuses that cache', async () => {
+    const par = await model.createParallelContext({ parallel: 2, contextSize: 2048, threads: 1 });
+    const g = reference.greedy[8];
+    const first = await par.generate(g.prompt_ids.slice(0, 40), { temperature: 0, maxTokens: 4 }).result;
+    const second = await par.generate(g.prompt_ids, { temperature: 0, maxTokens: 4 }).result;
+    expect(second.slot).toBe(first.slot);
+    expect(second.reusedTokens).toBeGreaterThanOrEqual(40);
+    await par.dispose();
+  });
+
+  it('cancels a running or waiting request at the next step and frees its slot', async () => {
+    const par = await model.createParallelContext({ parallel: 1, contextSize: 1024, threads: 1 });
+    const running = par.generate(reference.greedy[0].prompt_ids, { temperature: 1, maxTokens: 100000, stopAtEog: false });
+    const controller = new AbortController();
+    const waiting = par.generate(reference.greedy[1].prompt_ids, { maxTokens: 10, signal: controller.signal });
+    for await (const _ of running) break; // leaving the loop stops it
+    await expect(running.result).rejects.toBeInstanceOf(AbortError);
+    controller.abort();
+    const error = await waiting.result.catch((e) => e);
+    expect(error).toBeInstanceOf(AbortError);
+    expect(par.stats().busySlots).toBe(0);
+    expect(par.stats().cancelled).toBe(2);
+    // The slot serves the next request normally.
+    const next = await par.generate(reference.greedy[0].prompt_ids, { temperature: 0, maxTokens: 48, stopTokens: [EOU] }).result;
+    expect(next.tokens).toEqual(expected[0]);
+    await par.dispose();
+  });
+
+  it('rejects what does not fit and bad options with typed errors', async () => {
+    await expect(model.createParallelContext({ parallel: 0 })).rejects.toMatchObject({ name: 'RangeError' });
+    await expect(model.createParallelContext({ parallel: 4, contextSize: 2 })).rejects.toMatchObject({ name: 'RangeError' });
+    await expect(model.createParallelContext({ bogus: 1 } as never)).rejects.toMatchObject({ name: 'TypeError' });
+    const par = await model.createParallelContext({ parallel: 2, contextSize: 256, threads: 1 });
+    expect(() => par.generate(Array(par.slotContextSize + 1).fill(1000))).toThrow(RangeError);
+    expect(() => par.generate([model.vocabularySize])).toThrow(RangeError);
+    expect(() => par.generate('x', { reuseCache: false } as never)).toThrow(TypeError);
+    // A generation that reaches the end of its slot stops with contextFull.
+    const full = await par.generate(Array(par.slotContextSize - 8).fill(1000), { temperature: 0, stopAtEog: false }).result;
+    expect(full.stopReason).toBe('contextFull');
+    await par.dispose();
+  });
+
+  it('dispose stops what runs: running and waiting requests reject with DisposedError', async () => {
+    const par = await model.createParallelContext({ parallel: 1, contextSize: 1024, threads: 1 });
+    const a = par.generate(reference.greedy[0].prompt_ids, { temperature: 1, maxTokens: 100000, stopAtEog: false });
+    const b = par.generate(reference.greedy[1].prompt_ids, { maxTokens: 10 });
+    await new Promise((r) => setTimeout(r, 50));
+    await par.dispose();
+    await expect(a.result).rejects.toBeInstanceOf(DisposedError);
+    await expect(b.result).rejects.toBeInstanceOf(DisposedError);
+    expect(() => par.generate('x')).toThrow(DisposedError);
+    await par.dispose();
+  });
+});

@@ -8,6 +8,7 @@
 #include "llama.h"
 #include "log.h"
 #include "model.h"
+#include "parallel.h"
 
 #ifdef HUOZI_BACKEND_DL
 #include <dlfcn.h>
@@ -118,6 +119,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto *data = new AddonData();
   data->model_ctor = Napi::Persistent(Model::Init(env));
   data->context_ctor = Napi::Persistent(Context::Init(env));
+  data->parallel_ctor = Napi::Persistent(ParallelContext::Init(env));
   env.SetInstanceData(data);
   exports.Set("loadModel", Napi::Function::New(env, Model::Load));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));

@@ -207,11 +207,18 @@ export function binding(): NativeBinding {
   } else {
     if (forced !== 'cpu') {
       let cudaAddon: string | undefined;
+      let cudaMissing: string | undefined;
       try {
-        cudaAddon = join(dirname(require.resolve(`${CUDA_PACKAGE}/package.json`)), 'bin', 'huozi_gguf.node');
+        const manifest = require.resolve(`${CUDA_PACKAGE}/package.json`);
+        const { version } = require(manifest) as { version: string };
+        const ours = (require(join(packageRoot, 'package.json')) as { version: string }).version;
+        // The addon's functions change between versions: only the matching build may answer.
+        if (version === ours) cudaAddon = join(dirname(manifest), 'bin', 'huozi_gguf.node');
+        else cudaMissing = `${CUDA_PACKAGE}@${version} is installed but huozi-gguf is ${ours}`;
       } catch {
-        tried.push(`${CUDA_PACKAGE}: not installed`);
+        cudaMissing = `${CUDA_PACKAGE} is not installed (npm install ${CUDA_PACKAGE})`;
       }
+      if (cudaMissing) tried.push(cudaMissing);
       if (cudaAddon && (forced === 'cuda' || nvidiaDevicePresent())) {
         const before = tried.length;
         loaded = attempt(cudaAddon, 'cuda');
@@ -227,7 +234,9 @@ export function binding(): NativeBinding {
       } else if (cudaAddon) {
         tried.push(`${cudaAddon}: skipped, no NVIDIA device (/proc/driver/nvidia/gpus); HUOZI_BACKEND=cuda forces it`);
       } else if (forced === 'cuda') {
-        fail(`HUOZI_BACKEND=cuda, but ${CUDA_PACKAGE} is not installed (npm install ${CUDA_PACKAGE})`);
+        fail(`HUOZI_BACKEND=cuda, but ${cudaMissing}`);
+      } else if (cudaMissing?.includes(' is installed but ') && nvidiaDevicePresent()) {
+        warnings.push(`${cudaMissing}: not using it`);
       }
     }
     loaded ??= attempt(join(packageRoot, 'build', 'Release', 'huozi_gguf.node'), 'source');

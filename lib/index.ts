@@ -5,6 +5,8 @@ export type {
   ContextOptions, SamplingOptions, GenerateOptions, GenerationResult, StopReason, EvaluateOptions,
 } from './context.js';
 export { ParallelContext } from './parallel.js';
+export { createServer, HuoziServer } from './server/server.js';
+export type { ServerOptions } from './server/server.js';
 export type { ParallelContextOptions, ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';
 export {
   HuoziError, ModelLoadError, ContextCreateError, ContextOverflowError, DecodeError, DisposedError, AbortError,

@@ -137,8 +137,28 @@ program
   .option('-d, --device <names>', 'devices to serve, comma-separated (default: every GPU, else the CPU)')
   .action(async (opts) => (await import('./rpc-server.js')).rpcServerCommand(opts));
 
-// llama.cpp spells it -ngl; commander allows one-letter short flags only.
-const argv = process.argv.map((a) => (a === '-ngl' ? '--ngl' : a));
+program
+  .command('serve')
+  .description('an OpenAI-compatible server (chat/completions, completions, models) with parallel slots and a web chat page')
+  .addOption(new Option('-m, --model <file>', 'GGUF model (default: the embedded huozi-tiny demo model)'))
+  .option('-H, --host <address>', 'address to listen on (loopback by default: other machines cannot connect)', '127.0.0.1')
+  .addOption(new Option('-p, --port <n>', 'port').argParser(intArg).default(8000))
+  .addOption(new Option('--parallel <n>', 'requests generated at once, slots (also -np)').argParser(intArg).default(4))
+  .addOption(new Option('-c, --ctx-size <n>', 'KV cache tokens in all, shared out among the slots (default: 4096 per slot)').argParser(intArg))
+  .addOption(new Option('-t, --threads <n>', 'CPU threads (default: available cores)').argParser(intArg))
+  .addOption(new Option('--ngl, --gpu-layers <n>', 'layers to offload to the GPU, or "max" (also -ngl)').default('max'))
+  .option('--rpc <servers>', 'RPC servers for layers, comma-separated host:port')
+  .option('--served-model-name <name>', "the model id clients use (default: the file's name)")
+  .option('--api-key <key>', 'require Authorization: Bearer <key> (or set HUOZI_API_KEY)')
+  .option('--chat-template <file>', 'chat template: auto, huozi, chatml, or a Jinja file (default: auto)')
+  .option('--response-role <role>', "role name in chat answers (Huozi's README: 助手)", 'assistant')
+  .addOption(new Option('--max-queue <n>', 'requests that may wait for a slot; beyond it, 503').argParser(intArg).default(64))
+  .option('--no-web', 'do not serve the web chat page at /')
+  .option('-q, --quiet', 'no request log', false)
+  .action(async (opts) => (await import('./serve.js')).serveCommand(opts));
+
+// llama.cpp spells them -ngl and -np; commander allows one-letter short flags only.
+const argv = process.argv.map((a) => (a === '-ngl' ? '--ngl' : a === '-np' ? '--parallel' : a));
 
 program.parseAsync(argv).catch((error: Error & { code?: string }) => {
   process.stderr.write(`huozi-gguf: ${error.message}\n`);

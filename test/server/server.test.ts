@@ -1,0 +1,264 @@
+// The OpenAI-compatible server on the tiny Huozi model, driven by the official `openai` npm client and by
+// plain fetch for what a client library would not send.
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer, loadModel, type HuoziServer, type Model } from '../../dist/index.js';
+import { EOU, f16Path } from '../helpers.js';
+
+const POEMS = ['春晓', '静夜思', '登鹳雀楼', '相思', '江雪', '寻隐者不遇', '九月九日忆山东兄弟', '早发白帝城'];
+
+let model: Model;
+let server: HuoziServer;
+let url: string;
+let client: OpenAI;
+
+beforeAll(async () => {
+  model = await loadModel(f16Path);
+  server = await createServer(model, { servedModelName: 'huozi', parallel: 4, contextSize: 4096, threads: 1, responseRole: '助手' });
+  ({ url } = await server.listen(0));
+  client = new OpenAI({ apiKey: 'EMPTY', baseURL: `${url}/v1`, maxRetries: 0 });
+});
+afterAll(async () => {
+  await server?.close();
+  await model?.dispose();
+});
+
+// Huozi's README sends these with every request.
+const huoziExtras = { stop: ['<|endofutterance|>'], stop_token_ids: [EOU], repetition_penalty: 1.0 };
+
+function ask(poem: string) {
+  return { model: 'huozi', messages: [{ role: 'user' as const, content: `请背诵《${poem}》` }], temperature: 0, max_tokens: 128 };
+}
+
+async function metric(name: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(' ')[1]);
+}
+
+describe('the openai client', () => {
+  it('lists the served model', async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(['huozi']);
+  });
+
+  it('chat: non-streaming, with Huozi README request shape, answers in the configured role', async () => {
+    const completion = await client.chat.completions.create({ ...ask('春晓'), ...huoziExtras } as never);
+    const choice = (completion as OpenAI.ChatCompletion).choices[0];
+    expect(choice.message.role).toBe('助手');
+    expect(choice.message.content).toContain('春眠不觉晓，处处闻啼鸟。');
+    expect(choice.finish_reason).toBe('stop');
+    const usage = (completion as OpenAI.ChatCompletion).usage!;
+    expect(usage.prompt_tokens).toBeGreaterThan(5);
+    expect(usage.completion_tokens).toBeGreaterThan(10);
+    expect(usage.total_tokens).toBe(usage.prompt_tokens + usage.completion_tokens);
+  });
+
+  it('chat: streaming gives the same text as non-streaming, then usage and [DONE]', async () => {
+    const whole = await client.chat.completions.create(ask('静夜思'));
+    const stream = await client.chat.completions.create({ ...ask('静夜思'), stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    let chunks = 0;
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      if (chunk.usage) usage = chunk.usage;
+      const choice = chunk.choices[0];
+      if (!choice) continue;
+      if (choice.delta.content) {
+        text += choice.delta.content;
+        chunks++;
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    expect(text).toBe(whole.choices[0].message.content);
+    expect(chunks).toBeGreaterThan(1);
+    expect(finish).toBe('stop');
+    expect(usage?.completion_tokens).toBe(whole.usage?.completion_tokens);
+  });
+
+  it('chat: Huozi role names 系统/用户/助手, a multi-turn history, max_tokens gives finish_reason length', async () => {
+    const r = await client.chat.completions.create({
+      model: 'huozi',
+      messages: [
+        { role: '系统', content: '你是一个智能助手' },
+        { role: '用户', content: '请背诵《春晓》' },
+        { role: '助手', content: '《春晓》\n孟浩然\n春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。' },
+        { role: '用户', content: '作者是谁？' },
+      ] as never,
+      temperature: 0,
+      max_tokens: 3,
+    });
+    expect(r.choices[0].finish_reason).toBe('length');
+    expect(r.usage?.completion_tokens).toBe(3);
+  });
+
+  it('completions: streaming and not, seed makes sampling repeatable', async () => {
+    const prompt = '春眠不觉晓，';
+    const a = await client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42 });
+    const b = await client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42 });
+    expect(a.choices[0].text).toBe(b.choices[0].text);
+    expect(a.object).toBe('text_completion');
+    const stream = await client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42, stream: true });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
+    expect(text).toBe(a.choices[0].text);
+  });
+});
+
+describe('parallel slots', () => {
+  it('32 concurrent streaming clients each get their complete, correct answer', async () => {
+    // The answers one at a time first (greedy), then all 32 at once.
+    const expected = new Map<string, string>();
+    for (const poem of POEMS) expected.set(poem, (await client.chat.completions.create(ask(poem))).choices[0].message.content!);
+    const decodesBefore = await metric('huozi_decode_calls_total');
+    const tokensBefore = await metric('huozi_generated_tokens_total');
+    const runs = await Promise.all(
+      Array.from({ length: 32 }, async (_, i) => {
+        const poem = POEMS[i % POEMS.length];
+        const c = new OpenAI({ apiKey: 'EMPTY', baseURL: `${url}/v1`, maxRetries: 0 });
+        const stream = await c.chat.completions.create({ ...ask(poem), stream: true });
+        let text = '';
+        let finish: string | null = null;
+        for await (const chunk of stream) {
+          text += chunk.choices[0]?.delta.content ?? '';
+          finish = chunk.choices[0]?.finish_reason ?? finish;
+        }
+        return { poem, text, finish };
+      }),
+    );
+    for (const run of runs) {
+      expect(run.finish).toBe('stop');
+      expect(run.text).toBe(expected.get(run.poem));
+    }
+    // Served together: fewer decode steps than tokens (4 slots batched per step).
+    const decodes = (await metric('huozi_decode_calls_total')) - decodesBefore;
+    const tokens = (await metric('huozi_generated_tokens_total')) - tokensBefore;
+    expect(decodes).toBeLessThan(tokens / 2.5);
+    expect(await metric('huozi_slots_busy')).toBe(0);
+  });
+
+  it('a client that disconnects mid-stream frees its slot at once', async () => {
+    const cancelledBefore = await metric('huozi_generations_cancelled_total');
+    const controller = new AbortController();
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ ...ask('春晓'), temperature: 1, max_tokens: 1_000_000, ignore_eos: true, stream: true }),
+      signal: controller.signal,
+    });
+    const reader = res.body!.getReader();
+    await reader.read();
+    await reader.read();
+    expect(await metric('huozi_slots_busy')).toBe(1);
+    controller.abort();
+    const deadline = Date.now() + 2000;
+    while ((await metric('huozi_slots_busy')) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(await metric('huozi_slots_busy')).toBe(0);
+    expect(await metric('huozi_generations_cancelled_total')).toBe(cancelledBefore + 1);
+  });
+});
+
+describe('bad requests', () => {
+  const post = (body: unknown, path = '/v1/chat/completions', headers: Record<string, string> = {}) =>
+    fetch(`${url}${path}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+  const good = ask('春晓');
+
+  it.each([
+    ['malformed JSON', '{"model": "huozi", ', 'invalid_json', null],
+    ['a JSON array', '[1, 2]', 'invalid_json', null],
+    ['temperature of the wrong type', { ...good, temperature: 'hot' }, 'invalid_value', 'temperature'],
+    ['messages not an array', { ...good, messages: 'hi' }, 'invalid_value', 'messages'],
+    ['an unknown role', { ...good, messages: [{ role: 'robot', content: 'x' }] }, 'invalid_value', 'messages[0].role'],
+    ['negative max_tokens', { ...good, max_tokens: -1 }, 'invalid_value', 'max_tokens'],
+    ['n = 2', { ...good, n: 2 }, 'invalid_value', 'n'],
+    ['stop_token_ids outside the vocabulary', { ...good, stop_token_ids: [10_000_000] }, 'invalid_value', 'stop_token_ids'],
+    ['an unknown parameter', { ...good, temprature: 0.5 }, 'unknown_parameter', 'temprature'],
+  ])('%s: 400 with an OpenAI error body', async (_, body, code, param) => {
+    const res = await post(body);
+    expect(res.status).toBe(400);
+    const json = (await res.json()) as { error: { message: string; type: string; code: string; param: string | null } };
+    expect(json.error.type).toBe('invalid_request_error');
+    expect(json.error.code).toBe(code);
+    expect(json.error.param).toBe(param);
+    expect(json.error.message.length).toBeGreaterThan(10);
+  });
+
+  it('a prompt longer than a slot: 400 with the token counts', async () => {
+    const res = await post({ ...good, messages: [{ role: 'user', content: '春'.repeat(1500) }] });
+    expect(res.status).toBe(400);
+    const { error } = (await res.json()) as { error: { message: string; code: string } };
+    expect(error.code).toBe('context_length_exceeded');
+    expect(error.message).toMatch(/maximum context length is 1024 tokens\. However, your messages resulted in \d{4} tokens/);
+    // The openai client surfaces it as a BadRequestError.
+    await expect(client.chat.completions.create({ ...good, messages: [{ role: 'user', content: '春'.repeat(1500) }] })).rejects.toMatchObject({
+      status: 400,
+    });
+  });
+
+  it('unknown model 404, wrong method 405, unknown path 404', async () => {
+    expect((await post({ ...good, model: 'gpt-4' })).status).toBe(404);
+    expect((await fetch(`${url}/v1/chat/completions`)).status).toBe(405);
+    expect((await fetch(`${url}/v2/nothing`)).status).toBe(404);
+  });
+
+  it('the server keeps serving after all of that', async () => {
+    const r = await client.chat.completions.create(ask('春晓'));
+    expect(r.choices[0].message.content).toContain('春眠不觉晓');
+    const health = (await (await fetch(`${url}/health`)).json()) as { status: string; slots_total: number };
+    expect(health).toMatchObject({ status: 'ok', slots_total: 4 });
+  });
+});
+
+describe('api key, queue bound, loopback', () => {
+  it('--api-key: 401 without or with a wrong key, 200 with it; the page and /health stay open', async () => {
+    const locked = await createServer(model, { servedModelName: 'huozi', parallel: 1, contextSize: 512, threads: 1, apiKey: 'sk-test' });
+    const { url: u } = await locked.listen(0);
+    try {
+      expect((await fetch(`${u}/v1/models`)).status).toBe(401);
+      expect((await fetch(`${u}/v1/models`, { headers: { Authorization: 'Bearer nope' } })).status).toBe(401);
+      expect((await fetch(`${u}/metrics`)).status).toBe(401);
+      expect((await fetch(`${u}/health`)).status).toBe(200);
+      const wrong = new OpenAI({ apiKey: 'wrong', baseURL: `${u}/v1`, maxRetries: 0 });
+      await expect(wrong.models.list()).rejects.toMatchObject({ status: 401 });
+      const right = new OpenAI({ apiKey: 'sk-test', baseURL: `${u}/v1`, maxRetries: 0 });
+      expect((await right.models.list()).data[0].id).toBe('huozi');
+    } finally {
+      await locked.close();
+    }
+  });
+
+  it('a full queue answers 503 with Retry-After; the queued requests still complete', async () => {
+    const small = await createServer(model, { servedModelName: 'huozi', parallel: 1, maxQueue: 1, contextSize: 512, threads: 1 });
+    const { url: u } = await small.listen(0);
+    try {
+      const long = (max: number) =>
+        fetch(`${u}/v1/completions`, {
+          method: 'POST',
+          body: JSON.stringify({ model: 'huozi', prompt: '春', max_tokens: max, ignore_eos: true, temperature: 0 }),
+        });
+      const first = long(300);
+      const second = long(20);
+      await new Promise((r) => setTimeout(r, 100));
+      const third = await long(5);
+      expect(third.status).toBe(503);
+      expect(third.headers.get('retry-after')).toBe('1');
+      expect(((await third.json()) as { error: { code: string } }).error.code).toBe('server_busy');
+      expect((await first).status).toBe(200);
+      expect((await second).status).toBe(200);
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('listens on loopback unless told otherwise', async () => {
+    const s = await createServer(model, { parallel: 1, contextSize: 256, threads: 1 });
+    const address = await s.listen(0);
+    expect(address.host).toBe('127.0.0.1');
+    await s.close();
+  });
+});

@@ -4,6 +4,8 @@
 // side by side in one run. Each measurement runs in a fresh process; the three are interleaved, rotating
 // their order every round, and each figure is the median of the rounds. Writes docs/benchmarks.md.
 //
+//   npm run bench -- --gpu: the GPU tables instead (scripts/gpu-check.mjs, on a CUDA build)
+//   npm run bench -- --server: the server benchmark instead (scripts/bench/server.mjs)
 //   npm run bench [-- --rounds 5 --threads 1,2 --models a.gguf,b.gguf --no-node-llama-cpp --out docs/benchmarks.md]
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -15,6 +17,22 @@ import { ensureF16 } from './fixture.mjs';
 import { buildNativeTools, nativeTool } from './native-tools.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+if (process.argv.includes('--gpu')) {
+  // On a CUDA build (scripts/build.mjs --gpu cuda --native-tools): the Huozi-3.5-shaped VRAM and speed tables
+  // against llama-bench (scripts/gpu-check.mjs; models in .build/gpuwork, output in .build/gpuwork/gpu.md).
+  const { spawnSync } = await import('node:child_process');
+  const work = join(root, '.build', 'gpuwork');
+  for (const args of [['prepare', work], ['measure', work, join(work, 'gpu.md'), '8']]) {
+    const r = spawnSync(process.execPath, [join(root, 'scripts', 'gpu-check.mjs'), ...args], { stdio: 'inherit' });
+    if (r.status !== 0) process.exit(r.status ?? 1);
+  }
+  process.exit(0);
+}
+if (process.argv.includes('--server')) {
+  // The server benchmark (huozi-gguf serve vs llama-server) has its own options: scripts/bench/server.mjs.
+  await import('./bench/server.mjs');
+  process.exit(0);
+}
 const { values } = parseArgs({
   options: {
     rounds: { type: 'string', default: '9' },

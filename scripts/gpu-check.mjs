@@ -14,6 +14,8 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const [command, dir, out, threadsArg] = process.argv.slice(2);
 // The same CPU thread count for both runtimes (llama-bench defaults to the physical cores, we to all cores).
 const threads = threadsArg ?? '8';
+const rounds = Number(process.env.HUOZI_GPU_ROUNDS ?? 3);
+const reps = Number(process.env.HUOZI_GPU_REPS ?? 5);
 const q4 = join(dir, 'huozi35-q4_0.gguf');
 const q2 = join(dir, 'huozi35-q2_k.gguf');
 const bench = join(root, '.build/cmake/bin/llama-bench');
@@ -56,19 +58,31 @@ if (command === 'prepare') {
   ];
   const rows = [];
   for (const c of configs) {
-    const native = await withPeak(bench, ['-m', c.file, '-ngl', String(c.ngl), '-fa', '1', '-t', threads, '-p', '512', '-n', '128', '-r', '3', '-o', 'json']);
-    const json = JSON.parse(native.stdout);
-    const nativePp = json.find((r) => r.n_prompt > 0).avg_ts;
-    const nativeTg = json.find((r) => r.n_gen > 0).avg_ts;
-    // Ours: a 2048-token context, as Huozi's README; speed with the same pp512/tg128 as llama-bench.
-    const vram = await withPeak(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), c.file, String(c.ngl), '2048']);
-    const speeds = [];
-    // Three runs averaged, as llama-bench -r 3 averages its three.
-    for (let i = 0; i < 3; i++) {
-      speeds.push(JSON.parse(execFileSync(process.execPath, [join(root, 'scripts/bench/addon.mjs'), c.file, threads, '512', '128', String(c.ngl), '1'], { encoding: 'utf8' })));
+    // Speed: rounds alternating native and ours, each a fresh process doing a warm-up and `reps` repetitions
+    // averaged (llama-bench -r); the figure is the median over rounds. The first native run also gives VRAM.
+    const nativeRuns = [];
+    const ourRuns = [];
+    let nativePeak = 0;
+    for (let round = 0; round < rounds; round++) {
+      const runNative = async () => {
+        const native = await withPeak(bench, ['-m', c.file, '-ngl', String(c.ngl), '-fa', '1', '-t', threads, '-p', '512', '-n', '128', '-r', String(reps), '-o', 'json']);
+        const json = JSON.parse(native.stdout);
+        nativePeak = Math.max(nativePeak, native.peak);
+        nativeRuns.push({ pp: json.find((r) => r.n_prompt > 0).avg_ts, tg: json.find((r) => r.n_gen > 0).avg_ts });
+      };
+      const runOurs = () =>
+        ourRuns.push(JSON.parse(execFileSync(process.execPath, [join(root, 'scripts/bench/addon.mjs'), c.file, threads, '512', '128', String(c.ngl), '1', String(reps)], { encoding: 'utf8' })));
+      if (round % 2 === 0) { await runNative(); runOurs(); } else { runOurs(); await runNative(); }
     }
-    const ourPp = speeds.reduce((a, s) => a + s.pp, 0) / speeds.length;
-    const ourTg = speeds.reduce((a, s) => a + s.tg, 0) / speeds.length;
+    const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+    const nativePp = med(nativeRuns.map((r) => r.pp));
+    const nativeTg = med(nativeRuns.map((r) => r.tg));
+    const ourPp = med(ourRuns.map((r) => r.pp));
+    const ourTg = med(ourRuns.map((r) => r.tg));
+    const native = { peak: nativePeak };
+    console.log(JSON.stringify({ name: c.name, nativeRuns, ourRuns }));
+    // Ours: a 2048-token context, as Huozi's README.
+    const vram = await withPeak(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), c.file, String(c.ngl), '2048']);
     const est = await estimateMemory(c.file, { gpuLayers: c.ngl, contextSize: 2048, flashAttention: true });
     const estGpu = est.filter((d) => d.name !== 'host').reduce((a, d) => a + d.total, 0) / MiB;
     rows.push({ ...c, nativeVram: native.peak, ourVram: vram.peak, estimate: estGpu, nativePp, nativeTg, ourPp, ourTg });
@@ -76,7 +90,7 @@ if (command === 'prepare') {
   }
   const card = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader'], { encoding: 'utf8' }).trim();
   const md = [
-    `Card: ${card}. Command: \`node scripts/gpu-check.mjs measure <dir> <out> ${threads}\` (after \`prepare\`), ${new Date().toISOString().slice(0, 16)}Z; flash attention on, ${threads} CPU threads for both.`,
+    `Card: ${card}. Command: \`node scripts/gpu-check.mjs measure <dir> <out> ${threads}\` (after \`prepare\`), ${new Date().toISOString().slice(0, 16)}Z; flash attention on, ${threads} CPU threads for both; speed: median of ${rounds} alternating rounds, each a warm-up + ${reps} repetitions averaged.`,
     '',
     '| setting | Huozi README | native llama-bench peak (MiB) | ours, contextSize 2048 (MiB) | ours / native | estimate (MiB) | estimate / ours |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
@@ -89,13 +103,18 @@ if (command === 'prepare') {
   writeFileSync(out, `${md}\n`);
   console.log(md);
 } else if (command === 'auto') {
-  // Hold most of the card with other processes, then load with gpuLayers 'auto' and a 32768 context.
+  // Other processes hold the card until about HUOZI_AUTO_FREE_MIB (default 20000) MiB are left: less than the
+  // q4_0 model's 25.7 GB of weights, so 'auto' must keep part of it (experts first) on the CPU. Holders are
+  // copies of the model itself: all layers while much is left, then as many layers as the rest allows.
+  const target = Number(process.env.HUOZI_AUTO_FREE_MIB ?? 20000);
   const holders = [];
-  // Other processes take most of the card (on a 141 GiB H200: four copies of the q4_0 model and one of q2_k).
-  const total = devices().find((d) => d.type === 'gpu')?.total ?? 0;
-  const copies = Math.max(1, Math.floor((total / MiB - 37_700) / 26_300));
-  for (const file of [...Array(copies).fill(q4), q2]) {
-    const h = spawn(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), file, '99', '512', 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const gpuFree = () => Math.round(devices().find((d) => d.type === 'gpu').free / MiB);
+  for (let i = 0; i < 12; i++) {
+    const spare = gpuFree() - target;
+    if (spare < 1200) break;
+    const layers = spare > 27_000 ? 99 : Math.floor((spare - 600) / 830);
+    if (layers < 1) break;
+    const h = spawn(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), q4, String(layers), '512', 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise((r) => h.stdout.once('data', r));
     holders.push(h);
   }

@@ -5,7 +5,9 @@
 //     its decodes.
 import { loadModel } from '../../dist/index.js';
 
-const [modelPath, threadsArg, promptArg, genArg, gpuLayersArg, faArg] = process.argv.slice(2);
+const [modelPath, threadsArg, promptArg, genArg, gpuLayersArg, faArg, repsArg] = process.argv.slice(2);
+// Optional: repetitions averaged after the warm-up (llama-bench -r); default 1.
+const reps = repsArg === undefined ? 1 : Number(repsArg);
 const threads = Number(threadsArg);
 const prompt = Number(promptArg);
 const gen = Number(genArg);
@@ -20,20 +22,28 @@ const out = {};
   const context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads, flashAttention });
   const tokens = random(prompt);
   await context.evaluate(tokens, { logits: 'last' }); // warm-up, as llama-bench does
-  await context.clear();
-  const t0 = process.hrtime.bigint();
-  await context.evaluate(tokens, { logits: 'last' });
-  out.pp = prompt / (Number(process.hrtime.bigint() - t0) / 1e9);
+  let sum = 0;
+  for (let r = 0; r < reps; r++) {
+    await context.clear();
+    const t0 = process.hrtime.bigint();
+    await context.evaluate(tokens, { logits: 'last' });
+    sum += prompt / (Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  out.pp = sum / reps; // llama-bench's avg_ts: the mean of the per-repetition rates
   await context.dispose();
 }
 {
   const context = await model.createContext({ contextSize: gen + 2, batchSize: gen + 2, threads, flashAttention });
   const opts = { temperature: 0, maxTokens: gen + 1, stopAtEog: false, reuseCache: false };
   await context.generate([1], { ...opts, maxTokens: 2 }).result; // warm-up
-  const generation = context.generate([1], opts);
-  for await (const _ of generation); // consume the stream as an application would
-  const r = await generation.result;
-  out.tg = gen / (r.timings.generateMs / 1000);
+  let sum = 0;
+  for (let r = 0; r < reps; r++) {
+    const generation = context.generate([1], opts);
+    for await (const _ of generation); // consume the stream as an application would
+    const result = await generation.result;
+    sum += gen / (result.timings.generateMs / 1000);
+  }
+  out.tg = sum / reps;
   await context.dispose();
 }
 await model.dispose();

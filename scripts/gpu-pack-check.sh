@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Checks the CUDA package end to end on a GPU machine, as a user gets it: builds the CUDA prebuild into
-# packages/linux-x64-cuda, packs it, installs it with the main package's tarball into a fresh folder with
+# Checks the CUDA package end to end on a GPU machine, as a user gets it: builds the CPU and CUDA prebuilds there
+# (16 cores), packs huozi-gguf and @huozi-gguf/linux-x64-cuda, installs both tarballs into a fresh folder with
 # `npm install --offline --ignore-scripts`, and runs a program that prints systemInfo() (backend must be 'cuda'),
 # loads the demo model with gpuLayers 'max' and generates; then the same with HUOZI_BACKEND=cpu (the fallback).
 #
-# The GPU machine has CUDA, cmake and no Node, npm or network. Here, first:
-#   bash /work/shared/tools/gpu-bundle.sh          # .gpu-bundle/: node, vendor/llama.cpp, node_modules
-#   npm run prebuilds                              # the CPU prebuild the main tarball carries
-#   bash scripts/gpu-pack-check.sh --prepare       # .gpu-npm/: npm's own JS, the dependencies' tarballs in an
-#                                                  # npm cache, and the main package's tarball (git-ignored)
-# then on the GPU machine (carry .gpu-bundle and .gpu-npm):
-#   source .gpu-bundle/bootstrap.sh && bash scripts/gpu-pack-check.sh [--cuda-arch 90]
-# and, to try this script here without a GPU (the CPU prebuild stands in for the CUDA build):
+# The GPU machine has CUDA, cmake and a compiler but no Node, npm or network. Here, first:
+#   bash /work/shared/tools/gpu-bundle.sh          # .gpu-bundle/: node, vendor/llama.cpp (node_modules unused)
+#   bash scripts/gpu-pack-check.sh --prepare       # .gpu-npm/: npm's own JS, the runtime dependencies' tarballs
+#                                                  # in an npm cache, cmake-js & co. for the build; compiles dist/
+# then on the GPU machine, carrying .gpu-bundle/node.xz, .gpu-bundle/llama-src.tar.xz, .gpu-bundle/bootstrap.sh,
+# .gpu-npm and dist (about 50 MiB with the tracked tree):
+#   source .gpu-bundle/bootstrap.sh && bash scripts/gpu-pack-check.sh --build [--cuda-arch 90]   # the two builds
+#   source .gpu-bundle/bootstrap.sh && bash scripts/gpu-pack-check.sh                            # pack, install, run
+# (two calls: each stays under 10 minutes). To try it here without a GPU (the CPU prebuild, which must exist,
+# stands in for the CUDA build):
 #   bash scripts/gpu-pack-check.sh --dry-run
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
@@ -19,9 +21,10 @@ mode=gpu; arch=90
 while [ $# -gt 0 ]; do
   case "$1" in
     --prepare) mode=prepare ;;
+    --build) mode=build ;;
     --dry-run) mode=dry-run ;;
     --cuda-arch) arch=$2; shift ;;
-    *) echo "usage: $0 [--prepare | --dry-run] [--cuda-arch 90]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--prepare | --build | --dry-run] [--cuda-arch 90]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -29,24 +32,45 @@ gn=$root/.gpu-npm
 version=$(node -p "require('./package.json').version")
 
 if [ "$mode" = prepare ]; then
-  [ -f prebuilds/linux-x64/node.napi.glibc.node ] || { echo "no CPU prebuild: run npm run prebuilds first" >&2; exit 1; }
   rm -rf "$gn"; mkdir -p "$gn/cache"
   grep -qxF "/.gpu-npm/" .git/info/exclude 2>/dev/null || echo "/.gpu-npm/" >> .git/info/exclude
   npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
   tar -C "$(dirname "$npm_dir")" -cJf "$gn/npm.tar.xz" "$(basename "$npm_dir")"
-  # The runtime dependencies at the versions package-lock.json pins, in an npm cache of their own.
-  node -e '
-    const lock = require("./package-lock.json"); const deps = Object.keys(require("./package.json").dependencies);
-    const seen = new Set(); const todo = [...deps];
-    while (todo.length) { const n = todo.pop(); if (seen.has(n)) continue; seen.add(n);
-      const e = lock.packages["node_modules/" + n]; console.log(n + "@" + e.version);
-      todo.push(...Object.keys(e.dependencies ?? {})); }' | while read -r spec; do
-    npm cache add --cache "$gn/cache" "$spec" >/dev/null
+  # package-lock.json's packages needed by `names`, as "node_modules/..." folders (nested ones inside their parent).
+  closure() {
+    node -e '
+      const lock = require("./package-lock.json").packages; const seen = new Set();
+      const walk = (key) => { if (seen.has(key) || !lock[key]) return; seen.add(key);
+        for (const d of Object.keys({ ...lock[key].dependencies, ...lock[key].optionalDependencies })) {
+          walk(lock[`${key}/node_modules/${d}`] ? `${key}/node_modules/${d}` : `node_modules/${d}`); } };
+      process.argv.slice(1).forEach((n) => walk(`node_modules/${n}`));
+      for (const k of seen) if (!k.slice(13).includes("/node_modules/")) console.log(k);' "$@"
+  }
+  # The runtime dependencies at the versions the lock pins, in an npm cache of their own (for --offline).
+  for dir in $(closure $(node -p "Object.keys(require('./package.json').dependencies).join(' ')")); do
+    npm cache add --cache "$gn/cache" "$(node -p "const p = require('./$dir/package.json'); p.name + '@' + p.version")" >/dev/null
   done
+  # What scripts/prebuild.mjs needs on the GPU machine: cmake-js and the Node-API headers.
+  tar -cJf "$gn/build-modules.tar.xz" $(closure cmake-js node-api-headers node-addon-api)
   npx tsc -p tsconfig.json
-  npm pack --ignore-scripts --pack-destination "$gn" >/dev/null
-  du -sh "$gn"/*
-  echo "carry .gpu-bundle and .gpu-npm; on the GPU machine: source .gpu-bundle/bootstrap.sh && bash scripts/gpu-pack-check.sh --cuda-arch $arch"
+  du -sh "$gn"/* dist
+  echo "carry .gpu-bundle/node.xz .gpu-bundle/llama-src.tar.xz .gpu-bundle/bootstrap.sh .gpu-npm dist; on the GPU machine:"
+  echo "  source .gpu-bundle/bootstrap.sh && bash scripts/gpu-pack-check.sh --build --cuda-arch $arch"
+  echo "  source .gpu-bundle/bootstrap.sh && bash scripts/gpu-pack-check.sh"
+  exit 0
+fi
+
+if [ "$mode" != dry-run ]; then
+  [ -d node_modules/cmake-js ] || tar -xJf "$gn/build-modules.tar.xz"
+fi
+if [ "$mode" = build ]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  t0=$(date +%s)
+  [ -f prebuilds/linux-x64/node.napi.glibc.node ] || node scripts/prebuild.mjs
+  t1=$(date +%s)
+  node scripts/prebuild.mjs --gpu cuda --cuda-arch "$arch"
+  t2=$(date +%s)
+  echo "CPU prebuild: $(( t1 - t0 )) s, CUDA prebuild: $(( t2 - t1 )) s on $(nproc) cores"
   exit 0
 fi
 
@@ -56,16 +80,14 @@ if [ "$mode" = gpu ] || ! command -v npm >/dev/null; then
   [ -d /tmp/huozi-npm/npm ] || { mkdir -p /tmp/huozi-npm && tar -C /tmp/huozi-npm -xJf "$gn/npm.tar.xz"; }
   npm() { node /tmp/huozi-npm/npm/bin/npm-cli.js "$@"; }
 fi
-main_tgz=$gn/huozi-gguf-$version.tgz
-[ -f "$main_tgz" ] || { echo "no $main_tgz: run $0 --prepare on the development machine" >&2; exit 1; }
-
+[ -f prebuilds/linux-x64/node.napi.glibc.node ] || { echo "no CPU prebuild: run $0 --build first" >&2; exit 1; }
+[ -d dist ] || { echo "no dist/: run $0 --prepare on the development machine (it compiles the TypeScript)" >&2; exit 1; }
 work=$(mktemp -d /tmp/huozi-gpu-check.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+npm pack --ignore-scripts --pack-destination "$work" >/dev/null 2>&1
+main_tgz=$work/huozi-gguf-$version.tgz
 if [ "$mode" = gpu ]; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  t0=$(date +%s)
-  node scripts/prebuild.mjs --gpu cuda --cuda-arch "$arch"
-  echo "CUDA prebuild: $(( $(date +%s) - t0 )) s"
+  [ -f packages/linux-x64-cuda/bin/huozi_gguf.node ] || { echo "no CUDA prebuild: run $0 --build first" >&2; exit 1; }
   pkgdir=packages/linux-x64-cuda
 else
   # A stand-in with the CPU prebuild's files, packed from a copy: packages/linux-x64-cuda/bin is left alone.
@@ -80,7 +102,8 @@ ls -l "$main_tgz" "$work/$cuda_tgz"
 
 app=$work/app; mkdir -p "$app"; cd "$app"
 npm init -y >/dev/null
-npm install --offline --ignore-scripts --no-audit --no-fund --cache "$gn/cache" "$main_tgz" "$work/$cuda_tgz"
+cp -r "$gn/cache" "$work/cache"   # a copy: installing adds the tarballs to the cache it uses
+npm install --offline --ignore-scripts --no-audit --no-fund --cache "$work/cache" "$main_tgz" "$work/$cuda_tgz"
 ls node_modules/@huozi-gguf/linux-x64-cuda/bin
 
 cat > check.mjs <<'JS'

@@ -17,14 +17,15 @@
 #   bash scripts/gpu-pack-check.sh --dry-run
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
-mode=gpu; arch=90
+mode=gpu; arch=90; main_variants=all
 while [ $# -gt 0 ]; do
   case "$1" in
     --prepare) mode=prepare ;;
     --build) mode=build ;;
     --dry-run) mode=dry-run ;;
     --cuda-arch) arch=$2; shift ;;
-    *) echo "usage: $0 [--prepare | --build | --dry-run] [--cuda-arch 90]" >&2; exit 2 ;;
+    --main-cpu-baseline) main_variants=baseline ;;   # --build: the main package's CPU prebuild with one variant
+    *) echo "usage: $0 [--prepare | --build [--main-cpu-baseline] | --dry-run] [--cuda-arch 90]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -66,7 +67,7 @@ fi
 if [ "$mode" = build ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   t0=$(date +%s)
-  [ -f prebuilds/linux-x64/node.napi.glibc.node ] || node scripts/prebuild.mjs
+  [ -f prebuilds/linux-x64/node.napi.glibc.node ] || node scripts/prebuild.mjs --cpu-variants "$main_variants"
   t1=$(date +%s)
   node scripts/prebuild.mjs --gpu cuda --cuda-arch "$arch"
   t2=$(date +%s)

@@ -31,6 +31,7 @@ const allowed: RegExp[] = [
   /^src\/[\w/]+\.(cc|h)$/,
   /^scripts\/(build|install|vendor-llama)\.mjs$/,
   /^models\/huozi-tiny-q4_0\.gguf$/,
+  /^web\/[\w-]+\.(html|css|js)$/,   // the page `huozi-gguf serve` serves
 ];
 const required = [
   'package.json', 'README.md', 'LICENSE', 'CMakeLists.txt', 'binding.gyp', 'dist/index.js', 'dist/index.d.ts',
@@ -111,6 +112,21 @@ describe.skipIf(!havePrebuild && !process.env.CI)('npm pack, then npm install --
     expect(existsSync(trapLog) ? readFileSync(trapLog, 'utf8') : '').toBe('');
     expect(existsSync(join(app, 'node_modules', 'huozi-gguf', 'build'))).toBe(false);
     expect(existsSync(join(app, 'node_modules', 'huozi-gguf', 'prebuilds', 'linux-x64', 'node.napi.glibc.node'))).toBe(true);
+  });
+
+  it('with install scripts allowed, the install script only checks that the prebuild loads', () => {
+    const other = join(work, 'with-scripts');
+    mkdirSync(other);
+    const opts = { cwd: other, env, encoding: 'utf8' as const, timeout: 120_000 };
+    expect(spawnSync('npm', ['init', '-y'], opts).status).toBe(0);
+    const t0 = performance.now();
+    const r = spawnSync('npm', ['install', '--foreground-scripts', '--prefer-offline', join(work, pack.filename)], opts);
+    const ms = performance.now() - t0;
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('huozi-gguf: using the existing native addon');
+    expect(existsSync(trapLog) ? readFileSync(trapLog, 'utf8') : '').toBe('');
+    expect(existsSync(join(other, 'node_modules', 'huozi-gguf', 'build'))).toBe(false);
+    console.log(`npm install with scripts: ${ms.toFixed(0)} ms`);
   });
 
   it('npx huozi-gguf chat answers through a pipe with the embedded demo model', () => {

@@ -7,6 +7,7 @@
 //
 //   npm run bench -- --server [--rounds 3 --threads 2 --parallel 8 --gen 128 --requests 4 --model m.gguf]
 import { spawn } from 'node:child_process';
+import { request } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createServer as netServer } from 'node:net';
@@ -86,32 +87,40 @@ async function start(name) {
   throw new Error(`${name} did not become healthy: ${stderr}`);
 }
 
-async function stream(url, prompt) {
-  const res = await fetch(`${url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: 'm', prompt, max_tokens: gen, temperature: 0, ignore_eos: true, stream: true }),
+// One streaming request on a connection of its own (no keep-alive: an idle pooled socket that the server
+// closes between two requests would fail the next one, more often on the busier server).
+function stream(url, prompt) {
+  const body = JSON.stringify({ model: 'm', prompt, max_tokens: gen, temperature: 0, ignore_eos: true, stream: true });
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/v1/completions`, {
+      method: 'POST', agent: false, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
+    }, (res) => {
+      if (res.statusCode !== 200) {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${text}`)));
+        return;
+      }
+      res.setEncoding('utf8');
+      let buffer = '';
+      let finish = null;
+      res.on('data', (part) => {
+        buffer += part;
+        let at;
+        while ((at = buffer.indexOf('\n\n')) >= 0) {
+          const data = buffer.slice(0, at).replace(/^data: /, '');
+          buffer = buffer.slice(at + 2);
+          if (data === '[DONE]') continue;
+          const json = JSON.parse(data);
+          if (json.choices?.[0]?.finish_reason) finish = json.choices[0].finish_reason;
+        }
+      });
+      res.on('end', () => (finish === 'length' ? resolve() : reject(new Error(`a stream ended with finish_reason ${finish}`))));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
   });
-  if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  const decoder = new TextDecoder();
-  let buffer = '';
-  let finish = null;
-  let chunks = 0;
-  for await (const part of res.body) {
-    buffer += decoder.decode(part, { stream: true });
-    let at;
-    while ((at = buffer.indexOf('\n\n')) >= 0) {
-      const event = buffer.slice(0, at);
-      buffer = buffer.slice(at + 2);
-      const data = event.replace(/^data: /, '');
-      if (data === '[DONE]') continue;
-      const json = JSON.parse(data);
-      if (json.choices?.[0]?.text) chunks++;
-      if (json.choices?.[0]?.finish_reason) finish = json.choices[0].finish_reason;
-    }
-  }
-  if (finish !== 'length') throw new Error(`a stream ended with finish_reason ${finish}`);
-  return chunks;
 }
 
 // N clients, each sending `perClient` requests one after another; aggregate = tokens / wall time.

@@ -58,8 +58,11 @@ if (command === 'prepare') {
     { name: 'q2_k, all layers', file: q2, ngl: 99, huozi: '18 GB' },
     { name: 'q2_k, 16 layers', file: q2, ngl: 16, huozi: '9.6 GB' },
   ];
+  // HUOZI_GPU_CONFIGS=0 or 1,2: only those rows (to split a measurement over two device calls).
+  const only = process.env.HUOZI_GPU_CONFIGS?.split(',').map(Number);
   const rows = [];
-  for (const c of configs) {
+  for (const [index, c] of configs.entries()) {
+    if (only && !only.includes(index)) continue;
     // Speed: rounds alternating native and ours, each a fresh process doing a warm-up and `reps` repetitions
     // averaged (llama-bench -r); the figure is the median over rounds. The first native run also gives VRAM.
     const nativeRuns = [];

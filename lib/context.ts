@@ -4,6 +4,7 @@ import { AbortError, DisposedError, fromNative, InsufficientMemoryError } from '
 import { defaultThreads, type Model } from './model.js';
 import * as v from './validate.js';
 
+/** Options of {@link Model.createContext}. */
 export interface ContextOptions {
   /** Tokens the context holds (llama.cpp `-c`). Default: the model's training context, at most 4096. */
   contextSize?: number;
@@ -23,6 +24,10 @@ export interface ContextOptions {
 
 const CONTEXT_OPTIONS = ['contextSize', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention', 'collectImatrix'] as const;
 
+/**
+ * How the next token is drawn. The defaults are llama.cpp's (common_params_sampling), applied natively; the
+ * CLI's differ (`--temp 0.2 --repeat-penalty 1.1`, as Huozi's README).
+ */
 export interface SamplingOptions {
   /** Sampling temperature; 0 picks the most likely token (greedy). Default: 0.8. */
   temperature?: number;
@@ -44,6 +49,7 @@ export interface SamplingOptions {
   seed?: number;
 }
 
+/** Options of {@link Context.generate}. */
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default: until the model ends or the context is full. */
   maxTokens?: number;
@@ -72,13 +78,19 @@ export const GENERATE_OPTIONS = [
   'seed', 'maxTokens', 'stopTokens', 'stopStrings', 'stopAtEog', 'reuseCache', 'addBos', 'parseSpecial', 'signal',
 ] as const;
 
+/**
+ * Why a generation ended: an end-of-generation token (`eog`), one of `stopTokens`, one of `stopStrings`,
+ * `maxTokens`, a full context (`contextFull`), or a stop/abort (`abort`, reported through {@link AbortError}).
+ */
 export type StopReason = 'eog' | 'stopToken' | 'stopString' | 'maxTokens' | 'contextFull' | 'abort';
 
+/** What {@link Generation.result} resolves to. */
 export interface GenerationResult {
   /** The generated text (without the stop token or stop string). */
   text: string;
   /** Every sampled token id, including a final stop token. */
   tokens: number[];
+  /** Why generation ended. */
   stopReason: StopReason;
   /** The token that stopped generation (stopReason `eog` or `stopToken`). */
   stopToken: number | null;
@@ -90,9 +102,11 @@ export interface GenerationResult {
   reusedTokens: number;
   /** Prompt tokens that were evaluated. */
   evaluatedTokens: number;
+  /** Milliseconds spent on the prompt and on generating, and the speeds (tokens per second) they give. */
   timings: { promptMs: number; generateMs: number; promptTokensPerSecond: number; tokensPerSecond: number };
 }
 
+/** Options of {@link Context.evaluate}. */
 export interface EvaluateOptions {
   /**
    * Which logits to return: of the last token (default), of every token, or none. `'computeAll'` computes
@@ -100,6 +114,7 @@ export interface EvaluateOptions {
    * importance matrix needs; with 'none' llama.cpp skips the last layer's rows that are not outputs).
    */
   logits?: 'last' | 'all' | 'none' | 'computeAll';
+  /** Stops the evaluation; the promise then rejects with {@link AbortError}. */
   signal?: AbortSignal;
 }
 
@@ -164,11 +179,17 @@ export async function createContext(model: Model, options?: ContextOptions): Pro
  * run one at a time, in the order they were called.
  */
 export class Context {
+  /** The model this context runs (kept alive while the context is). */
   readonly model: Model;
+  /** Tokens the KV cache holds (as llama.cpp allocated it). */
   readonly contextSize: number;
+  /** Logical batch size (`-b`). */
   readonly batchSize: number;
+  /** Physical batch size (`-ub`). */
   readonly ubatchSize: number;
+  /** Threads for generation. */
   readonly threads: number;
+  /** Threads for prompt processing. */
   readonly batchThreads: number;
 
   #native: NativeContext | undefined;
@@ -188,6 +209,7 @@ export class Context {
     this.batchThreads = info.batchThreads;
   }
 
+  /** Whether {@link Context.dispose} has run (or its model was disposed). */
   get disposed(): boolean {
     return this.#native === undefined;
   }
@@ -256,6 +278,10 @@ export class Context {
   /**
    * Generates from a prompt (text or token ids). Iterate the returned {@link Generation} for text chunks as
    * they come, or await `generation.result` (or `generation.text()`) for the whole answer.
+   *
+   * Throws at once (`TypeError`/`RangeError`) for bad options, an empty prompt or one longer than the context,
+   * and {@link DisposedError} after dispose(); failures while generating reject `result` ({@link DecodeError},
+   * {@link AbortError} with the partial `result`).
    */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation {
     this.#alive();
@@ -347,6 +373,7 @@ export class Context {
     this.#disposeListeners.clear();
   }
 
+  /** `await using context = await model.createContext()` disposes it at the end of the scope. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }
@@ -483,6 +510,7 @@ export class Generation implements AsyncIterable<string> {
     this.#stop();
   }
 
+  /** Text chunks as they are generated (each ends on a whole character). A Generation can be iterated once. */
   async *[Symbol.asyncIterator](): AsyncIterator<string> {
     if (this.#iterated) throw new TypeError('A Generation can be iterated only once');
     this.#iterated = true;

@@ -8,6 +8,7 @@ import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
 import * as v from './validate.js';
 
+/** A device llama.cpp can use, as {@link devices} lists it. */
 export interface Device {
   index: number;
   name: string;
@@ -23,16 +24,19 @@ export function devices(): Device[] {
   return (binding() as unknown as { devices(): Device[] }).devices();
 }
 
+/** Options of {@link estimateMemory}. */
 export interface MemoryEstimateOptions {
   /** Layers on the GPU; default: all (llama.cpp's default). */
   gpuLayers?: number | 'max';
-  /** Default: 4096. */
+  /** Context size in tokens. Default: 4096. */
   contextSize?: number;
-  /** Default: 512. */
+  /** Batch size (the physical batch is at most 512). Default: `min(512, contextSize)`. */
   batchSize?: number;
+  /** Flash attention: `'auto'`, `true` or `false`. Default: llama.cpp's (`'auto'`). */
   flashAttention?: boolean | 'auto';
 }
 
+/** One row of {@link estimateMemory}: what one device (or the host) would hold. */
 export interface DeviceMemory {
   /** Device name (CUDA0, ...) or "host" for system memory. */
   name: string;
@@ -51,6 +55,7 @@ interface NativeFit {
   fitParams(path: string, params: object): Promise<FitResult>;
 }
 
+/** What llama.cpp's fit chose (see {@link GpuPlan}, which {@link Model.gpuPlan} reports). */
 export interface FitResult {
   /** `fits`, or `doesNotFit` when even the smallest choice exceeds free memory. */
   status: 'fits' | 'doesNotFit' | 'error';

@@ -10,6 +10,7 @@ import { createParallelContext, type ParallelContext, type ParallelContextOption
 import { prepareRpcServers, retainRpcServers, validateRpcServers } from './rpc.js';
 import * as v from './validate.js';
 
+/** Options of {@link loadModel}. Unknown keys throw a `TypeError` naming the closest known one. */
 export interface LoadModelOptions {
   /**
    * Layers to offload to the GPU (llama.cpp `-ngl`): a number, `'max'` for all of them, or `'auto'`: the
@@ -21,7 +22,12 @@ export interface LoadModelOptions {
    */
   gpuLayers?: number | 'max' | 'auto';
   /** For gpuLayers 'auto': the context to leave room for (default 4096) and the margin per GPU (default 1024 MiB). */
-  fit?: { contextSize?: number; marginMiB?: number };
+  fit?: {
+    /** Tokens of context to leave room for. Default: 4096. */
+    contextSize?: number;
+    /** Free memory to leave on each GPU, in MiB. Default: 1024. */
+    marginMiB?: number;
+  };
   /** The GPU for the whole model with splitMode 'none' (llama.cpp `-mg`). Default: 0. */
   mainGpu?: number;
   /** How to use several GPUs (llama.cpp `-sm`): 'none', 'layer' (default) or 'row'. */
@@ -62,23 +68,31 @@ const LOAD_OPTIONS = [
 
 /** How the model was placed on the devices when loaded with gpuLayers 'auto'. */
 export interface GpuPlan {
+  /** Layers placed on the GPU(s) (-1: all of them). */
   gpuLayers: number;
   /** Tensors kept on another device than their layer's (MoE experts on the CPU). */
   overrides: { pattern: string; buffer: string }[];
+  /** The context size the plan leaves room for (`fit.contextSize`). */
   contextSize: number;
+  /** `fits`, `doesNotFit` (even the smallest choice exceeds free memory) or `error`. */
   status: 'fits' | 'doesNotFit' | 'error';
 }
 
 /** The special tokens of a model's vocabulary (`null` where the vocabulary has none). */
 export interface SpecialTokens {
+  /** Beginning of sequence (`<s>`). */
   bos: number | null;
+  /** End of sequence (`</s>`; for Huozi this is not the end of a turn, `<|endofutterance|>` is). */
   eos: number | null;
+  /** End of turn, when the GGUF names one (`tokenizer.ggml.eot_token_id`). */
   eot: number | null;
+  /** Newline. */
   nl: number | null;
   /** Whether tokenize() adds BOS by default, as the GGUF says. */
   addBos: boolean;
 }
 
+/** Options of {@link Model.tokenize}. */
 export interface TokenizeOptions {
   /** Prepend BOS (when the vocabulary has one). Default: what the GGUF says (`tokenizer.ggml.add_bos_token`). */
   addBos?: boolean;
@@ -89,12 +103,21 @@ export interface TokenizeOptions {
   parseSpecial?: boolean;
 }
 
+/** Options of {@link Model.detokenize}. */
 export interface DetokenizeOptions {
   /** Render special/control tokens as their text (`<|endofutterance|>`). Default: `false`. */
   special?: boolean;
 }
 
-/** Loads a GGUF model. */
+/**
+ * Loads a GGUF model. The file is read and checked in TypeScript first, so that a file llama.cpp would
+ * `abort()` on is rejected with a {@link GgufError} (with the byte offset) instead.
+ *
+ * @throws `TypeError` / `RangeError` for bad arguments (before anything is read).
+ * @throws {@link GgufError} when the file is malformed or would make llama.cpp abort.
+ * @throws {@link ModelLoadError} when the file is missing or unreadable, llama.cpp refuses it, or an RPC server is unusable.
+ * @throws {@link AbortError} when `signal` aborts.
+ */
 export async function loadModel(path: string, options?: LoadModelOptions): Promise<Model> {
   v.string('path', path, { allowEmpty: false });
   const o = v.options<LoadModelOptions>('options', options, LOAD_OPTIONS);
@@ -241,11 +264,12 @@ export class Model {
     return this.#native;
   }
 
+  /** Whether {@link Model.dispose} has run. */
   get disposed(): boolean {
     return this.#native === undefined;
   }
 
-  /** Text to token ids. */
+  /** Text to token ids. Throws {@link DisposedError} after dispose(). */
   tokenize(text: string, options?: TokenizeOptions): number[] {
     return Array.from(this.tokenizeToArray(text, options));
   }
@@ -324,6 +348,7 @@ export class Model {
     this.#disposeListeners.clear();
   }
 
+  /** `await using model = await loadModel(...)` disposes it at the end of the scope. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }

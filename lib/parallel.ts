@@ -8,12 +8,14 @@ import { defaultThreads, type Model } from './model.js';
 import { freemem } from 'node:os';
 import * as v from './validate.js';
 
+/** Options of {@link Model.createParallelContext}. */
 export interface ParallelContextOptions {
   /** Sequences served at once ("slots", llama.cpp's `-np`). Default: 4. */
   parallel?: number;
   /**
    * Tokens of KV cache in all (llama.cpp `-c`). Each slot gets `contextSize / parallel` of them, as in
-   * llama-server, unless `unifiedCache` is set. Default: 4096 per slot, at most the model's training context.
+   * llama-server, unless `unifiedCache` is set. At least `parallel`. Default: `parallel` × the model's training
+   * context, at most 4096 (with `unifiedCache`: one slot's worth, not multiplied).
    */
   contextSize?: number;
   /**
@@ -138,13 +140,17 @@ export async function createParallelContext(model: Model, options?: ParallelCont
  * KV cache, and a new request goes to the slot sharing the longest prefix with its prompt.
  */
 export class ParallelContext {
+  /** The model this context runs. */
   readonly model: Model;
   /** Tokens of KV cache in all. */
   readonly contextSize: number;
   /** Most tokens one request can hold (prompt and answer). */
   readonly slotContextSize: number;
+  /** Slots: generations that run at once. */
   readonly parallel: number;
+  /** Most tokens in one decode step, across slots. */
   readonly batchSize: number;
+  /** Threads for generation. */
   readonly threads: number;
 
   #native: NativeParallelContext | undefined;
@@ -164,6 +170,7 @@ export class ParallelContext {
     this.threads = info.threads;
   }
 
+  /** Whether {@link ParallelContext.dispose} has run (or its model was disposed). */
   get disposed(): boolean {
     return this.#native === undefined;
   }
@@ -252,6 +259,7 @@ export class ParallelContext {
     this.#disposeListeners.clear();
   }
 
+  /** `await using` support: disposes the context. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }

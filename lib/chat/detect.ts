@@ -2,6 +2,7 @@ import type { Model } from '../model.js';
 import * as v from '../validate.js';
 import { chatmlTemplate, huoziTemplate, jinjaTemplate, jinjaTemplateFile, type ChatTemplate } from './template.js';
 
+/** Which chat template to use: see {@link ChatSessionOptions.template}. */
 export type TemplateOption = 'auto' | 'huozi' | 'chatml' | { jinja: string } | { file: string } | ChatTemplate;
 
 /** Picks the chat template for a model (see ChatSessionOptions.template). */

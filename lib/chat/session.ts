@@ -11,6 +11,7 @@ import {
 } from './template.js';
 import { tokenizeSegments } from './tokenize.js';
 
+/** Options of the {@link ChatSession} constructor. */
 export interface ChatSessionOptions {
   /** A system prompt, kept at the start of the conversation. Default: none. */
   systemPrompt?: string;
@@ -27,11 +28,13 @@ export interface ChatSessionOptions {
   contextOverflow?: 'dropOldest' | 'error';
 }
 
+/** Options of {@link ChatSession.prompt} and {@link ChatSession.stream}: sampling, and these. */
 export interface ChatPromptOptions extends SamplingOptions {
   /** Most tokens in the answer. Default: until the end of the turn, within the context. */
   maxTokens?: number;
-  /** More strings that end the answer. */
+  /** More strings that end the answer (the template's end-of-turn token always does). Default: none. */
   stopStrings?: readonly string[];
+  /** Stops the answer; it rejects with {@link AbortError} and the partial answer joins the history. */
   signal?: AbortSignal;
 }
 
@@ -41,8 +44,11 @@ const PROMPT_OPTIONS = [
   'seed', 'maxTokens', 'stopStrings', 'signal',
 ] as const;
 
+/** What {@link ChatSession.prompt} resolves to. */
 export interface ChatAnswer {
+  /** The assistant's answer, without the end-of-turn token. */
   text: string;
+  /** Why the answer ended (`stopToken` at the end of a turn). */
   stopReason: GenerationResult['stopReason'];
   /** Messages dropped from the start of the history to make this turn fit. */
   droppedMessages: number;
@@ -65,8 +71,11 @@ const FORMAT_VERSION = 1;
  * GGUF's eos).
  */
 export class ChatSession {
+  /** The context the conversation lives in (a session assumes it is the context's only user). */
   readonly context: Context;
+  /** The chat template in use (after `'auto'` detection). */
   readonly template: ChatTemplate;
+  /** What happens when a turn would not fit: see {@link ChatSessionOptions.contextOverflow}. */
   readonly contextOverflow: 'dropOldest' | 'error';
   #messages: ChatMessage[] = [];
   #stopTokens: number[];
@@ -98,6 +107,7 @@ export class ChatSession {
     this.#committed = undefined;
   }
 
+  /** The system prompt (the first message when its role is system), or undefined. */
   get systemPrompt(): string | undefined {
     return this.#messages[0]?.role === 'system' ? this.#messages[0].content : undefined;
   }
@@ -116,7 +126,13 @@ export class ChatSession {
     this.#committed = undefined;
   }
 
-  /** Sends a user message and resolves to the whole answer. */
+  /**
+   * Sends a user message and resolves to the whole answer.
+   *
+   * @throws {@link BusyError} while another answer of this session is running.
+   * @throws {@link ContextOverflowError} when the turn does not fit (always with contextOverflow 'error'; with
+   * 'dropOldest' only when the last message alone does not fit).
+   */
   async prompt(text: string, options?: ChatPromptOptions): Promise<ChatAnswer> {
     const stream = this.stream(text, options);
     return stream.result;
@@ -272,6 +288,7 @@ export class ChatSession {
 
 /** A chat answer being streamed: an async iterable of text chunks, with the final {@link ChatAnswer}. */
 export interface ChatStream extends AsyncIterable<string> {
+  /** Resolves when the turn ends; rejects with {@link AbortError} when stopped. */
   readonly result: Promise<ChatAnswer>;
   /** Stops the answer (the result then rejects with AbortError; the partial answer joins the history). */
   stop(): void;

@@ -5,15 +5,22 @@ import { readFileSync } from 'node:fs';
 import { Template } from '@huggingface/jinja';
 import * as v from '../validate.js';
 
+/** A message's role. {@link ChatSession.setHistory} also accepts Huozi's 系统/用户/助手. */
 export type ChatRole = 'system' | 'user' | 'assistant';
 
+/** One message of a conversation. */
 export interface ChatMessage {
   role: ChatRole;
   content: string;
 }
 
+/**
+ * A piece of a rendered conversation: `template` text (special-token text in it becomes control tokens) or
+ * message `content` (never parsed for special tokens).
+ */
 export type Segment = { kind: 'template'; text: string } | { kind: 'content'; text: string };
 
+/** A chat template: {@link huoziTemplate}, {@link chatmlTemplate}, {@link jinjaTemplate}, or your own object. */
 export interface ChatTemplate {
   /** `huozi`, `chatml`, `jinja` (a GGUF's own or a file's), or a custom name. */
   readonly name: string;
@@ -103,6 +110,7 @@ const MARK_OPEN = '\uE000';
 const MARK_CLOSE = '\uE001';
 const MARK = /\uE000(\d+)\uE001/g;
 
+/** Options of {@link jinjaTemplate} and {@link jinjaTemplateFile}. */
 export interface JinjaTemplateOptions {
   /** Template variables: `bos_token`, `eos_token` and the like. */
   variables?: Record<string, unknown>;
@@ -115,7 +123,10 @@ export interface JinjaTemplateOptions {
   roles?: 'english' | 'huozi';
 }
 
-/** A Jinja chat template (a GGUF's `tokenizer.chat_template`, or a file), rendered by @huggingface/jinja. */
+/**
+ * A Jinja chat template (a GGUF's `tokenizer.chat_template`, or a file), rendered by @huggingface/jinja.
+ * Throws a `SyntaxError` with `code` `ERR_HUOZI_TEMPLATE` when the template does not parse.
+ */
 export function jinjaTemplate(source: string, options: JinjaTemplateOptions = {}): ChatTemplate {
   v.string('template', source, { allowEmpty: false });
   let template: Template;

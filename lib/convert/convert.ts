@@ -22,8 +22,10 @@ import { readVocabulary, type SpecialVocab, type Vocabulary } from './vocab.js';
 export { ConvertError } from './error.js';
 export { HUOZI_CHAT_TEMPLATE } from './templates.js';
 
+/** The output types convert writes: `'f32' | 'f16' | 'bf16' | 'q8_0'`. */
 export type ConvertOutType = OutElement;
 
+/** Options of {@link convert}. */
 export interface ConvertOptions {
   /** Type of the 2-D weights, as convert_hf_to_gguf.py's --outtype: `f32`, `f16` (default), `bf16` or `q8_0`. */
   outType?: ConvertOutType;
@@ -32,16 +34,19 @@ export interface ConvertOptions {
   /**
    * general.name. convert_hf_to_gguf.py derives one from the model card or the directory name; by default this
    * converter writes none (llama.cpp does not need it), which keeps the file independent of where the checkpoint is.
+   * Default: none.
    */
   name?: string;
   /** Called as the data is written, with output bytes done and the total; reaches done === total once, at the end. */
   onProgress?: (done: number, total: number) => void;
+  /** Stops the conversion; the promise rejects with {@link AbortError} and nothing is left at the output path. */
   signal?: AbortSignal;
 }
 
 const OPTIONS = ['outType', 'chatTemplate', 'name', 'onProgress', 'signal'] as const;
 const OUT_TYPES = ['f32', 'f16', 'bf16', 'q8_0'] as const;
 
+/** What {@link convert} resolves to. */
 export interface ConvertResult {
   output: string;
   outType: ConvertOutType;
@@ -262,7 +267,15 @@ async function kindOf(path: string): Promise<'file' | 'dir' | 'other' | undefine
   }
 }
 
-/** Converts the checkpoint in `hfDir` into the GGUF file `outFile`. */
+/**
+ * Converts the checkpoint in `hfDir` (config.json, *.safetensors, tokenizer.model) into the GGUF file `outFile`,
+ * as the pinned llama.cpp's convert_hf_to_gguf.py would.
+ *
+ * @throws `TypeError` / `RangeError` for bad options.
+ * @throws {@link ConvertError} for an unsupported architecture, a missing or truncated file, a shape mismatch (all
+ * found before anything is written).
+ * @throws {@link AbortError} when `signal` aborts.
+ */
 export async function convert(hfDir: string, outFile: string, options?: ConvertOptions): Promise<ConvertResult> {
   v.string('hfDir', hfDir, { allowEmpty: false });
   v.string('outFile', outFile, { allowEmpty: false });

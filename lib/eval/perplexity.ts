@@ -2,17 +2,22 @@ import { readFile } from 'node:fs/promises';
 import type { Model } from '../model.js';
 import * as v from '../validate.js';
 
+/** Options of {@link perplexity} and {@link perplexityOfFile}. */
 export interface PerplexityOptions {
   /** Tokens per chunk (llama-perplexity `-c`). Default: 512. */
   contextSize?: number;
   /** Most chunks. Default: all of the text. */
   chunks?: number;
+  /** CPU threads. Default: the available cores. */
   threads?: number;
+  /** Stops the evaluation; the promise rejects with {@link AbortError}. */
   signal?: AbortSignal;
 }
 
+/** What {@link perplexity} resolves to. */
 export interface PerplexityResult {
   perplexity: number;
+  /** Chunks evaluated. */
   chunks: number;
   /** Tokens scored: the second half of each chunk. */
   scoredTokens: number;

@@ -5,6 +5,7 @@ import { LLAMA_FTYPES } from './ftype.js';
 import { readGguf, type GgufFile, type GgufValue } from './reader.js';
 import { ggmlType } from './types.js';
 
+/** What {@link inspect} reports (and `huozi-gguf inspect --json` prints). `null` where the file does not say. */
 export interface GgufInspection {
   path: string;
   fileSize: number;
@@ -58,7 +59,10 @@ function num(value: GgufValue | undefined): number | null {
   return null;
 }
 
-/** The facts of a GGUF file, read from its header only (no weights are loaded). */
+/**
+ * The facts of a GGUF file, read from its header only (no weights are loaded). Throws {@link GgufError} for a
+ * malformed file. It does not check what llama.cpp would refuse; {@link loadModel} does.
+ */
 export async function inspect(path: string): Promise<GgufInspection> {
   v.string('path', path, { allowEmpty: false });
   const full = resolve(path);

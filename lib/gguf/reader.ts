@@ -6,9 +6,12 @@ import { open } from 'node:fs/promises';
 import { GgufError } from '../errors.js';
 import { GGML_TYPE_COUNT, GgufValueType, ggmlType, GGUF_SCALAR_SIZE, tensorBytes } from './types.js';
 
+/** A metadata value: 64-bit integers are `bigint`, other numbers `number`. */
 export type GgufScalar = number | bigint | boolean | string;
+/** A metadata value or an array of them. */
 export type GgufValue = GgufScalar | GgufScalar[];
 
+/** One metadata key and its value. */
 export interface GgufMetadataEntry {
   key: string;
   type: GgufValueType;
@@ -19,6 +22,7 @@ export interface GgufMetadataEntry {
   offset: number;
 }
 
+/** One tensor's info (not its data). */
 export interface GgufTensorInfo {
   name: string;
   /** Elements along each dimension (ggml's ne), innermost first. */
@@ -32,6 +36,7 @@ export interface GgufTensorInfo {
   infoOffset: number;
 }
 
+/** A GGUF file's header, metadata and tensor infos, as {@link readGguf} and {@link parseGguf} return them. */
 export interface GgufFile {
   version: number;
   metadata: Map<string, GgufMetadataEntry>;
@@ -275,12 +280,16 @@ function parse(c: Cursor, fileSize: bigint): GgufFile {
   return { version, metadata, tensors, alignment, dataOffset, dataBytes, fileSize };
 }
 
-/** Parses a GGUF file already in memory. */
+/** Parses a GGUF file already in memory. Throws {@link GgufError} (with the byte offset) for anything malformed. */
 export function parseGguf(buf: Buffer): GgufFile {
   return parse(new Cursor(buf, true), BigInt(buf.length));
 }
 
-/** Reads the header, metadata and tensor infos of a GGUF file and checks them. */
+/**
+ * Reads the header, metadata and tensor infos of a GGUF file and checks them (counts, lengths, offsets, types,
+ * against the file's size and {@link GGUF_LIMITS}). Throws {@link GgufError} (with the byte offset) for anything
+ * malformed; Node's own errors (`ENOENT`, ...) for a file that cannot be read.
+ */
 export async function readGguf(path: string, options: ReadGgufOptions = {}): Promise<GgufFile> {
   const maxHeader = options.maxHeaderBytes ?? 256 * 2 ** 20;
   const fh = await open(path, 'r');

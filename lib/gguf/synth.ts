@@ -5,6 +5,7 @@ import * as v from '../validate.js';
 import { GgufValueType, ggmlTypeByName, type GgmlType } from './types.js';
 import { writeGguf, writerTensorBytes, type WriterTensor, type WriterValue } from './writer.js';
 
+/** A model's shape: what {@link synth} needs to write a model of that size. */
 export interface SynthShape {
   layers: number;
   embeddingSize: number;
@@ -23,6 +24,7 @@ export interface SynthShape {
   name?: string;
 }
 
+/** Built-in shapes: `huozi3.5` (Mixtral-8x7B with Huozi's vocabulary) and `tiny` (the test fixture's). */
 export const SYNTH_SHAPES: Record<string, SynthShape> = {
   /** Huozi 3.5 / Mixtral-8x7B. */
   'huozi3.5': {
@@ -38,16 +40,23 @@ export const SYNTH_SHAPES: Record<string, SynthShape> = {
   },
 };
 
+/** The file types synth writes (per-tensor types as llama-quantize picks them for that file type). */
 export type SynthType = 'q4_0' | 'q8_0' | 'q6_k' | 'f16';
 const FTYPE: Record<SynthType, number> = { f16: 1, q4_0: 2, q8_0: 7, q6_k: 18 };
 
+/** Options of {@link synth}. */
 export interface SynthOptions {
+  /** A name from {@link SYNTH_SHAPES} (`'huozi3.5'`, `'tiny'`) or a shape. Required. */
   shape: keyof typeof SYNTH_SHAPES | SynthShape;
+  /** File type. Required. */
   type: SynthType;
-  /** Keep only the first N layers (a smaller model with the same per-layer shape). */
+  /** Keep only the first N layers (a smaller model with the same per-layer shape). Default: all. */
   layers?: number;
+  /** Seed of the random weights (the same seed writes the same file). Default: 42. */
   seed?: number;
+  /** Called after each tensor with the bytes of tensor data written and the total. */
   onProgress?: (written: bigint, total: bigint) => void;
+  /** Stops writing; nothing is left at the output path. */
   signal?: AbortSignal;
 }
 

@@ -1,6 +1,7 @@
 // ggml tensor types as the pinned llama.cpp defines them (ggml/include/ggml.h, type_traits in ggml.c).
 // test/native/gguf-types.test.ts checks this table against the addon's ggml.
 
+/** A ggml tensor type: id, name and block layout. */
 export interface GgmlType {
   readonly id: number;
   readonly name: string;

@@ -7,10 +7,12 @@ import { basename, dirname, join } from 'node:path';
 import { GgufValueType, ggmlType, tensorBytes } from './types.js';
 import type { GgufScalar } from './reader.js';
 
+/** A metadata value to write: its GGUF type and value (arrays: the element type too). */
 export type WriterValue =
   | { type: Exclude<GgufValueType, GgufValueType.ARRAY>; value: GgufScalar }
   | { type: GgufValueType.ARRAY; arrayType: Exclude<GgufValueType, GgufValueType.ARRAY>; value: GgufScalar[] };
 
+/** A tensor to write: name, shape, ggml type id and a producer of its bytes. */
 export interface WriterTensor {
   name: string;
   /** ggml's ne: innermost dimension first. */
@@ -113,7 +115,11 @@ export function encodeGgufHeader(metadata: ReadonlyMap<string, WriterValue>, ten
   return { header, offsets, sizes, alignment };
 }
 
-/** Writes a GGUF file through a temporary file in the same directory; `path` appears only when complete. */
+/**
+ * Writes a GGUF v3 file through a temporary file in the same directory; `path` appears only when complete.
+ * Metadata keys are written in the Map's order. Throws a `RangeError` for a tensor whose type is unknown, whose
+ * rows are not whole blocks, or whose data is not exactly its size.
+ */
 export async function writeGguf(
   path: string,
   metadata: ReadonlyMap<string, WriterValue>,

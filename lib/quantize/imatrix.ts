@@ -11,6 +11,7 @@ import { GgufValueType } from '../gguf/types.js';
 import { writeGguf, type WriterValue } from '../gguf/writer.js';
 import * as v from '../validate.js';
 
+/** Options of {@link computeImatrix}. */
 export interface ImatrixOptions {
   /** Tokens per chunk (llama-imatrix `-c`). Default: 512. */
   contextSize?: number;
@@ -20,14 +21,21 @@ export interface ImatrixOptions {
   threads?: number;
   /** Parse special-token text (`<|endofutterance|>`) in the file into tokens. Default: false, as llama-imatrix. */
   parseSpecial?: boolean;
+  /** Called after each chunk with the chunks done and the total. */
   onProgress?: (chunk: number, chunks: number) => void;
+  /** Stops between chunks (and inside one); the promise rejects with {@link AbortError}. Nothing is written. */
   signal?: AbortSignal;
 }
 
+/** What {@link computeImatrix} resolves to. */
 export interface ImatrixResult {
+  /** Absolute path of the written file. */
   path: string;
+  /** Chunks evaluated. */
   chunks: number;
+  /** Weight matrices with statistics. */
   entries: number;
+  /** Tokens evaluated (chunks × contextSize). */
   tokens: number;
 }
 
@@ -80,6 +88,7 @@ export async function computeImatrix(model: Model, textFile: string, output: str
   }
 }
 
+/** An importance matrix as {@link readImatrix} returns it. */
 export interface LoadedImatrix {
   entries: { name: string; importance: Float32Array }[];
   chunkCount: number;

@@ -14,12 +14,13 @@ import { validateForLlama } from '../gguf/validate.js';
 import * as v from '../validate.js';
 import { quantType, QUANT_TYPES, type QuantType } from './types.js';
 
+/** Options of {@link quantize}: llama-quantize's, camelCased. */
 export interface QuantizeOptions {
   /** Target type as llama-quantize spells it, case-insensitive: `q4_0`, `Q2_K`, `q4_k_m`, ... (see QUANT_TYPES). */
   type: string;
   /** Threads (llama-quantize's nthread). Default: all cores. */
   threads?: number;
-  /** Importance matrix file (GGUF, from computeImatrix or llama-imatrix). */
+  /** Importance matrix file (GGUF, from computeImatrix or llama-imatrix). Required by the IQ1/IQ2 types and Q2_K_S. Default: none. */
   imatrix?: string;
   /** Allow re-quantizing tensors that are already quantized (`--allow-requantize`). Default: false. */
   allowRequantize?: boolean;
@@ -27,14 +28,15 @@ export interface QuantizeOptions {
   leaveOutputTensor?: boolean;
   /** Every tensor in the target type, no per-tensor mix (`--pure`). Default: false. */
   pure?: boolean;
-  /** Type for output.weight (`--output-tensor-type`), a ggml type name such as `q8_0`. */
+  /** Type for output.weight (`--output-tensor-type`), a ggml type name such as `q8_0`. Default: llama.cpp's choice. */
   outputTensorType?: string;
-  /** Type for token_embd.weight (`--token-embedding-type`). */
+  /** Type for token_embd.weight (`--token-embedding-type`). Default: llama.cpp's choice. */
   tokenEmbeddingType?: string;
   /** Per-tensor types by name pattern (`--tensor-type attn_v=q8_0`): `{ 'attn_v': 'q8_0' }`. */
   tensorTypes?: Record<string, string>;
   /** Called per tensor with tensors done and the total; reaches 1 (done === total) exactly once, at the end. */
   onProgress?: (done: number, total: number) => void;
+  /** Kills the quantizer; the promise rejects with {@link AbortError} and the output path is as it was. */
   signal?: AbortSignal;
 }
 
@@ -43,12 +45,17 @@ const OPTIONS = [
   'tensorTypes', 'onProgress', 'signal',
 ] as const;
 
+/** What {@link quantize} resolves to. */
 export interface QuantizeResult {
+  /** Absolute path of the written file. */
   output: string;
+  /** The type, as llama-quantize spells it (`Q4_0`). */
   type: string;
   inputBytes: number;
   outputBytes: number;
+  /** Tensor elements in the output. */
   parameters: number;
+  /** Tensor data bits per parameter. */
   bitsPerWeight: number;
   seconds: number;
 }
@@ -113,7 +120,15 @@ function runChild(job: object, onTensor: (i: number, n: number) => void, signal?
   });
 }
 
-/** Quantizes `input` into `output`. */
+/**
+ * Quantizes `input` into `output` with llama.cpp's llama_model_quantize, in a child process, through a temporary
+ * file that replaces `output` only when complete.
+ *
+ * @throws `TypeError` / `RangeError` for bad options, an unknown type, or an output that is the input.
+ * @throws {@link GgufError} when the input is not a GGUF llama.cpp can load.
+ * @throws {@link QuantizeError} when llama.cpp fails, or the type needs an importance matrix and none was given.
+ * @throws {@link AbortError} when `signal` aborts.
+ */
 export async function quantize(input: string, output: string, options: QuantizeOptions): Promise<QuantizeResult> {
   v.string('input', input, { allowEmpty: false });
   v.string('output', output, { allowEmpty: false });

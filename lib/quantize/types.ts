@@ -1,5 +1,6 @@
 // Every type llama-quantize accepts (tools/quantize/quantize.cpp QUANT_OPTIONS), spelled as it spells them,
 // with its description of size and quality.
+/** A quantization type as llama-quantize lists it. */
 export interface QuantType {
   /** As llama-quantize spells it; matched case-insensitively. */
   name: string;
@@ -14,6 +15,7 @@ export interface QuantType {
 
 const Q = (name: string, ftype: number, description: string, needsImatrix = false): QuantType => ({ name, ftype, description, needsImatrix });
 
+/** Every type llama-quantize accepts, in its order, with its size/quality note (measured by llama.cpp on Llama-3-8B). */
 export const QUANT_TYPES: readonly QuantType[] = [
   Q('Q1_0', 40, '1.125 bpw quantization'),
   Q('Q2_0', 41, '2.25 bpw quantization (group 64)'),

@@ -60,7 +60,7 @@ export interface SynthOptions {
   signal?: AbortSignal;
 }
 
-interface TensorPlan {
+export interface TensorPlan {
   name: string;
   dims: number[];
   type: GgmlType;

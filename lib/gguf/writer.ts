@@ -1,6 +1,7 @@
 // Writes GGUF v3 files, streaming: the header first, then each tensor's data as it is produced, so a model
 // of any size is written with memory for one tensor (or one chunk of it) at a time. The file appears at its
 // path only when complete (temporary file, fsync, rename).
+import { AbortError } from '../errors.js';
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -143,7 +144,7 @@ export async function writeGguf(
     await write(header);
     let written = 0n;
     for (let i = 0; i < tensors.length; i++) {
-      options.signal?.throwIfAborted();
+      if (options.signal?.aborted) throw new AbortError();
       let bytes = 0n;
       for await (const chunk of tensors[i].data()) {
         bytes += BigInt(chunk.length);

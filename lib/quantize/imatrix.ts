@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import type { Model } from '../model.js';
-import { GgufError } from '../errors.js';
+import { GgufError, AbortError } from '../errors.js';
 import { parseGguf } from '../gguf/reader.js';
 import { GgufValueType } from '../gguf/types.js';
 import { writeGguf, type WriterValue } from '../gguf/writer.js';
@@ -59,7 +59,7 @@ export async function computeImatrix(model: Model, textFile: string, output: str
   try {
     const bos = model.tokens.addBos ? model.tokens.bos : null;
     for (let c = 0; c < chunks; c++) {
-      o.signal?.throwIfAborted();
+      if (o.signal?.aborted) throw new AbortError();
       const chunk = tokens.slice(c * contextSize, (c + 1) * contextSize);
       if (bos !== null) chunk[0] = bos; // as llama-imatrix: each chunk starts with BOS
       await context.clear();

@@ -164,7 +164,7 @@ export async function quantize(input: string, output: string, options: QuantizeO
       (await realpath(dirname(outPath)).then((d) => join(d, basename(outPath))).catch(() => outPath)) === (await realpath(inPath))) {
     throw v.rangeError('an output that is not the input file (same path, symlink or hard link)', 'output', output);
   }
-  signal?.throwIfAborted();
+  if (signal?.aborted) throw new AbortError();
 
   // A dry run first: llama.cpp says whether the type needs an importance matrix, before anything is written.
   if (!imatrix && !qt.onlyCopy) {

@@ -61,6 +61,7 @@ export interface NativeContext {
   eraseFrom(position: number): void;
   saveState(): Promise<{ data: Buffer; tokens: Int32Array }>;
   imatrix(): { name: string; values: Float32Array; counts: Float32Array }[];
+  memory(): { device: string; model: number; context: number; compute: number }[];
   loadState(data: Buffer, tokens: Int32Array): Promise<void>;
   abort(): void;
   setThreads(threads: number, batchThreads: number): void;

@@ -118,6 +118,25 @@ export interface EvaluateOptions {
   signal?: AbortSignal;
 }
 
+/** Memory llama.cpp allocated, per device, measured from a live context (see {@link Context.memory}). */
+export interface DeviceMemoryUse {
+  /** The device's name (`CUDA0`, `Metal`, `RPC0[127.0.0.1:50052]`...) or `host` for CPU-side buffers. */
+  device: string;
+  /** Bytes of the model's weights on this device. */
+  model: number;
+  /** Bytes of this context's KV cache on this device. */
+  context: number;
+  /** Bytes of this context's compute buffers on this device. */
+  compute: number;
+  /** model + context + compute. */
+  total: number;
+}
+
+/** @internal */
+export function memoryUse(raw: { device: string; model: number; context: number; compute: number }[]): DeviceMemoryUse[] {
+  return raw.map((d) => ({ ...d, total: d.model + d.context + d.compute }));
+}
+
 /** Bytes of an f16 KV cache of `contextSize` tokens (llama.cpp's default cache types). */
 export function kvCacheBytes(model: Model, contextSize: number): number {
   const { layers, heads, kvHeads, embeddingSize } = model.info;
@@ -346,6 +365,19 @@ export class Context {
   imatrix(): { name: string; values: Float32Array; counts: Float32Array }[] {
     try {
       return this.#alive().imatrix();
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /**
+   * What llama.cpp allocated for this context and its model, per device, measured (not estimated): the
+   * weights, the KV cache and the compute buffers. Compare with {@link estimateMemory}, which predicts it
+   * before loading.
+   */
+  memory(): DeviceMemoryUse[] {
+    try {
+      return memoryUse(this.#alive().memory());
     } catch (error) {
       throw fromNative(error);
     }

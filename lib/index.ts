@@ -2,7 +2,7 @@ export { loadModel, Model } from './model.js';
 export type { LoadModelOptions, SpecialTokens, TokenizeOptions, DetokenizeOptions, GpuPlan } from './model.js';
 export { Context, Generation } from './context.js';
 export type {
-  ContextOptions, SamplingOptions, GenerateOptions, GenerationResult, StopReason, EvaluateOptions,
+  ContextOptions, SamplingOptions, GenerateOptions, GenerationResult, StopReason, EvaluateOptions, DeviceMemoryUse,
 } from './context.js';
 export { ParallelContext } from './parallel.js';
 export { createServer, HuoziServer } from './server/server.js';

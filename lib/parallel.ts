@@ -3,7 +3,7 @@ import {
   GENERATE_OPTIONS, Generation, prepareGeneration, toResult, type GenerateOptions, type GenerationResult,
 } from './context.js';
 import { AbortError, DisposedError, fromNative, InsufficientMemoryError } from './errors.js';
-import { kvCacheBytes } from './context.js';
+import { kvCacheBytes, memoryUse, type DeviceMemoryUse } from './context.js';
 import { defaultThreads, type Model } from './model.js';
 import { freemem } from 'node:os';
 import * as v from './validate.js';
@@ -81,6 +81,7 @@ interface NativeParallelContext {
   submit(id: number, prompt: Int32Array, params: object): void;
   cancel(id: number): void;
   stats(): ParallelStats;
+  memory(): { device: string; model: number; context: number; compute: number }[];
   dispose(): Promise<void>;
   readonly disposed: boolean;
 }
@@ -178,6 +179,15 @@ export class ParallelContext {
   #alive(): NativeParallelContext {
     if (!this.#native) throw new DisposedError('This parallel context has been disposed');
     return this.#native;
+  }
+
+  /** What llama.cpp allocated for this context and its model, per device (see {@link Context.memory}). */
+  memory(): DeviceMemoryUse[] {
+    try {
+      return memoryUse(this.#alive().memory());
+    } catch (error) {
+      throw fromNative(error);
+    }
   }
 
   /** Counters for monitoring (a server's /metrics). */

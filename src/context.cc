@@ -1,10 +1,12 @@
 #include "context.h"
 
 #include <algorithm>
+#include <map>
 #include <string>
 
 #include "addon_data.h"
 #include "errors.h"
+#include "llama-ext.h"
 #include "log.h"
 #include "model.h"
 #include "tokens.h"
@@ -22,6 +24,7 @@ Napi::Function Context::Init(Napi::Env env) {
                          InstanceMethod<&Context::EraseFrom>("eraseFrom"),
                          InstanceMethod<&Context::SaveState>("saveState"),
                          InstanceMethod<&Context::Imatrix>("imatrix"),
+                         InstanceMethod<&Context::Memory>("memory"),
                          InstanceMethod<&Context::LoadState>("loadState"),
                          InstanceMethod<&Context::Abort>("abort"),
                          InstanceMethod<&Context::SetThreads>("setThreads"),
@@ -394,6 +397,42 @@ Napi::Value Context::Imatrix(const Napi::CallbackInfo &info) {
     out.Set(i++, item);
   }
   return out;
+}
+
+Napi::Value Context::MemoryOf(Napi::Env env, const llama_context *ctx) {
+  struct Sums {
+    size_t model = 0, context = 0, compute = 0;
+  };
+  std::map<std::string, Sums> by_device;
+  for (const auto &[buft, mb] : llama_get_memory_breakdown(ctx)) {
+    std::string name = "host";
+    if (!ggml_backend_buft_is_host(buft)) {
+      ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+      name = dev != nullptr ? ggml_backend_dev_name(dev) : ggml_backend_buft_name(buft);
+    }
+    Sums &s = by_device[name];
+    s.model += mb.model;
+    s.context += mb.context;
+    s.compute += mb.compute;
+  }
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto &[name, s] : by_device) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("device", name);
+    o.Set("model", Napi::Number::New(env, static_cast<double>(s.model)));
+    o.Set("context", Napi::Number::New(env, static_cast<double>(s.context)));
+    o.Set("compute", Napi::Number::New(env, static_cast<double>(s.compute)));
+    out.Set(i++, o);
+  }
+  return out;
+}
+
+// memory() -> [{ device, model, context, compute }]
+Napi::Value Context::Memory(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (ctx_ == nullptr || dispose_pending_) Throw(env, code::kDisposed, "the context has been disposed");
+  return MemoryOf(env, ctx_);
 }
 
 Napi::Value Context::Abort(const Napi::CallbackInfo &info) {

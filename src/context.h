@@ -46,6 +46,10 @@ class Context final : public Napi::ObjectWrap<Context> {
   // abort or failure tokens() still matches what the memory holds.
   void Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::vector<float> *all_logits);
 
+  // [{ device, model, context, compute }] in bytes: what llama.cpp allocated for this context and its model,
+  // per device ("host" for CPU-side buffers).
+  static Napi::Value MemoryOf(Napi::Env env, const llama_context *ctx);
+
   // Runs fn on this context's own thread (see executor.h) and waits; called from libuv pool threads.
   void RunOnThread(std::function<void()> fn) { executor_->Run(std::move(fn)); }
 
@@ -62,6 +66,7 @@ class Context final : public Napi::ObjectWrap<Context> {
   Napi::Value EraseFrom(const Napi::CallbackInfo &info);
   Napi::Value SaveState(const Napi::CallbackInfo &info);
   Napi::Value Imatrix(const Napi::CallbackInfo &info);
+  Napi::Value Memory(const Napi::CallbackInfo &info);
   Napi::Value LoadState(const Napi::CallbackInfo &info);
   Napi::Value Abort(const Napi::CallbackInfo &info);
   Napi::Value SetThreads(const Napi::CallbackInfo &info);

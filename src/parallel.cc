@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "addon_data.h"
+#include "context.h"
 #include "errors.h"
 #include "log.h"
 #include "model.h"
@@ -47,6 +48,7 @@ Napi::Function ParallelContext::Init(Napi::Env env) {
                          InstanceMethod<&ParallelContext::Submit>("submit"),
                          InstanceMethod<&ParallelContext::Cancel>("cancel"),
                          InstanceMethod<&ParallelContext::Stats>("stats"),
+                         InstanceMethod<&ParallelContext::Memory>("memory"),
                          InstanceMethod<&ParallelContext::Dispose>("dispose"),
                          InstanceAccessor<&ParallelContext::Disposed>("disposed"),
                      });
@@ -218,6 +220,11 @@ Napi::Value ParallelContext::Cancel(const Napi::CallbackInfo &info) {
   }
   cv_.notify_one();
   return env.Undefined();
+}
+
+Napi::Value ParallelContext::Memory(const Napi::CallbackInfo &info) {
+  if (disposed_ || ctx_ == nullptr) Throw(info.Env(), code::kDisposed, "the parallel context has been disposed");
+  return Context::MemoryOf(info.Env(), ctx_);
 }
 
 Napi::Value ParallelContext::Stats(const Napi::CallbackInfo &info) {

@@ -86,6 +86,23 @@ describe('ParallelContext', () => {
     await par.dispose();
   });
 
+  it('memory(): weights, KV cache and compute per device, measured', async () => {
+    const context = await model.createContext({ contextSize: 2048, threads: 1 });
+    const par = await model.createParallelContext({ parallel: 2, contextSize: 2048, threads: 1 });
+    for (const use of [context.memory(), par.memory()]) {
+      const sum = (k: 'model' | 'context' | 'compute') => use.reduce((a, d) => a + d[k], 0);
+      // f16 KV cache of 2048 tokens: layers × kv heads × (key + value length) × 2 bytes per token.
+      const { layers, kvHeads, embeddingSize, heads } = model.info;
+      expect(sum('context')).toBe(2048 * layers * kvHeads * 2 * (embeddingSize / heads) * 2);
+      expect(sum('model')).toBeGreaterThan(model.info.size * 0.95);
+      expect(sum('compute')).toBeGreaterThan(0);
+      for (const d of use) expect(d.total).toBe(d.model + d.context + d.compute);
+    }
+    await context.dispose();
+    await par.dispose();
+    expect(() => par.memory()).toThrow(DisposedError);
+  });
+
   it('dispose stops what runs: running and waiting requests reject with DisposedError', async () => {
     const par = await model.createParallelContext({ parallel: 1, contextSize: 1024, threads: 1 });
     const a = par.generate(reference.greedy[0].prompt_ids, { temperature: 1, maxTokens: 100000, stopAtEog: false });

@@ -132,4 +132,18 @@ if (command === 'prepare') {
   console.log(`free after: ${JSON.stringify(devices().map((d) => [d.name, Math.round(d.free / MiB)]))}`);
   await model.dispose();
   for (const h of holders) h.kill();
+} else if (command === 'split') {
+  // Two GPUs (or more): the q4_0 model split by layer across all of them; each device's measured share.
+  const mib = (b) => Math.round(b / MiB);
+  console.log(`devices: ${JSON.stringify(devices().map((d) => [d.name, d.description, mib(d.free), mib(d.total)]))}`);
+  for (const splitMode of ['layer', 'row']) {
+    const t0 = Date.now();
+    const model = await loadModel(q4, { gpuLayers: 'max', splitMode });
+    const context = await model.createContext({ contextSize: 4096, flashAttention: true });
+    const r = await context.generate([1, 500, 600], { temperature: 0, maxTokens: 64, stopAtEog: false }).result;
+    const memory = context.memory().map((d) => ({ device: d.device, weightsMiB: mib(d.model), kvMiB: mib(d.context), computeMiB: mib(d.compute) }));
+    console.log(JSON.stringify({ splitMode, seconds: (Date.now() - t0) / 1000, generated: r.tokens.length, tgps: Math.round(r.timings.tokensPerSecond), memory }));
+    console.log(`free while loaded: ${JSON.stringify(devices().map((d) => [d.name, mib(d.free)]))}`);
+    await model.dispose();
+  }
 }

@@ -576,7 +576,7 @@ void ParallelContext::Step() {
       a.first_token = now;
       a.result->prompt_ms = MsBetween(a.started, now);
     }
-    const llama_token token = llama_sampler_sample(a.sampler.get(), ctx_, a.logits_index);
+    const llama_token token = Sample(a.sampler.get(), IsPlainGreedy(a.req->sampling), ctx_, a.logits_index, n_vocab_);
     a.result->tokens.push_back(token);
     if (std::find(a.req->stop_tokens.begin(), a.req->stop_tokens.end(), token) != a.req->stop_tokens.end()) {
       a.result->stop_token = token;

@@ -46,4 +46,19 @@ SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vect
   return chain;
 }
 
+bool IsPlainGreedy(const SamplerParams &p) {
+  const bool penalties = p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+  return p.temperature <= 0.0f && !(penalties && p.repeat_last_n > 0);
+}
+
+llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab) {
+  if (!plain_greedy) return llama_sampler_sample(chain, ctx, idx);
+  const float *logits = llama_get_logits_ith(ctx, idx);
+  int32_t best = 0;
+  for (int32_t i = 1; i < n_vocab; ++i) {
+    if (logits[i] > logits[best]) best = i;
+  }
+  return best;
+}
+
 }  // namespace huozi

@@ -34,4 +34,10 @@ using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 // `history` (the prompt's tail) primes the repetition penalties.
 SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vector<llama_token> &history);
 
+// Greedy with no penalties: the chain would only copy every logit into a candidate array (0.77 MB for a 64k
+// vocabulary, ~0.15 ms a token, 4% of tg128 on an H200) to take the largest. Sample() then reads the logits
+// directly; the token is the same (the first largest, as llama.cpp's greedy sampler).
+bool IsPlainGreedy(const SamplerParams &p);
+llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab);
+
 }  // namespace huozi

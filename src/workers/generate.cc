@@ -134,6 +134,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
     result_.prompt_ms = MsSince(prompt_start);
 
     SamplerPtr sampler = BuildSampler(params_.sampling, ctx.n_vocab(), prompt);
+    const bool greedy = IsPlainGreedy(params_.sampling);
     const llama_vocab *vocab = ctx.vocab();
     const auto &abort = ctx.abort_flag();
     std::string piece(64, '\0');
@@ -143,7 +144,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
         result_.stop_reason = "abort";
         break;
       }
-      const llama_token token = llama_sampler_sample(sampler.get(), ctx.handle(), -1);
+      const llama_token token = Sample(sampler.get(), greedy, ctx.handle(), -1, ctx.n_vocab());
       result_.tokens.push_back(token);
       if (std::find(params_.stop_tokens.begin(), params_.stop_tokens.end(), token) != params_.stop_tokens.end()) {
         result_.stop_reason = "stopToken";

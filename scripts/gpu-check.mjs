@@ -116,12 +116,19 @@ if (command === 'prepare') {
   const gpuFree = () => Math.round(devices().find((d) => d.type === 'gpu').free / MiB);
   for (let i = 0; i < 12; i++) {
     const spare = gpuFree() - target;
-    if (spare < 1200) break;
-    const layers = spare > 27_000 ? 99 : Math.floor((spare - 600) / 830);
-    if (layers < 1) break;
-    const h = spawn(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), q4, String(layers), '512', 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    if (spare < 27_000) break;
+    const h = spawn(process.execPath, [join(root, 'scripts/gpu-vram.mjs'), q4, '99', '512', 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise((r) => h.stdout.once('data', r));
     holders.push(h);
+    // Seen on the H200: past three copies a fourth added almost nothing; the KV cache below fills the rest.
+    if (gpuFree() - target > spare - 5000) break;
+  }
+  // The rest: llama-bench generating into a context sized to leave `target` free (0.125 MiB a token here).
+  const rest = gpuFree() - target - 25_700;
+  if (rest > 1000) {
+    const h = spawn(bench, ['-m', q4, '-ngl', '99', '-fa', '1', '-p', '0', '-n', String(rest * 8), '-r', '1'], { stdio: 'ignore' });
+    holders.push(h);
+    for (let i = 0; i < 120 && gpuFree() > target + 4000; i++) await new Promise((r) => setTimeout(r, 1000));
   }
   console.log(`free before: ${JSON.stringify(devices().map((d) => [d.name, Math.round(d.free / MiB)]))}`);
   const t0 = Date.now();

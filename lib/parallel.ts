@@ -37,9 +37,13 @@ export interface ParallelContextOptions {
 
 const OPTIONS = ['parallel', 'contextSize', 'unifiedCache', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention'] as const;
 
-/** Options of {@link ParallelContext.generate}: those of Context.generate, less `reuseCache` (always on). */
-export type ParallelGenerateOptions = Omit<GenerateOptions, 'reuseCache'>;
-const PARALLEL_GENERATE_OPTIONS = GENERATE_OPTIONS.filter((k) => k !== 'reuseCache');
+/**
+ * Options of {@link ParallelContext.generate}: those of Context.generate. `reuseCache` (default true) starts from
+ * the slot's cached prefix; false evaluates the whole prompt, so that the same request gives bit-identical
+ * logits whatever ran before it (a prefix evaluated in another batch shape can differ in the last bits).
+ */
+export type ParallelGenerateOptions = GenerateOptions;
+const PARALLEL_GENERATE_OPTIONS = GENERATE_OPTIONS;
 
 /** Counters of a ParallelContext since it was created. */
 export interface ParallelStats {

@@ -191,6 +191,7 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   request->sampling = SamplerParams::FromJs(p);
   if (p.Get("maxTokens").IsNumber()) request->max_tokens = p.Get("maxTokens").As<Napi::Number>().Int32Value();
   if (p.Has("stopAtEog")) request->stop_at_eog = p.Get("stopAtEog").ToBoolean();
+  if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
   request->stop_tokens = TokenIds(env, p.Get("stopTokens"), n_vocab_, "stopTokens", true);
   Napi::Value stops = p.Get("stopStrings");
   if (stops.IsArray()) {
@@ -404,7 +405,7 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
   size_t best_keep = 0;
   for (Slot &slot : slots_) {
     if (slot.active) continue;
-    const size_t limit = std::min(slot.cache.size(), request->prompt.size() - 1);
+    const size_t limit = request->reuse_cache ? std::min(slot.cache.size(), request->prompt.size() - 1) : 0;
     size_t keep = 0;
     while (keep < limit && slot.cache[keep] == request->prompt[keep]) ++keep;
     if (best == nullptr || keep > best_keep || (keep == best_keep && slot.last_used < best->last_used)) {

@@ -47,6 +47,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     SamplerParams sampling;
     int32_t max_tokens = -1;
     bool stop_at_eog = true;
+    bool reuse_cache = true;  // start from the slot's cached prefix (else evaluate the whole prompt)
     std::vector<llama_token> stop_tokens;
     std::vector<std::string> stop_strings;
     std::chrono::steady_clock::time_point submitted;

@@ -76,6 +76,7 @@ export interface SamplingRequest {
   stop: string[];
   stopTokenIds: number[];
   ignoreEos: boolean;
+  cachePrompt: boolean;
 }
 
 export interface ChatRequest extends SamplingRequest {
@@ -98,6 +99,7 @@ const IGNORED = new Set([
 const COMMON = new Set([
   'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p',
   'seed', 'presence_penalty', 'frequency_penalty', 'repetition_penalty', 'stop', 'stop_token_ids', 'n', 'ignore_eos',
+  'cache_prompt',
 ]);
 
 function sampling(body: Body, extra: readonly string[]): SamplingRequest {
@@ -147,6 +149,7 @@ function sampling(body: Body, extra: readonly string[]): SamplingRequest {
     stop: stop.filter((s) => s.length > 0),
     stopTokenIds,
     ignoreEos: optBoolean(body, 'ignore_eos') ?? false,
+    cachePrompt: optBoolean(body, 'cache_prompt') ?? true,
   };
 }
 

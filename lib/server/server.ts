@@ -311,6 +311,7 @@ export class HuoziServer {
       stopStrings: chat ? [...r.stop, ...this.#s.template.stopTexts] : r.stop,
       stopTokens: r.stopTokenIds,
       stopAtEog: !r.ignoreEos,
+      reuseCache: r.cachePrompt,
     };
     if (r.maxTokens !== undefined) o.maxTokens = r.maxTokens;
     if (r.temperature !== undefined) o.temperature = r.temperature;

@@ -51,6 +51,10 @@ describe('ParallelContext', () => {
     const second = await par.generate(g.prompt_ids, { temperature: 0, maxTokens: 4 }).result;
     expect(second.slot).toBe(first.slot);
     expect(second.reusedTokens).toBeGreaterThanOrEqual(40);
+    // reuseCache: false evaluates the whole prompt again.
+    const third = await par.generate(g.prompt_ids, { temperature: 0, maxTokens: 4, reuseCache: false }).result;
+    expect(third.reusedTokens).toBe(0);
+    expect(third.tokens).toEqual(second.tokens);
     await par.dispose();
   });
 
@@ -79,7 +83,7 @@ describe('ParallelContext', () => {
     const par = await model.createParallelContext({ parallel: 2, contextSize: 256, threads: 1 });
     expect(() => par.generate(Array(par.slotContextSize + 1).fill(1000))).toThrow(RangeError);
     expect(() => par.generate([model.vocabularySize])).toThrow(RangeError);
-    expect(() => par.generate('x', { reuseCache: false } as never)).toThrow(TypeError);
+    expect(() => par.generate('x', { bogus: true } as never)).toThrow(TypeError);
     // A generation that reaches the end of its slot stops with contextFull.
     const full = await par.generate(Array(par.slotContextSize - 8).fill(1000), { temperature: 0, stopAtEog: false }).result;
     expect(full.stopReason).toBe('contextFull');

@@ -28,7 +28,7 @@ uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
 
 // A request being served by a slot.
 struct ParallelContext::Active {
-  explicit Active(std::unique_ptr<Request> r) : req(std::move(r)), stream(req->stop_strings) {}
+  explicit Active(std::unique_ptr<Request> r) : req(std::move(r)), stream(req->stops.stop_strings) {}
   std::unique_ptr<Request> req;
   SamplerPtr sampler;
   TextStream stream;
@@ -189,18 +189,8 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   }
   Napi::Object p = info[2].As<Napi::Object>();
   request->sampling = SamplerParams::FromJs(p);
-  if (p.Get("maxTokens").IsNumber()) request->max_tokens = p.Get("maxTokens").As<Napi::Number>().Int32Value();
-  if (p.Has("stopAtEog")) request->stop_at_eog = p.Get("stopAtEog").ToBoolean();
+  request->stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
-  request->stop_tokens = TokenIds(env, p.Get("stopTokens"), n_vocab_, "stopTokens", true);
-  Napi::Value stops = p.Get("stopStrings");
-  if (stops.IsArray()) {
-    Napi::Array arr = stops.As<Napi::Array>();
-    for (uint32_t i = 0; i < arr.Length(); ++i) {
-      std::string s = arr.Get(i).ToString().Utf8Value();
-      if (!s.empty()) request->stop_strings.push_back(std::move(s));
-    }
-  }
   if (outstanding_++ == 0) tsfn_.Ref(env);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -309,19 +299,8 @@ void ParallelContext::Deliver(Napi::Env env) {
     e.Set("id", Napi::Number::New(env, static_cast<double>(event.id)));
     if (event.result) {
       const Result &r = *event.result;
-      Napi::Object o = Napi::Object::New(env);
-      Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
-      std::copy(r.tokens.begin(), r.tokens.end(), tokens.Data());
-      o.Set("tokens", tokens);
-      o.Set("text", Napi::String::New(env, r.text));
-      o.Set("stopReason", r.stop_reason);
-      o.Set("stopToken", r.stop_token >= 0 ? Napi::Value(Napi::Number::New(env, r.stop_token)) : env.Null());
-      o.Set("stopString", r.stop_string.empty() ? env.Null() : Napi::Value(Napi::String::New(env, r.stop_string)));
-      o.Set("reusedTokens", Napi::Number::New(env, static_cast<double>(r.reused_tokens)));
-      o.Set("evaluatedTokens", Napi::Number::New(env, static_cast<double>(r.evaluated_tokens)));
+      Napi::Object o = r.ToJs(env);
       o.Set("queueMs", r.queue_ms);
-      o.Set("promptMs", r.prompt_ms);
-      o.Set("generateMs", r.generate_ms);
       o.Set("slot", r.slot);
       e.Set("result", o);
     } else {
@@ -579,36 +558,13 @@ void ParallelContext::Step() {
     }
     const llama_token token = Sample(a.sampler.get(), IsPlainGreedy(a.req->sampling), ctx_, a.logits_index, n_vocab_);
     a.result->tokens.push_back(token);
-    if (std::find(a.req->stop_tokens.begin(), a.req->stop_tokens.end(), token) != a.req->stop_tokens.end()) {
-      a.result->stop_token = token;
-      Finish(slot, "stopToken");
-      continue;
-    }
-    if (a.req->stop_at_eog && llama_vocab_is_eog(vocab_, token)) {
-      a.result->stop_token = token;
-      Finish(slot, "eog");
-      continue;
-    }
-    std::string piece(64, '\0');
-    int32_t n = llama_token_to_piece(vocab_, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
-    if (n < 0) {
-      piece.resize(static_cast<size_t>(-n));
-      n = llama_token_to_piece(vocab_, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
-    }
-    const std::string text = a.stream.Push(std::string(piece.data(), static_cast<size_t>(std::max(n, 0))));
-    a.result->text += text;
-    Text(a.req->id, text);
-    if (a.stream.stopped()) {
-      a.result->stop_string = a.stream.matched_stop();
-      Finish(slot, "stopString");
-      continue;
-    }
-    if (a.req->max_tokens >= 0 && a.result->tokens.size() >= static_cast<size_t>(a.req->max_tokens)) {
-      Finish(slot, "maxTokens");
-      continue;
-    }
-    if (slot.cache.size() >= n_ctx_seq_) {
-      Finish(slot, "contextFull");
+    TokenVerdict verdict = JudgeToken(vocab_, token, a.result->tokens.size(), slot.cache.size() < n_ctx_seq_, a.req->stops, a.stream, piece_);
+    a.result->text += verdict.text;
+    Text(a.req->id, verdict.text);
+    if (verdict.stop_reason != nullptr) {
+      if (verdict.by_token) a.result->stop_token = token;
+      if (a.stream.stopped()) a.result->stop_string = a.stream.matched_stop();
+      Finish(slot, verdict.stop_reason);
       continue;
     }
     a.next = token;

@@ -26,6 +26,7 @@
 
 #include "llama.h"
 #include "sampler.h"
+#include "generation.h"
 #include "text_stream.h"
 
 namespace huozi {
@@ -45,11 +46,8 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     int64_t id = 0;
     std::vector<llama_token> prompt;
     SamplerParams sampling;
-    int32_t max_tokens = -1;
-    bool stop_at_eog = true;
+    StopRules stops;
     bool reuse_cache = true;  // start from the slot's cached prefix (else evaluate the whole prompt)
-    std::vector<llama_token> stop_tokens;
-    std::vector<std::string> stop_strings;
     std::chrono::steady_clock::time_point submitted;
   };
 
@@ -61,17 +59,8 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     std::unique_ptr<Active> active;  // null when free
     uint64_t last_used = 0;
   };
-  struct Result {
-    std::vector<llama_token> tokens;
-    std::string text;
-    const char *stop_reason = "maxTokens";
-    llama_token stop_token = -1;
-    std::string stop_string;
-    size_t reused_tokens = 0;
-    size_t evaluated_tokens = 0;
+  struct Result : GenerationResult {
     double queue_ms = 0;
-    double prompt_ms = 0;
-    double generate_ms = 0;
     int32_t slot = -1;
   };
   struct Event {
@@ -115,6 +104,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   llama_batch batch_{};
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
+  std::string piece_;  // token text scratch (loop thread)
 
   // Shared between the main thread and the loop thread.
   std::mutex mu_;

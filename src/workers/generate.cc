@@ -10,6 +10,7 @@
 #include "../context.h"
 #include "../errors.h"
 #include "../sampler.h"
+#include "../generation.h"
 #include "../text_stream.h"
 #include "../tokens.h"
 
@@ -24,23 +25,8 @@ double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::
 struct GenerateParams {
   std::vector<llama_token> prompt;
   SamplerParams sampling;
-  int32_t max_tokens = -1;  // < 0: until the context is full
+  StopRules stops;
   bool reuse_cache = true;
-  bool stop_at_eog = true;
-  std::vector<llama_token> stop_tokens;
-  std::vector<std::string> stop_strings;
-};
-
-struct GenerateResult {
-  std::vector<llama_token> tokens;
-  std::string text;
-  const char *stop_reason = "maxTokens";
-  llama_token stop_token = -1;
-  std::string stop_string;
-  size_t reused_tokens = 0;
-  size_t evaluated_tokens = 0;
-  double prompt_ms = 0;
-  double generate_ms = 0;
 };
 
 class GenerateWorker final : public Napi::AsyncWorker {
@@ -51,7 +37,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
         keep_(Napi::Persistent(keep)),
         context_(context),
         params_(std::move(params)),
-        stream_(params_.stop_strings) {
+        stream_(params_.stops.stop_strings) {
     if (!on_text.IsEmpty()) {
       on_text_ = Napi::Persistent(on_text);
       tsfn_ = Napi::ThreadSafeFunction::New(env, on_text, "huozi-gguf:text", 0, 1);
@@ -146,33 +132,12 @@ class GenerateWorker final : public Napi::AsyncWorker {
       }
       const llama_token token = Sample(sampler.get(), greedy, ctx.handle(), -1, ctx.n_vocab());
       result_.tokens.push_back(token);
-      if (std::find(params_.stop_tokens.begin(), params_.stop_tokens.end(), token) != params_.stop_tokens.end()) {
-        result_.stop_reason = "stopToken";
-        result_.stop_token = token;
-        break;
-      }
-      if (params_.stop_at_eog && llama_vocab_is_eog(vocab, token)) {
-        result_.stop_reason = "eog";
-        result_.stop_token = token;
-        break;
-      }
-      int32_t n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
-      if (n < 0) {
-        piece.resize(static_cast<size_t>(-n));
-        n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, false);
-      }
-      Emit(stream_.Push(std::string(piece.data(), static_cast<size_t>(std::max(n, 0)))));
-      if (stream_.stopped()) {
-        result_.stop_reason = "stopString";
-        result_.stop_string = stream_.matched_stop();
-        break;
-      }
-      if (params_.max_tokens >= 0 && result_.tokens.size() >= static_cast<size_t>(params_.max_tokens)) {
-        result_.stop_reason = "maxTokens";
-        break;
-      }
-      if (cache.size() >= ctx.n_ctx()) {
-        result_.stop_reason = "contextFull";
+      TokenVerdict verdict = JudgeToken(vocab, token, result_.tokens.size(), cache.size() < ctx.n_ctx(), params_.stops, stream_, piece);
+      Emit(verdict.text);
+      if (verdict.stop_reason != nullptr) {
+        result_.stop_reason = verdict.stop_reason;
+        if (verdict.by_token) result_.stop_token = token;
+        if (stream_.stopped()) result_.stop_string = stream_.matched_stop();
         break;
       }
       try {
@@ -187,28 +152,12 @@ class GenerateWorker final : public Napi::AsyncWorker {
     result_.generate_ms = MsSince(gen_start);
   }
 
-  Napi::Object ResultObject(Napi::Env env) {
-    Napi::Object out = Napi::Object::New(env);
-    Napi::Int32Array tokens = Napi::Int32Array::New(env, result_.tokens.size());
-    std::copy(result_.tokens.begin(), result_.tokens.end(), tokens.Data());
-    out.Set("tokens", tokens);
-    out.Set("text", Napi::String::New(env, result_.text));
-    out.Set("stopReason", result_.stop_reason);
-    out.Set("stopToken", result_.stop_token >= 0 ? Napi::Value(Napi::Number::New(env, result_.stop_token)) : env.Null());
-    out.Set("stopString", result_.stop_string.empty() ? env.Null() : Napi::Value(Napi::String::New(env, result_.stop_string)));
-    out.Set("reusedTokens", Napi::Number::New(env, static_cast<double>(result_.reused_tokens)));
-    out.Set("evaluatedTokens", Napi::Number::New(env, static_cast<double>(result_.evaluated_tokens)));
-    out.Set("promptMs", result_.prompt_ms);
-    out.Set("generateMs", result_.generate_ms);
-    return out;
-  }
-
   void OnOK() override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     context_->End();
     Deliver(env);  // text still queued goes out before the result
-    deferred_.Resolve(ResultObject(env));
+    deferred_.Resolve(result_.ToJs(env));
   }
 
   void OnError(const Napi::Error &error) override {
@@ -224,7 +173,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
   Context *context_;
   GenerateParams params_;
   TextStream stream_;
-  GenerateResult result_;
+  GenerationResult result_;
   const char *code_ = code::kDecode;
 
   Napi::FunctionReference on_text_;
@@ -253,18 +202,8 @@ Napi::Value Context::Generate(const Napi::CallbackInfo &info) {
                                            " tokens, more than the context size of " + std::to_string(n_ctx_));
   }
   params.sampling = SamplerParams::FromJs(p);
-  if (p.Get("maxTokens").IsNumber()) params.max_tokens = p.Get("maxTokens").As<Napi::Number>().Int32Value();
+  params.stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) params.reuse_cache = p.Get("reuseCache").ToBoolean();
-  if (p.Has("stopAtEog")) params.stop_at_eog = p.Get("stopAtEog").ToBoolean();
-  params.stop_tokens = TokenIds(env, p.Get("stopTokens"), n_vocab_, "stopTokens", true);
-  Napi::Value stops = p.Get("stopStrings");
-  if (stops.IsArray()) {
-    Napi::Array arr = stops.As<Napi::Array>();
-    for (uint32_t i = 0; i < arr.Length(); ++i) {
-      std::string s = arr.Get(i).ToString().Utf8Value();
-      if (!s.empty()) params.stop_strings.push_back(std::move(s));
-    }
-  }
   Napi::Function on_text;
   if (info.Length() > 2 && info[2].IsFunction()) on_text = info[2].As<Napi::Function>();
 

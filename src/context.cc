@@ -35,16 +35,6 @@ Napi::Function Context::Init(Napi::Env env) {
 
 namespace {
 
-struct ContextParams {
-  uint32_t n_ctx = 4096;
-  uint32_t n_batch = 512;
-  uint32_t n_ubatch = 512;
-  int32_t threads = 1;
-  int32_t batch_threads = 1;
-  int32_t flash_attention = -1;  // llama_flash_attn_type
-  bool collect_imatrix = false;
-};
-
 uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
   Napi::Value v = o.Get(key);
   return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
@@ -52,23 +42,39 @@ uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
 
 }  // namespace
 
-Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o) {
-  ContextParams p;
-  p.n_ctx = U32(o, "contextSize", p.n_ctx);
-  p.n_batch = U32(o, "batchSize", p.n_batch);
-  p.n_ubatch = U32(o, "ubatchSize", std::min(p.n_batch, 512u));
-  p.threads = static_cast<int32_t>(U32(o, "threads", 1));
-  p.batch_threads = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(p.threads)));
+llama_context_params ContextParamsFromJs(Napi::Env env, Napi::Object o) {
+  llama_context_params cp = llama_context_default_params();
+  cp.n_ctx = U32(o, "contextSize", 4096);
+  cp.n_batch = U32(o, "batchSize", 512);
+  cp.n_ubatch = U32(o, "ubatchSize", std::min(cp.n_batch, 512u));
+  cp.n_threads = static_cast<int32_t>(U32(o, "threads", 1));
+  cp.n_threads_batch = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(cp.n_threads)));
   Napi::Value fa = o.Get("flashAttention");
-  if (fa.IsNumber()) p.flash_attention = fa.As<Napi::Number>().Int32Value();
-  p.collect_imatrix = o.Get("collectImatrix").ToBoolean();
-  // What would trip an assert inside llama.cpp (lib/validate.ts reports these to users first).
-  if (p.n_ctx == 0 || p.n_batch == 0 || p.n_ubatch == 0 || p.n_ubatch > p.n_batch) {
+  cp.flash_attn_type = static_cast<llama_flash_attn_type>(fa.IsNumber() ? fa.As<Napi::Number>().Int32Value() : -1);
+  cp.n_seq_max = 1;
+  cp.no_perf = true;
+  if (cp.n_ctx == 0 || cp.n_batch == 0 || cp.n_ubatch == 0 || cp.n_ubatch > cp.n_batch) {
     Throw(env, code::kOutOfRange, "contextSize, batchSize and ubatchSize must be positive with ubatchSize <= batchSize");
   }
-  if (p.threads < 1 || p.threads > 512 || p.batch_threads < 1 || p.batch_threads > 512) {
+  if (cp.n_threads < 1 || cp.n_threads > 512 || cp.n_threads_batch < 1 || cp.n_threads_batch > 512) {
     Throw(env, code::kOutOfRange, "threads must be between 1 and 512");
   }
+  return cp;
+}
+
+llama_context *InitContext(llama_model *model, const llama_context_params &cp) {
+  TakeThreadErrors();
+  llama_context *ctx = llama_init_from_model(model, cp);
+  if (ctx == nullptr) {
+    std::string why = TakeThreadErrors();
+    throw CodedError(code::kContextCreate, "failed to create the context" + (why.empty() ? "" : ": " + why));
+  }
+  return ctx;
+}
+
+Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o) {
+  const llama_context_params base = ContextParamsFromJs(env, o);
+  const bool collect_imatrix = o.Get("collectImatrix").ToBoolean();
   struct Created {
     llama_context *ctx = nullptr;
     std::shared_ptr<ModelHandle> model;
@@ -76,28 +82,15 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   };
   return PromiseWorker<Created>::Start(
       env, Napi::Object::New(env), code::kContextCreate,
-      [model, p]() {
-        llama_context_params cp = llama_context_default_params();
-        cp.n_ctx = p.n_ctx;
-        cp.n_batch = p.n_batch;
-        cp.n_ubatch = p.n_ubatch;
-        cp.n_seq_max = 1;
-        cp.n_threads = p.threads;
-        cp.n_threads_batch = p.batch_threads;
-        cp.flash_attn_type = static_cast<llama_flash_attn_type>(p.flash_attention);
-        cp.no_perf = true;
+      [model, base, collect_imatrix]() {
+        llama_context_params cp = base;
         std::shared_ptr<ImatrixCollector> imatrix;
-        if (p.collect_imatrix) {
+        if (collect_imatrix) {
           imatrix = std::make_shared<ImatrixCollector>();
           cp.cb_eval = &ImatrixCollector::Callback;
           cp.cb_eval_user_data = imatrix.get();
         }
-        TakeThreadErrors();
-        llama_context *ctx = llama_init_from_model(model->model, cp);
-        if (ctx == nullptr) {
-          std::string why = TakeThreadErrors();
-          throw CodedError(code::kContextCreate, "failed to create the context" + (why.empty() ? "" : ": " + why));
-        }
+        llama_context *ctx = InitContext(model->model, cp);
         return Created{ctx, model, imatrix};
       },
       [](Napi::Env env, Created &created) -> Napi::Value {

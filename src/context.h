@@ -21,6 +21,13 @@ struct ModelHandle;
 // needs), but the logits are not copied out.
 enum class LogitsMode { kNone, kLast, kAll, kComputeAll };
 
+// The llama_context_params a JS params object asks for (contextSize, batchSize, ubatchSize, threads,
+// batchThreads, flashAttention), checked for what would trip an assert inside llama.cpp (lib/ reports these
+// to users first). Shared by Context and ParallelContext.
+llama_context_params ContextParamsFromJs(Napi::Env env, Napi::Object o);
+// llama_init_from_model, throwing a CodedError with llama.cpp's own log lines when it fails (worker thread).
+llama_context *InitContext(llama_model *model, const llama_context_params &cp);
+
 class Context final : public Napi::ObjectWrap<Context> {
  public:
   static Napi::Function Init(Napi::Env env);

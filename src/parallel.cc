@@ -56,46 +56,20 @@ Napi::Function ParallelContext::Init(Napi::Env env) {
 
 Napi::Value ParallelContext::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o,
                                     Napi::Function on_events) {
+  llama_context_params cp = ContextParamsFromJs(env, o);
   const uint32_t n_seq = U32(o, "parallel", 1);
-  const uint32_t n_ctx = U32(o, "contextSize", 4096);
-  uint32_t n_batch = U32(o, "batchSize", 512);
-  const uint32_t n_ubatch = U32(o, "ubatchSize", std::min(n_batch, 512u));
-  const int32_t threads = static_cast<int32_t>(U32(o, "threads", 1));
-  const int32_t batch_threads = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(threads)));
-  Napi::Value fa_value = o.Get("flashAttention");
-  const int32_t fa = fa_value.IsNumber() ? fa_value.As<Napi::Number>().Int32Value() : -1;
-  const bool unified = o.Get("unifiedCache").ToBoolean();
   // lib/parallel.ts checks these for users first; here they guard llama.cpp's asserts.
   if (n_seq < 1 || n_seq > 256) Throw(env, code::kOutOfRange, "parallel must be between 1 and 256");  // llama.cpp's LLAMA_MAX_SEQ
-  if (n_ctx < n_seq || n_batch == 0 || n_ubatch == 0 || n_ubatch > n_batch) {
-    Throw(env, code::kOutOfRange, "contextSize must be at least parallel, batchSize and ubatchSize positive with ubatchSize <= batchSize");
-  }
-  if (threads < 1 || threads > 512 || batch_threads < 1 || batch_threads > 512) Throw(env, code::kOutOfRange, "threads must be between 1 and 512");
+  if (cp.n_ctx < n_seq) Throw(env, code::kOutOfRange, "contextSize must be at least parallel");
   if (!on_events.IsFunction()) Throw(env, code::kInvalidArgument, "createParallelContext needs an event callback");
-  n_batch = std::max(n_batch, n_seq);  // every generating slot adds one token per step
+  cp.n_seq_max = n_seq;
+  cp.kv_unified = o.Get("unifiedCache").ToBoolean();
+  cp.n_batch = std::max(cp.n_batch, n_seq);  // every generating slot adds one token per step
 
   auto callback = std::make_shared<Napi::FunctionReference>(Napi::Persistent(on_events));
   return PromiseWorker<llama_context *>::Start(
       env, Napi::Object::New(env), code::kContextCreate,
-      [=]() {
-        llama_context_params cp = llama_context_default_params();
-        cp.n_ctx = n_ctx;
-        cp.n_batch = n_batch;
-        cp.n_ubatch = n_ubatch;
-        cp.n_seq_max = n_seq;
-        cp.kv_unified = unified;
-        cp.n_threads = threads;
-        cp.n_threads_batch = batch_threads;
-        cp.flash_attn_type = static_cast<llama_flash_attn_type>(fa);
-        cp.no_perf = true;
-        TakeThreadErrors();
-        llama_context *ctx = llama_init_from_model(model->model, cp);
-        if (ctx == nullptr) {
-          std::string why = TakeThreadErrors();
-          throw CodedError(code::kContextCreate, "failed to create the context" + (why.empty() ? "" : ": " + why));
-        }
-        return ctx;
-      },
+      [model, cp]() { return InitContext(model->model, cp); },
       [model, callback](Napi::Env env, llama_context *&ctx) -> Napi::Value {
         Napi::Object object = Data(env).parallel_ctor.New({Napi::External<llama_context>::New(env, ctx)});
         ParallelContext *self = ParallelContext::Unwrap(object);

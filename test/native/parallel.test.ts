@@ -59,7 +59,8 @@ describe('ParallelContext', () => {
   });
 
   it('cancels a running or waiting request at the next step and frees its slot', async () => {
-    const par = await model.createParallelContext({ parallel: 1, contextSize: 1024, threads: 1 });
+    // A slot of 32768 tokens: the running generation cannot end by itself (context full) before it is stopped.
+    const par = await model.createParallelContext({ parallel: 1, contextSize: 32768, threads: 1 });
     const running = par.generate(reference.greedy[0].prompt_ids, { temperature: 1, maxTokens: 100000, stopAtEog: false });
     const controller = new AbortController();
     const waiting = par.generate(reference.greedy[1].prompt_ids, { maxTokens: 10, signal: controller.signal });
@@ -108,7 +109,7 @@ describe('ParallelContext', () => {
   });
 
   it('dispose stops what runs: running and waiting requests reject with DisposedError', async () => {
-    const par = await model.createParallelContext({ parallel: 1, contextSize: 1024, threads: 1 });
+    const par = await model.createParallelContext({ parallel: 1, contextSize: 32768, threads: 1 });
     const a = par.generate(reference.greedy[0].prompt_ids, { temperature: 1, maxTokens: 100000, stopAtEog: false });
     const b = par.generate(reference.greedy[1].prompt_ids, { maxTokens: 10 });
     await new Promise((r) => setTimeout(r, 50));

@@ -1,5 +1,7 @@
 #include "sampler.h"
 
+#include <limits>
+
 namespace huozi {
 
 SamplerParams SamplerParams::FromJs(Napi::Object o) {
@@ -51,14 +53,29 @@ bool IsPlainGreedy(const SamplerParams &p) {
   return p.temperature <= 0.0f && !(penalties && p.repeat_last_n > 0);
 }
 
+int32_t Argmax(const float *logits, int32_t n) {
+  // Two passes that the compiler turns into SIMD: the maximum over 8 independent lanes (a single running
+  // maximum is a serial dependency chain with a branch per element), then the first index holding it. Same
+  // answer as the plain loop: the first of equal maxima, NaN never chosen, 0 when nothing compares.
+  constexpr int32_t kLanes = 8;
+  float lanes[kLanes];
+  for (float &l : lanes) l = -std::numeric_limits<float>::infinity();
+  int32_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int32_t j = 0; j < kLanes; ++j) lanes[j] = logits[i + j] > lanes[j] ? logits[i + j] : lanes[j];
+  }
+  float best = lanes[0];
+  for (int32_t j = 1; j < kLanes; ++j) best = lanes[j] > best ? lanes[j] : best;
+  for (; i < n; ++i) best = logits[i] > best ? logits[i] : best;
+  for (int32_t k = 0; k < n; ++k) {
+    if (logits[k] == best) return k;
+  }
+  return 0;
+}
+
 llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab) {
   if (!plain_greedy) return llama_sampler_sample(chain, ctx, idx);
-  const float *logits = llama_get_logits_ith(ctx, idx);
-  int32_t best = 0;
-  for (int32_t i = 1; i < n_vocab; ++i) {
-    if (logits[i] > logits[best]) best = i;
-  }
-  return best;
+  return Argmax(llama_get_logits_ith(ctx, idx), n_vocab);
 }
 
 }  // namespace huozi

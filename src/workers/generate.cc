@@ -117,6 +117,9 @@ class GenerateWorker final : public Napi::AsyncWorker {
 
     const auto prompt_start = Clock::now();
     ctx.Decode(prompt.data() + keep, prompt.size() - keep, LogitsMode::kLast, nullptr);
+    // On a GPU llama_decode returns once the work is queued: wait for it, so that promptMs is the prompt's
+    // time and generateMs does not carry the prompt's tail (the first sample would otherwise wait for it).
+    llama_synchronize(ctx.handle());
     result_.prompt_ms = MsSince(prompt_start);
 
     SamplerPtr sampler = BuildSampler(params_.sampling, ctx.n_vocab(), prompt);

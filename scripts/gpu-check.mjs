@@ -49,6 +49,8 @@ if (command === 'prepare') {
   if (!existsSync(q4)) await synth(q4, { shape: 'huozi3.5', type: 'q4_0' });
   console.log(`synth q4_0: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   const t1 = Date.now();
+  // HUOZI_GPU_CONFIGS=0 (q4_0 rows only, see measure): no q2_k needed.
+  if (process.env.HUOZI_GPU_CONFIGS?.split(',').every((c) => c === '0')) process.exit(0);
   if (!existsSync(q2)) await quantize(q4, q2, { type: 'q2_k', allowRequantize: true });
   console.log(`quantize q2_k (from q4_0, requantized): ${((Date.now() - t1) / 1000).toFixed(0)} s`);
 } else if (command === 'measure') {

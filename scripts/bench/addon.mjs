@@ -15,16 +15,38 @@ const gen = Number(genArg);
 const gpuLayers = gpuLayersArg === undefined ? undefined : gpuLayersArg === 'max' ? 'max' : Number(gpuLayersArg);
 const flashAttention = faArg === undefined ? 'auto' : faArg === '1';
 const model = await loadModel(modelPath, gpuLayers === undefined ? {} : { gpuLayers });
-const random = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (model.vocabularySize - 3)));
+// llama-bench's prompts, token for token: BOS first (when the model adds one), then std::rand() % n_vocab, glibc's
+// rand() unseeded, a fresh batch per run (warm-up included). The draw matters for MoE models: which experts a
+// batch routes to, and how evenly, depends on its tokens, so both runtimes get the same batches.
+const rand = glibcRand();
+const promptBatch = (n) => Array.from({ length: n }, (_, i) =>
+  i === 0 && model.tokens.addBos && model.tokens.bos !== null ? model.tokens.bos : rand() % model.vocabularySize);
+
+/** glibc's rand() (the TYPE_3 additive feedback generator behind srand/rand), seeded as by srand(seed). */
+function glibcRand(seed = 1) {
+  const r = new Uint32Array(34);
+  r[0] = seed;
+  for (let i = 1; i < 31; i++) r[i] = Number((16807n * BigInt(r[i - 1])) % 2147483647n);
+  for (let i = 31; i < 34; i++) r[i] = r[i - 31];
+  let k = 0; // r[k] is the value 34 draws back; r[(k + 3) % 34] the one 31 back
+  const step = () => {
+    const v = (r[(k + 3) % 34] + r[(k + 31) % 34]) >>> 0;
+    r[k] = v;
+    k = (k + 1) % 34;
+    return v;
+  };
+  for (let i = 34; i < 344; i++) step();
+  return () => step() >>> 1;
+}
 
 const out = {};
 {
   const context = await model.createContext({ contextSize: prompt, batchSize: prompt, ubatchSize: Math.min(512, prompt), threads, flashAttention });
-  const tokens = random(prompt);
-  await context.evaluate(tokens, { logits: 'last' }); // warm-up, as llama-bench does
+  await context.evaluate(promptBatch(prompt), { logits: 'last' }); // warm-up, as llama-bench does
   let sum = 0;
   for (let r = 0; r < reps; r++) {
     await context.clear();
+    const tokens = promptBatch(prompt);
     const t0 = process.hrtime.bigint();
     await context.evaluate(tokens, { logits: 'last' });
     sum += prompt / (Number(process.hrtime.bigint() - t0) / 1e9);

@@ -80,6 +80,8 @@ if (command === 'prepare') {
       const runOurs = () =>
         ourRuns.push(JSON.parse(execFileSync(process.execPath, [join(root, 'scripts/bench/addon.mjs'), c.file, threads, '512', '128', String(c.ngl), '1', String(reps)], { encoding: 'utf8' })));
       if (round % 2 === 0) { await runNative(); runOurs(); } else { runOurs(); await runNative(); }
+      // Each round as it ends: a run cut short by the machine's time limit still leaves its figures.
+      console.log(JSON.stringify({ name: c.name, round, native: nativeRuns.at(-1), ours: ourRuns.at(-1) }));
     }
     const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
     const nativePp = med(nativeRuns.map((r) => r.pp));

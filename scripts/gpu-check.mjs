@@ -5,7 +5,7 @@
 //   node scripts/gpu-check.mjs prepare <dir>        synth Huozi-3.5-shaped q4_0, quantize it to q2_k
 //   node scripts/gpu-check.mjs measure <dir> <out.md>
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { devices, estimateMemory, loadModel, quantize, synth } from '../dist/index.js';
@@ -45,6 +45,7 @@ async function withPeak(cmd, args) {
 }
 
 if (command === 'prepare') {
+  mkdirSync(dir, { recursive: true });
   const t0 = Date.now();
   if (!existsSync(q4)) await synth(q4, { shape: 'huozi3.5', type: 'q4_0' });
   console.log(`synth q4_0: ${((Date.now() - t0) / 1000).toFixed(0)} s`);

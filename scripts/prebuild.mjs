@@ -103,9 +103,13 @@ if (existsSync(join(out, 'bin'))) {
 }
 const started = Date.now();
 console.log(`prebuild: backend=${gpu} cpu-variants=${values['cpu-variants']} jobs=${jobs}${cudaArch ? ` cuda-arch=${cudaArch}` : ''} in ${out}`);
-const r = spawnSync(process.execPath, cmakeArgs(values['configure-only'] ? 'configure' : 'compile'), { stdio: 'inherit', cwd: root, env });
-if (r.status !== 0) process.exit(r.status ?? 1);
+// Configure every time (a few seconds): cmake-js compile configures only a fresh folder, so a second build there
+// with another --cuda-arch or --cpu-variants kept the first one's cache and silently built the old options.
+const c = spawnSync(process.execPath, cmakeArgs('configure'), { stdio: 'inherit', cwd: root, env });
+if (c.status !== 0) process.exit(c.status ?? 1);
 if (values['configure-only']) process.exit(0);
+const r = spawnSync(process.execPath, cmakeArgs('build'), { stdio: 'inherit', cwd: root, env });
+if (r.status !== 0) process.exit(r.status ?? 1);
 if (values['native-tools']) {
   const t = spawnSync('cmake', ['--build', out, '--parallel', String(jobs), '--target', 'llama-quantize', 'llama-bench'], { stdio: 'inherit', env });
   if (t.status !== 0) process.exit(t.status ?? 1);

@@ -127,7 +127,8 @@ In each of ${rounds} rounds every runtime runs once, in a fresh process, in rota
 medians over the rounds; "vs native" is the median over rounds of the ratio to llama.cpp's own
 \`llama-bench\` *in the same round* (built from the same pinned tree with the same flags,
 \`scripts/native-tools.mjs\`), which cancels most of this machine's drift.
-pp: ${prompt} prompt tokens into an empty context in one batch; tg: ${gen} tokens decoded one at a time. Our tg
+pp: ${prompt} prompt tokens into an empty context in one batch, the very batches llama-bench draws (glibc's
+\`rand()\` reproduced, scripts/bench/prompt-tokens.mjs); tg: ${gen} tokens decoded one at a time. Our tg
 includes sampling and detokenizing every token and streaming the text to a JS \`for await\` loop;
 llama-bench's does neither.
 

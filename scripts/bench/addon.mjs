@@ -4,6 +4,7 @@
 //     `gen` decodes over the whole native loop (sampling and detokenizing included), as llama-bench counts
 //     its decodes.
 import { loadModel } from '../../dist/index.js';
+import { llamaBenchPrompts } from './prompt-tokens.mjs';
 
 const [modelPath, threadsArg, promptArg, genArg, gpuLayersArg, faArg, repsArg] = process.argv.slice(2);
 // Optional: repetitions averaged after the warm-up (llama-bench -r); default 1.
@@ -15,29 +16,8 @@ const gen = Number(genArg);
 const gpuLayers = gpuLayersArg === undefined ? undefined : gpuLayersArg === 'max' ? 'max' : Number(gpuLayersArg);
 const flashAttention = faArg === undefined ? 'auto' : faArg === '1';
 const model = await loadModel(modelPath, gpuLayers === undefined ? {} : { gpuLayers });
-// llama-bench's prompts, token for token: BOS first (when the model adds one), then std::rand() % n_vocab, glibc's
-// rand() unseeded, a fresh batch per run (warm-up included). The draw matters for MoE models: which experts a
-// batch routes to, and how evenly, depends on its tokens, so both runtimes get the same batches.
-const rand = glibcRand();
-const promptBatch = (n) => Array.from({ length: n }, (_, i) =>
-  i === 0 && model.tokens.addBos && model.tokens.bos !== null ? model.tokens.bos : rand() % model.vocabularySize);
-
-/** glibc's rand() (the TYPE_3 additive feedback generator behind srand/rand), seeded as by srand(seed). */
-function glibcRand(seed = 1) {
-  const r = new Uint32Array(34);
-  r[0] = seed;
-  for (let i = 1; i < 31; i++) r[i] = Number((16807n * BigInt(r[i - 1])) % 2147483647n);
-  for (let i = 31; i < 34; i++) r[i] = r[i - 31];
-  let k = 0; // r[k] is the value 34 draws back; r[(k + 3) % 34] the one 31 back
-  const step = () => {
-    const v = (r[(k + 3) % 34] + r[(k + 31) % 34]) >>> 0;
-    r[k] = v;
-    k = (k + 1) % 34;
-    return v;
-  };
-  for (let i = 34; i < 344; i++) step();
-  return () => step() >>> 1;
-}
+// llama-bench's own prompt batches (MoE routing depends on the tokens).
+const promptBatch = llamaBenchPrompts(model.vocabularySize, model.tokens.addBos ? model.tokens.bos : null);
 
 const out = {};
 {

@@ -1,6 +1,7 @@
 // One measurement of node-llama-cpp (the dev dependency, its own prebuilt CPU binary), in its own process:
 // prints {pp, tg} in tokens/s as JSON, measured like scripts/bench/addon.mjs.
 import { getLlama, LlamaLogLevel } from 'node-llama-cpp';
+import { llamaBenchPrompts } from './prompt-tokens.mjs';
 
 const [modelPath, threadsArg, promptArg, genArg] = process.argv.slice(2);
 const threads = Number(threadsArg);
@@ -8,17 +9,18 @@ const prompt = Number(promptArg);
 const gen = Number(genArg);
 const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, maxThreads: threads });
 const model = await llama.loadModel({ modelPath });
-// The same token ids as scripts/bench/addon.mjs (huozi-tiny's vocabulary has 2050).
-const vocabularySize = model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length ?? 2050;
-const random = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (vocabularySize - 3)));
+// llama-bench's own prompt batches, as scripts/bench/addon.mjs.
+const vocabularySize = model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length;
+if (!vocabularySize) throw new Error(`${modelPath}: no tokenizer.ggml.tokens in its metadata`);
+const promptBatch = llamaBenchPrompts(vocabularySize, model.tokens.shouldPrependBosToken ? model.tokens.bos : null);
 
 const out = {};
 {
   const context = await model.createContext({ contextSize: prompt, batchSize: prompt, threads: { ideal: threads, min: threads } });
   const sequence = context.getSequence();
-  const tokens = random(prompt);
-  await sequence.evaluateWithoutGeneratingNewTokens(tokens);
+  await sequence.evaluateWithoutGeneratingNewTokens(promptBatch(prompt));
   await sequence.clearHistory();
+  const tokens = promptBatch(prompt);
   const t0 = process.hrtime.bigint();
   await sequence.evaluateWithoutGeneratingNewTokens(tokens);
   out.pp = prompt / (Number(process.hrtime.bigint() - t0) / 1e9);

@@ -53,10 +53,13 @@ bool IsPlainGreedy(const SamplerParams &p) {
   return p.temperature <= 0.0f && !(penalties && p.repeat_last_n > 0);
 }
 
+namespace {
+
+// The index of the first largest of n values, in two passes that the compiler turns into SIMD: the maximum over
+// 8 independent lanes (a single running maximum is a serial dependency chain with a branch per element), then
+// the first index holding it. The first of equal maxima, as llama.cpp's greedy sampler; NaN is never chosen;
+// 0 when nothing compares.
 int32_t Argmax(const float *logits, int32_t n) {
-  // Two passes that the compiler turns into SIMD: the maximum over 8 independent lanes (a single running
-  // maximum is a serial dependency chain with a branch per element), then the first index holding it. Same
-  // answer as the plain loop: the first of equal maxima, NaN never chosen, 0 when nothing compares.
   constexpr int32_t kLanes = 8;
   float lanes[kLanes];
   for (float &l : lanes) l = -std::numeric_limits<float>::infinity();
@@ -72,6 +75,8 @@ int32_t Argmax(const float *logits, int32_t n) {
   }
   return 0;
 }
+
+}  // namespace
 
 llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab) {
   if (!plain_greedy) return llama_sampler_sample(chain, ctx, idx);

@@ -39,7 +39,5 @@ SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vect
 // directly; the token is the same (the first largest, as llama.cpp's greedy sampler).
 bool IsPlainGreedy(const SamplerParams &p);
 llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab);
-// The index of the first largest of n values (NaN never wins; 0 if none compares).
-int32_t Argmax(const float *logits, int32_t n);
 
 }  // namespace huozi

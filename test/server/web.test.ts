@@ -55,6 +55,21 @@ async function openPage(base = url): Promise<{ context: BrowserContext; page: Pa
   return { context, page, requests, failed };
 }
 
+/** Records every change of a text node in the thread, as the page makes it (read with textChanges). */
+async function watchTextChanges(page: Page): Promise<void> {
+  await page.evaluate(() => {
+    const w = window as unknown as { textChanges: string[] };
+    w.textChanges = [];
+    new MutationObserver((records) => {
+      for (const r of records) if (r.type === 'characterData') w.textChanges.push(r.target.textContent ?? '');
+    }).observe(document.getElementById('thread')!, { subtree: true, characterData: true });
+  });
+}
+
+function textChanges(page: Page): Promise<string[]> {
+  return page.evaluate(() => (window as unknown as { textChanges: string[] }).textChanges);
+}
+
 /** Waits until `n` assistant messages have finished (done, stopped, cut off or failed). */
 async function answered(page: Page, n: number): Promise<string[]> {
   await page.waitForFunction(
@@ -71,24 +86,16 @@ describe('web chat page', () => {
     await expect.poll(() => page.locator('#model').textContent()).toBe(server.servedModelName);
     await page.fill('#temperature', '0');
 
-    // Every change of the answer's text node, as the page makes it: more than one means it streamed.
-    await page.evaluate(() => {
-      const w = window as unknown as { textChanges: string[] };
-      w.textChanges = [];
-      new MutationObserver((records) => {
-        for (const r of records) if (r.type === 'characterData') w.textChanges.push(r.target.textContent ?? '');
-      }).observe(document.getElementById('thread')!, { subtree: true, characterData: true });
-    });
-
+    await watchTextChanges(page);
     await page.fill('#input', POEM);
     await page.press('#input', 'Enter');
     const [first] = await answered(page, 1);
     expect(first).toContain('春眠不觉晓');
-    const changes = await page.evaluate(() => (window as unknown as { textChanges: string[] }).textChanges);
-    expect(new Set(changes.filter((t) => t.length > 0)).size).toBeGreaterThan(1);
-    expect(changes.at(-1)).toBe(first);
+    // The page showed what the stream carried. (A poem can take less than one 16 ms delivery on a fast machine,
+    // so "in several pieces" is checked on a long answer, in the next test.)
+    expect((await textChanges(page)).at(-1)).toBe(first);
     const sse = await (await requests[0].response())!.text();
-    expect(sse.match(/"delta":\{"content":"[^"]/g)?.length ?? 0).toBeGreaterThan(1);
+    expect(sse.match(/"delta":\{"content":"[^"]/g)?.length ?? 0).toBeGreaterThan(0);
     expect(sse.trimEnd().endsWith('data: [DONE]')).toBe(true);
 
     await page.fill('#input', '作者是谁？');
@@ -112,6 +119,33 @@ describe('web chat page', () => {
       ? join(root, 'docs', 'web-chat.png')
       : join(mkdtempSync(join(tmpdir(), 'huozi-web-')), 'web-chat.png');
     await page.screenshot({ path: shot });
+    await context.close();
+  });
+
+  it('renders a long answer piece by piece while it streams', async () => {
+    const { context, page, requests } = await openPage();
+    await page.fill('#temperature', '2');
+    await page.fill('#max-tokens', '1500');
+    await watchTextChanges(page);
+    // At temperature 2 the tiny model rambles for up to 1500 tokens (hundreds of ms), but now and then it ends at
+    // once: then start over.
+    let answer = '';
+    for (let attempt = 0; attempt < 8 && answer.length < 300; attempt++) {
+      await page.click('#new-chat');
+      await expect.poll(() => page.locator('.turn').count()).toBe(0);
+      await page.evaluate(() => ((window as unknown as { textChanges: string[] }).textChanges = []));
+      await page.fill('#input', '1 2 3 4 5');
+      await page.press('#input', 'Enter');
+      [answer] = await answered(page, 1);
+    }
+    expect(answer.length).toBeGreaterThanOrEqual(300);
+    const changes = (await textChanges(page)).filter((t) => t.length > 0);
+    // Several distinct, growing texts: it was shown while it streamed, not all at the end.
+    expect(new Set(changes).size).toBeGreaterThan(3);
+    expect(changes.at(-1)).toBe(answer);
+    expect(answer.startsWith(changes[0])).toBe(true);
+    const sse = await (await requests.at(-1)!.response())!.text();
+    expect(sse.match(/"delta":\{"content":"[^"]/g)?.length ?? 0).toBeGreaterThan(3);
     await context.close();
   });
 

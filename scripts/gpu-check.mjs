@@ -22,6 +22,14 @@ const q2 = join(dir, 'huozi35-q2_k.gguf');
 // CUDA prebuild's, prebuild.mjs --native-tools, with HUOZI_BINDING pointing at that prebuild's addon).
 const bench = process.env.HUOZI_LLAMA_BENCH ?? join(root, '.build/cmake/bin/llama-bench');
 const MiB = 2 ** 20;
+// The measured rows; HUOZI_GPU_CONFIGS=0 or 1,2 keeps only those (to split a measurement over two device calls,
+// and so that prepare makes only the files they need).
+const only = process.env.HUOZI_GPU_CONFIGS?.split(',').map(Number);
+const configs = [
+  { name: 'q4_0, all layers', file: q4, ngl: 99, huozi: '28 GB' },
+  { name: 'q2_k, all layers', file: q2, ngl: 99, huozi: '18 GB' },
+  { name: 'q2_k, 16 layers', file: q2, ngl: 16, huozi: '9.6 GB' },
+].filter((_, index) => !only || only.includes(index));
 
 function vramUsedMiB() {
   return execFileSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits'], { encoding: 'utf8' })
@@ -50,22 +58,13 @@ if (command === 'prepare') {
   if (!existsSync(q4)) await synth(q4, { shape: 'huozi3.5', type: 'q4_0' });
   console.log(`synth q4_0: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   const t1 = Date.now();
-  // HUOZI_GPU_CONFIGS=0 (q4_0 rows only, see measure): no q2_k needed.
-  if (process.env.HUOZI_GPU_CONFIGS?.split(',').every((c) => c === '0')) process.exit(0);
+  if (!configs.some((c) => c.file === q2)) process.exit(0);
   if (!existsSync(q2)) await quantize(q4, q2, { type: 'q2_k', allowRequantize: true });
   console.log(`quantize q2_k (from q4_0, requantized): ${((Date.now() - t1) / 1000).toFixed(0)} s`);
 } else if (command === 'measure') {
   console.log(JSON.stringify(devices()));
-  const configs = [
-    { name: 'q4_0, all layers', file: q4, ngl: 99, huozi: '28 GB' },
-    { name: 'q2_k, all layers', file: q2, ngl: 99, huozi: '18 GB' },
-    { name: 'q2_k, 16 layers', file: q2, ngl: 16, huozi: '9.6 GB' },
-  ];
-  // HUOZI_GPU_CONFIGS=0 or 1,2: only those rows (to split a measurement over two device calls).
-  const only = process.env.HUOZI_GPU_CONFIGS?.split(',').map(Number);
   const rows = [];
-  for (const [index, c] of configs.entries()) {
-    if (only && !only.includes(index)) continue;
+  for (const c of configs) {
     // Speed: rounds alternating native and ours, each a fresh process doing a warm-up and `reps` repetitions
     // averaged (llama-bench -r); the figure is the median over rounds. The first native run also gives VRAM.
     const nativeRuns = [];

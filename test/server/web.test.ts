@@ -55,10 +55,15 @@ async function openPage(base = url): Promise<{ context: BrowserContext; page: Pa
   return { context, page, requests, failed };
 }
 
-/** Records every change of a text node in the thread, as the page makes it (read with textChanges). */
+/** Records every change of a text node in the thread, as the page makes it (read with textChanges; watching
+ * again starts a new record). */
 async function watchTextChanges(page: Page): Promise<void> {
   await page.evaluate(() => {
     const w = window as unknown as { textChanges: string[] };
+    if (w.textChanges) {
+      w.textChanges = [];
+      return;
+    }
     w.textChanges = [];
     new MutationObserver((records) => {
       for (const r of records) if (r.type === 'characterData') w.textChanges.push(r.target.textContent ?? '');
@@ -126,14 +131,13 @@ describe('web chat page', () => {
     const { context, page, requests } = await openPage();
     await page.fill('#temperature', '2');
     await page.fill('#max-tokens', '1500');
-    await watchTextChanges(page);
     // At temperature 2 the tiny model rambles for up to 1500 tokens (hundreds of ms), but now and then it ends at
     // once: then start over.
     let answer = '';
     for (let attempt = 0; attempt < 8 && answer.length < 300; attempt++) {
       await page.click('#new-chat');
       await expect.poll(() => page.locator('.turn').count()).toBe(0);
-      await page.evaluate(() => ((window as unknown as { textChanges: string[] }).textChanges = []));
+      await watchTextChanges(page);
       await page.fill('#input', '1 2 3 4 5');
       await page.press('#input', 'Enter');
       [answer] = await answered(page, 1);

@@ -8,7 +8,8 @@
 //
 // Options: --gpu cpu|cuda|metal (env HUOZI_GPU), --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES),
 // --jobs N (env HUOZI_BUILD_JOBS, default: all cores), --portable (no -march=native: for prebuilt binaries),
-// --native-tools (llama-bench and llama-quantize from the same libraries, into .build/cmake/bin), --debug.
+// --native-tools (llama-bench, llama-quantize, llama-imatrix and llama-perplexity from the same libraries, into
+// .build/cmake/bin), --debug.
 // The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
@@ -91,8 +92,10 @@ copyFileSync(built, `${dest}.tmp`);
 renameSync(`${dest}.tmp`, dest);
 console.log(`built ${dest}`);
 if (values['native-tools']) {
-  // llama-bench and llama-quantize from the same compiled libraries (.build/cmake/bin).
-  const t = spawnSync('cmake', ['--build', out, '--config', config, '--parallel', String(jobs), '--target', 'llama-bench', 'llama-quantize'], { stdio: 'inherit', cwd: root });
+  // llama.cpp's tools that the tests and benchmarks compare with, from the same compiled libraries
+  // (.build/cmake/bin; scripts/native-tools.mjs finds them there).
+  const tools = ['llama-bench', 'llama-quantize', 'llama-imatrix', 'llama-perplexity'];
+  const t = spawnSync('cmake', ['--build', out, '--config', config, '--parallel', String(jobs), '--target', ...tools], { stdio: 'inherit', cwd: root });
   if (t.status !== 0) process.exit(t.status ?? 1);
-  console.log(`built ${join(out, 'bin')}/llama-bench and llama-quantize`);
+  console.log(`built ${tools.join(', ')} in ${join(out, 'bin')}`);
 }

@@ -1,30 +1,203 @@
 #!/usr/bin/env node
-// Builds llama.cpp's own command-line tools (llama-bench, llama-quantize, ...) from vendor/llama.cpp into
-// build/native, with the same compiler flags as the addon (static, position-independent, native CPU), so
-// that benchmarks compare like with like. Used by scripts/bench.mjs and the tests that compare with native.
+// llama.cpp's own command-line tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench, ...) from the
+// same compiled libraries as the addon under test, so that a test or a benchmark that compares with native
+// llama.cpp compares like with like.
 //
-//   node scripts/native-tools.mjs [tool ...]      default: llama-bench llama-quantize
+// Which tree: the one the addon that lib/binding.ts would load was built in, recognised by its GNU build-id
+// (the prebuild's copies are stripped, which keeps the build-id):
+//   build/Release/huozi_gguf.node              .build/cmake       (scripts/build.mjs [--native-tools])
+//   prebuilds/linux-x64/node.napi.glibc.node   .build/prebuild-cpu (scripts/prebuild.mjs [--native-tools])
+//   packages/linux-x64-cuda/bin/huozi_gguf.node .build/prebuild-cuda
+//   HUOZI_BINDING=<path>                       whichever of those trees built that file
+// HUOZI_NATIVE_TOOLS_DIR=<dir> overrides all of it (the tools are then taken from <dir> as they are, and built
+// there only if <dir>/.. is a CMake tree). A tool missing from the tree is built there with
+// `cmake --build <tree> --target <tool>` (under the tree's lock, <tree>.lock, which build.mjs also takes).
+//
+// Fallback: when no tree built the loaded addon (an addon from npm, or one node-gyp built), or that tree was
+// configured without llama.cpp's tools (no --native-tools) or lacks the target (llama-server: LLAMA_BUILD_SERVER
+// is off in CMakeLists.txt), the tool is built in a separate tree, .build/native, with the same kind of flags
+// (static, -march=native). Its libraries are then NOT the addon's; nativeToolsInfo() says so (sameLibraries).
+//
+//   node scripts/native-tools.mjs [tool ...]      default: llama-bench llama-quantize; prints where they are
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+/** The separate fallback tree. */
 export const nativeDir = join(root, '.build', 'native');
+
+/** The trees our build scripts make, with the addon each one links (relative to the tree). */
+const TREES = [
+  { tree: join(root, '.build', 'cmake'), addons: ['Release/huozi_gguf.node', 'Debug/huozi_gguf.node'], made: 'scripts/build.mjs --native-tools' },
+  { tree: join(root, '.build', 'prebuild-cpu'), addons: ['Release/huozi_gguf.node'], made: 'scripts/prebuild.mjs --native-tools' },
+  { tree: join(root, '.build', 'prebuild-cuda'), addons: ['Release/huozi_gguf.node'], made: 'scripts/prebuild.mjs --gpu cuda --native-tools' },
+];
 
 function sh(cmd, args) {
   const r = spawnSync(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: root });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed with status ${r.status}`);
 }
 
-export function nativeTool(name) {
-  return join(nativeDir, 'bin', name);
+/** The GNU build-id of an ELF file (hex), or undefined. Read from the note itself: no readelf needed. */
+const ids = new Map();
+export function buildId(path) {
+  let data;
+  let key;
+  try {
+    key = `${realpathSync(path)}:${statSync(path).mtimeMs}`;
+    if (ids.has(key)) return ids.get(key);
+    data = readFileSync(path);
+  } catch {
+    return undefined;
+  }
+  ids.set(key, findBuildId(data));
+  return ids.get(key);
 }
 
-export function buildNativeTools(tools = ['llama-bench', 'llama-quantize'], { gpu = process.env.HUOZI_GPU ?? 'cpu' } = {}) {
-  const missing = tools.filter((t) => !existsSync(nativeTool(t)));
-  if (missing.length === 0) return;
+function findBuildId(data) {
+  // Elf_Nhdr { namesz = 4, descsz = 20, type = NT_GNU_BUILD_ID (3) } "GNU\0" desc[20], little-endian.
+  const header = Buffer.from([4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, 0x47, 0x4e, 0x55, 0]);
+  const at = data.indexOf(header);
+  return at < 0 ? undefined : data.subarray(at + 16, at + 36).toString('hex');
+}
+
+/**
+ * The addon lib/binding.ts would load, found without loading it: HUOZI_BINDING, else build/Release, else
+ * prebuilds/<platform>-<arch>/ (the CUDA package is left out: pass its path explicitly).
+ */
+export function expectedAddon() {
+  if (process.env.HUOZI_BINDING) return process.env.HUOZI_BINDING;
+  const source = join(root, 'build', 'Release', 'huozi_gguf.node');
+  if (existsSync(source)) return source;
+  const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  try {
+    const f = readdirSync(dir).find((x) => x.endsWith('.node') && !x.includes('.musl.'));
+    if (f) return join(dir, f);
+  } catch {
+    // no prebuilds
+  }
+  return undefined;
+}
+
+const isTree = (dir) => existsSync(join(dir, 'CMakeCache.txt'));
+
+/**
+ * Where the native tools come from for `addon` (default: expectedAddon()). Returns `{ bin, tree, sameLibraries,
+ * why }`: `tree` is the CMake tree to build missing tools in (null: take bin as it is), `sameLibraries` whether
+ * they link the same compiled llama.cpp as the addon, `why` one line saying how this was decided.
+ */
+export function nativeToolsInfo(addon = expectedAddon()) {
+  const override = process.env.HUOZI_NATIVE_TOOLS_DIR;
+  if (override) {
+    const bin = resolve(override);
+    return {
+      bin, tree: isTree(dirname(bin)) ? dirname(bin) : null, sameLibraries: true,
+      why: `HUOZI_NATIVE_TOOLS_DIR=${override} (trusted to match the addon)`,
+    };
+  }
+  const fallback = (why) => ({ bin: join(nativeDir, 'bin'), tree: nativeDir, sameLibraries: false, why });
+  if (!addon || !existsSync(addon)) return fallback('no addon found to match: using the separate tree .build/native');
+  const id = buildId(addon);
+  const real = realpathSync(addon);
+  for (const t of TREES) {
+    for (const a of t.addons) {
+      const built = join(t.tree, a);
+      if (!existsSync(built)) continue;
+      if (realpathSync(built) === real || (id !== undefined && buildId(built) === id)) {
+        if (!isTree(t.tree)) continue;
+        const why = `${addon} was built in ${t.tree} (build-id ${id})`;
+        // The tree may have rebuilt its libraries since it linked the addon (a changed CMakeLists.txt, say).
+        const newer = librariesIn(t.tree).filter((lib) => statSync(lib).mtimeMs > statSync(built).mtimeMs);
+        if (newer.length > 0) {
+          return {
+            bin: join(t.tree, 'bin'), tree: t.tree, sameLibraries: false,
+            why: `${why}, but its libraries changed since (${newer.map((f) => f.slice(t.tree.length + 1)).join(', ')}): rebuild the addon (${t.made})`,
+          };
+        }
+        return { bin: join(t.tree, 'bin'), tree: t.tree, sameLibraries: true, why };
+      }
+    }
+  }
+  return fallback(`no build tree here built ${addon} (build-id ${id}): using the separate tree .build/native, other libraries than the addon's`);
+}
+
+/** llama.cpp's libraries in a tree: static archives (the source build) or shared objects (the prebuild). */
+function librariesIn(tree) {
+  const found = [];
+  const walk = (dir, depth) => {
+    let entries;
+    try { entries = readdirSync(dir, { withFileTypes: true }); } catch { return; }
+    for (const e of entries) {
+      const p = join(dir, e.name);
+      if (e.isDirectory() && depth < 4 && e.name !== 'CMakeFiles') walk(p, depth + 1);
+      else if (e.isFile() && /^lib(llama|ggml)[\w.-]*\.(a|so(\.\d+)*)$/.test(e.name)) found.push(p);
+    }
+  };
+  walk(join(tree, 'llama.cpp'), 0);
+  walk(join(tree, 'bin'), 0);
+  return found;
+}
+
+/**
+ * Whether a tool was linked after every library of its tree (else it may hold older code than the libraries,
+ * and than an addon linked from them).
+ */
+export function toolIsCurrent(tool, tree) {
+  if (!existsSync(tool)) return false;
+  const t = statSync(tool).mtimeMs;
+  return librariesIn(tree).every((lib) => statSync(lib).mtimeMs <= t);
+}
+
+/** Whether `tree` can build `target` (llama.cpp's tools are only there when configured with HUOZI_NATIVE_TOOLS). */
+function hasTarget(tree, target) {
+  const r = spawnSync('cmake', ['--build', tree, '--target', 'help'], { encoding: 'utf8', cwd: root });
+  if (r.status !== 0) return false;
+  return new RegExp(`(^|\\s|\\.\\.\\. )${target.replace(/[-.]/g, '\\$&')}(:|\\s|$)`, 'm').test(r.stdout);
+}
+
+/** One build at a time in a tree (build.mjs takes the same lock for .build/cmake). */
+function withTreeLock(tree, fn) {
+  const lock = `${tree}.lock`;
+  for (let waited = 0; ; waited++) {
+    try {
+      mkdirSync(lock);
+      writeFileSync(join(lock, 'pid'), String(process.pid));
+      break;
+    } catch (error) {
+      if (error.code !== 'EEXIST') throw error;
+      let holder = NaN;
+      try { holder = Number(readFileSync(join(lock, 'pid'), 'utf8')); } catch {}
+      let alive = false;
+      try { if (holder > 0) { process.kill(holder, 0); alive = true; } } catch {}
+      if (!alive && waited > 2) { rmSync(lock, { recursive: true, force: true }); continue; }
+      if (waited === 0) console.error(`native-tools: waiting for another build of ${tree} (pid ${holder})`);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
+    }
+  }
+  try {
+    return fn();
+  } finally {
+    rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+// Where each tool was put by buildNativeTools in this process (the fallback tree for a target the addon's
+// tree lacks).
+const placed = new Map();
+
+/** The path of a native tool: in the addon's tree, or where buildNativeTools had to put it. */
+export function nativeTool(name) {
+  if (placed.has(name)) return placed.get(name);
+  const info = nativeToolsInfo();
+  const own = join(info.bin, name);
+  if (!existsSync(own) && existsSync(join(nativeDir, 'bin', name))) return join(nativeDir, 'bin', name);
+  return own;
+}
+
+function buildInFallback(tools, gpu) {
   const defs = [
     '-DCMAKE_BUILD_TYPE=Release', '-DBUILD_SHARED_LIBS=OFF', '-DCMAKE_POSITION_INDEPENDENT_CODE=ON',
     '-DLLAMA_BUILD_TOOLS=ON', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_SERVER=ON',
@@ -32,13 +205,49 @@ export function buildNativeTools(tools = ['llama-bench', 'llama-quantize'], { gp
   ];
   if (gpu === 'cuda') defs.push('-DGGML_CUDA=ON');
   if (process.env.HUOZI_CUDA_ARCHITECTURES) defs.push(`-DCMAKE_CUDA_ARCHITECTURES=${process.env.HUOZI_CUDA_ARCHITECTURES}`);
-  if (!existsSync(join(nativeDir, 'CMakeCache.txt'))) {
-    sh('cmake', ['-S', join(root, 'vendor', 'llama.cpp'), '-B', nativeDir, ...defs]);
+  withTreeLock(nativeDir, () => {
+    if (!isTree(nativeDir)) sh('cmake', ['-S', join(root, 'vendor', 'llama.cpp'), '-B', nativeDir, ...defs]);
+    sh('cmake', ['--build', nativeDir, '--parallel', String(availableParallelism()), '--target', ...tools]);
+  });
+  for (const t of tools) placed.set(t, join(nativeDir, 'bin', t));
+}
+
+/**
+ * Makes sure `tools` exist for the addon under test (see the top of this file) and returns nativeToolsInfo()
+ * with `fallback`: the tools that had to come from .build/native instead.
+ */
+export function buildNativeTools(tools = ['llama-bench', 'llama-quantize'], { gpu = process.env.HUOZI_GPU ?? 'cpu' } = {}) {
+  const info = nativeToolsInfo();
+  // Missing, or linked before the tree's libraries last changed (then it may not hold the addon's code).
+  const missing = tools.filter((t) => !existsSync(join(info.bin, t)) || (info.tree && !toolIsCurrent(join(info.bin, t), info.tree)));
+  for (const t of tools) if (!missing.includes(t)) placed.set(t, join(info.bin, t));
+  const fallback = [];
+  if (missing.length > 0 && info.tree && info.tree !== nativeDir) {
+    const buildable = missing.filter((t) => hasTarget(info.tree, t));
+    if (buildable.length > 0) {
+      withTreeLock(info.tree, () => sh('cmake', ['--build', info.tree, '--parallel', String(availableParallelism()), '--target', ...buildable]));
+      for (const t of buildable) placed.set(t, join(info.bin, t));
+    }
+    fallback.push(...missing.filter((t) => !buildable.includes(t)));
+  } else if (missing.length > 0 && info.tree === nativeDir) {
+    fallback.push(...missing);
+  } else if (missing.length > 0) {
+    throw new Error(`native tools ${missing.join(', ')} are not in ${info.bin} (${info.why}), which is not a CMake tree to build them in`);
   }
-  sh('cmake', ['--build', nativeDir, '--parallel', String(availableParallelism()), '--target', ...tools]);
+  if (!info.sameLibraries) console.error(`native-tools: ${info.why}`);
+  if (fallback.length > 0) {
+    if (info.sameLibraries) {
+      console.error(`native-tools: ${info.tree} has no target ${fallback.join(', ')} (configured without llama.cpp's tools?); ` +
+        'building them in .build/native, with other libraries than the addon\'s');
+    }
+    buildInFallback(fallback, gpu);
+  }
+  return { ...info, fallback };
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const tools = process.argv.slice(2);
-  buildNativeTools(tools.length ? tools : undefined);
+  const info = buildNativeTools(tools.length ? tools : undefined);
+  console.log(info.why);
+  for (const t of tools.length ? tools : ['llama-bench', 'llama-quantize']) console.log(nativeTool(t));
 }

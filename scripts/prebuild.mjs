@@ -7,8 +7,9 @@
 // (The npm script is "prebuilds", not "prebuild": npm would run a "prebuild" script before every `npm run build`.)
 //
 // Options: --gpu cpu|cuda, --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES), --jobs N (env HUOZI_BUILD_JOBS,
-// default: all cores), --cpu-variants all|baseline (default all), --native-tools (also llama-quantize and
-// llama-bench from the same libraries, into .build/prebuild-<gpu>/bin), --configure-only, --check (only check
+// default: all cores), --cpu-variants all|baseline (default all), --native-tools (also llama-quantize,
+// llama-bench, llama-imatrix and llama-perplexity from the same libraries, into .build/prebuild-<gpu>/bin),
+// --configure-only, --check (only check
 // that prebuilds/linux-x64 is complete and loadable elsewhere: npm's prepack).
 //
 // Unlike `npm run build` (one static addon, -march=native, for this machine only), this builds with
@@ -111,7 +112,8 @@ if (values['configure-only']) process.exit(0);
 const r = spawnSync(process.execPath, cmakeArgs('build'), { stdio: 'inherit', cwd: root, env });
 if (r.status !== 0) process.exit(r.status ?? 1);
 if (values['native-tools']) {
-  const t = spawnSync('cmake', ['--build', out, '--parallel', String(jobs), '--target', 'llama-quantize', 'llama-bench'], { stdio: 'inherit', env });
+  // The tools the tests and benchmarks compare with (scripts/native-tools.mjs finds them in .build/prebuild-<gpu>/bin).
+  const t = spawnSync('cmake', ['--build', out, '--parallel', String(jobs), '--target', 'llama-quantize', 'llama-bench', 'llama-imatrix', 'llama-perplexity'], { stdio: 'inherit', env });
   if (t.status !== 0) process.exit(t.status ?? 1);
 }
 

@@ -19,6 +19,11 @@ export interface NativeSystemInfo {
   maxDevices: number;
   /** Prebuilt binaries (HUOZI_BACKEND_DL): the folder ggml loaded its backends from. */
   backendsDir?: string;
+  /**
+   * Prebuilt binaries: the CPU backend in use (`libggml-cpu-<level>.so`), the kernel set ggml picked for this CPU
+   * or the one `HUOZI_CPU_VARIANT=<level>` asked for.
+   */
+  cpuBackend?: string;
   /** Prebuilt binaries: why the CUDA backend next to the addon did not load, if it did not. */
   backendError?: string;
   /** Which addon file answered (added by the loader, lib/binding.ts). */

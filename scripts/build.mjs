@@ -8,6 +8,7 @@
 //
 // Options: --gpu cpu|cuda|metal (env HUOZI_GPU), --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES),
 // --jobs N (env HUOZI_BUILD_JOBS, default: all cores), --portable (no -march=native: for prebuilt binaries),
+// --fp16-arith (let ggml sum f16 products in half precision on AVX512-FP16 CPUs: lossy, off by default),
 // --native-tools (llama-bench, llama-quantize, llama-imatrix and llama-perplexity from the same libraries, into
 // .build/cmake/bin), --debug.
 // The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
@@ -27,6 +28,7 @@ const { values } = parseArgs({
     jobs: { type: 'string' },
     portable: { type: 'boolean', default: false },
     'native-tools': { type: 'boolean', default: false },
+    'fp16-arith': { type: 'boolean', default: false },
     debug: { type: 'boolean', default: false },
   },
 });
@@ -50,6 +52,8 @@ const config = values.debug ? 'Debug' : 'Release';
 const defines = { HUOZI_GPU: gpu, CMAKE_BUILD_TYPE: config };
 if (values.portable) defines.GGML_NATIVE = 'OFF';
 if (values['native-tools']) defines.HUOZI_NATIVE_TOOLS = 'ON';
+// Passed every time, ON or OFF, so that a cached ON from an earlier build does not stick (see CMakeLists.txt).
+defines.HUOZI_FP16_ARITH = values['fp16-arith'] ? 'ON' : 'OFF';
 const cudaArch = values['cuda-arch'] ?? process.env.HUOZI_CUDA_ARCHITECTURES ?? process.env.CMAKE_CUDA_ARCHITECTURES;
 if (gpu === 'cuda' && cudaArch) defines.CMAKE_CUDA_ARCHITECTURES = cudaArch;
 

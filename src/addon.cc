@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <string>
 #endif
 
@@ -41,6 +42,23 @@ void LoadBackends() {
   backends_dir = self.dli_fname;
   backends_dir.erase(backends_dir.find_last_of('/'));
   ggml_backend_load_all_from_path(backends_dir.c_str());
+  // HUOZI_CPU_VARIANT=<level> (libggml-cpu-<level>.so in this folder: x64, haswell, skylakex, icelake, zen4, ...)
+  // replaces the CPU backend ggml picked, to run another kernel set on this machine: CI runs the numeric tests
+  // on the AVX2 baseline as well as on the best variant. A level this CPU lacks is refused by its own score
+  // function (no SIGILL): then no CPU backend loads and the error says why.
+  const char *variant = getenv("HUOZI_CPU_VARIANT");
+  if (variant != nullptr && *variant != '\0') {
+    const std::string name = variant;
+    const std::string path = backends_dir + "/libggml-cpu-" + name + ".so";
+    if (name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_.") != std::string::npos || access(path.c_str(), R_OK) != 0) {
+      backend_error = "HUOZI_CPU_VARIANT=" + name + ": no " + path;
+    } else {
+      if (ggml_backend_reg_t best = ggml_backend_reg_by_name("CPU")) ggml_backend_unload(best);
+      if (ggml_backend_load(path.c_str()) == nullptr) {
+        backend_error = "HUOZI_CPU_VARIANT=" + name + ": " + path + " did not load (this CPU lacks its instructions?)";
+      }
+    }
+  }
   // ggml skips a backend that does not load without saying why; for CUDA the reason matters to the user
   // (no driver, libcudart/libcublas missing), so ask dlopen once.
   const std::string cuda = backends_dir + "/libggml-cuda.so";
@@ -71,6 +89,16 @@ void LoadBackends() {
   }
 }
 
+// The file of the CPU backend in use (libggml-cpu-<level>.so): which kernel set ggml picked for this CPU.
+std::string CpuBackendFile() {
+  ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
+  void *fn = reg != nullptr ? ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features") : nullptr;
+  Dl_info where{};
+  if (fn == nullptr || dladdr(fn, &where) == 0 || where.dli_fname == nullptr) return "";
+  std::string file = where.dli_fname;
+  return file.substr(file.find_last_of('/') + 1);
+}
+
 const char *Backend() {
   ggml_backend_reg_t reg = ggml_backend_reg_by_name("CUDA");
   return reg != nullptr && ggml_backend_reg_dev_count(reg) > 0 ? "cuda" : "cpu";
@@ -85,6 +113,7 @@ Napi::Value SystemInfo(const Napi::CallbackInfo &info) {
   out.Set("backend", Backend());
 #ifdef HUOZI_BACKEND_DL
   out.Set("backendsDir", backends_dir);
+  out.Set("cpuBackend", CpuBackendFile());
   if (!backend_error.empty()) out.Set("backendError", backend_error);
 #endif
   out.Set("llamaCpp", llama_print_system_info());

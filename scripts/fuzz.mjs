@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // npm run fuzz: seeded mutations of the demo model, each loaded in a worker process through the public API.
-// A case that kills the worker (a signal: llama.cpp's abort()) or makes it hang is a failure. Prints and
-// optionally writes the tally: rejected by us / rejected by llama.cpp / loaded.
+// Every case must end in one of three clean outcomes: rejected by us (GgufError from our reader/validator),
+// rejected by llama.cpp (ModelLoadError: its loader refused the file), or loaded and generated. Anything else is
+// a failure: a worker killed (a signal: llama.cpp's abort()) or hanging, and an unexpected error (a TypeError
+// of our own, any other error class, or an error while creating a context or generating from a model that
+// loaded). Prints and optionally writes the tally.
 //
 //   node scripts/fuzz.mjs [--cases 20000] [--seed 1] [--timeout 20000] [--base models/huozi-tiny-q4_0.gguf]
 //                         [--out docs/robustness.md] [--keep-failures dir]
@@ -64,7 +67,8 @@ class Worker {
   }
 }
 
-const tally = { 'rejected-by-us': 0, 'rejected-by-llama': 0, loaded: 0, signal: 0, timeout: 0, exit: 0 };
+const CLEAN = ['rejected-by-us', 'rejected-by-llama', 'loaded'];
+const tally = { 'rejected-by-us': 0, 'rejected-by-llama': 0, loaded: 0, unexpected: 0, signal: 0, timeout: 0, exit: 0 };
 const failures = [];
 const reasons = new Map();
 let worker = new Worker();
@@ -77,17 +81,18 @@ for (let i = 0; i < cases; i++) {
   writeFileSync(path, buf);
   const outcome = await worker.run(path);
   tally[outcome.result] = (tally[outcome.result] ?? 0) + 1;
-  if (outcome.result === 'rejected-by-us' || outcome.result === 'rejected-by-llama') {
+  if (outcome.result !== 'loaded') {
     const reason = `${outcome.result}: ${String(outcome.message).replace(/\d+/g, 'N').replace(/"[^"]*"/g, '"…"').slice(0, 90)}`;
     reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
   }
-  if (['signal', 'timeout', 'exit'].includes(outcome.result)) {
+  if (!CLEAN.includes(outcome.result)) {
     failures.push({ case: i, seed, kinds, ...outcome });
     if (values['keep-failures']) {
       mkdirSync(values['keep-failures'], { recursive: true });
       copyFileSync(path, join(values['keep-failures'], `case-${i}-seed-${seed}.gguf`));
     }
-    worker = new Worker();
+    // A worker that reported an unexpected error is still alive; one that died or hung is replaced.
+    if (outcome.result !== 'unexpected') worker = new Worker();
   }
   if ((i + 1) % 1000 === 0 && !values.json) {
     process.stderr.write(`${i + 1}/${cases} cases, ${((Date.now() - started) / 1000).toFixed(0)} s: ${JSON.stringify(tally)}\n`);
@@ -123,14 +128,18 @@ with 1-3 mutations (byte flips, mostly in the header; rewrites of metadata and t
 values; splices; truncations and cuts). Odd cases make one meaningful change to a well-formed file (a metadata
 value or its type, a token, a removed or added key, a tensor's type or shape, a removed tensor),
 loaded through the public API in a worker process: \`loadModel\` (our TypeScript reader and validator, then
-llama.cpp), then a 64-token context, tokenization and two generated tokens. A worker killed by a signal
-(llama.cpp's \`abort()\`) or hanging past ${timeoutMs / 1000} s is a failure.
+llama.cpp), then a 64-token context, tokenization and two generated tokens. Only three outcomes are clean: a
+\`GgufError\` from our reader and validator, llama.cpp's loader refusing the file (\`ModelLoadError\`), or a model
+that loads and generates. Anything else is a failure: a worker killed by a signal (llama.cpp's \`abort()\`) or
+hanging past ${timeoutMs / 1000} s, and any other error (a bug of our own such as a \`TypeError\`, another error
+class, or an error creating a context or generating from a model that loaded).
 
 | outcome | cases |
 | --- | ---: |
 | rejected by huozi-gguf (GgufError before llama.cpp saw the file) | ${tally['rejected-by-us']} |
-| rejected by llama.cpp (a clean error: ModelLoadError and the like) | ${tally['rejected-by-llama']} |
+| rejected by llama.cpp's loader (ModelLoadError) | ${tally['rejected-by-llama']} |
 | loaded and generated | ${tally.loaded} |
+| **any other error** | **${tally.unexpected}** |
 | **killed by a signal** | **${tally.signal}** |
 | **timed out / hung** | **${tally.timeout}** |
 | exited otherwise | ${tally.exit} |

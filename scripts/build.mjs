@@ -62,8 +62,12 @@ if (gpu === 'cuda' && cudaArch) defines.CMAKE_CUDA_ARCHITECTURES = cudaArch;
 const out = join(root, '.build', 'cmake');
 const require = createRequire(import.meta.url);
 const cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');
-const args = [cmakeJs, 'compile', '--out', out, '--config', config, '--parallel', String(jobs), '--log-level', 'warn'];
-for (const [k, v] of Object.entries(defines)) args.push(`--CD${k}=${v}`);
+const cmakeArgs = (command) => {
+  const args = [cmakeJs, command, '--out', out, '--config', config, '--log-level', 'warn'];
+  if (command !== 'configure') args.push('--parallel', String(jobs));
+  for (const [k, v] of Object.entries(defines)) args.push(`--CD${k}=${v}`);
+  return args;
+};
 console.log(`building huozi-gguf: backend=${gpu} config=${config} jobs=${jobs}${values.portable ? ' portable' : ''}`);
 // One build at a time in this tree: two ninja runs in one build directory corrupt each other's outputs.
 const lock = join(root, '.build', 'cmake.lock');
@@ -85,8 +89,13 @@ for (let waited = 0; ; waited++) {
   }
 }
 process.on('exit', () => rmSync(lock, { recursive: true, force: true }));
-const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root, env: { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: String(jobs) } });
-if (r.status !== 0) process.exit(r.status ?? 1);
+// Configure every time (a few seconds): `cmake-js compile` configures only a fresh folder, so a second build with
+// other options (--fp16-arith, --gpu) silently rebuilt nothing with the first one's cache (as prebuild.mjs found).
+const env = { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: String(jobs) };
+for (const command of ['configure', 'build']) {
+  const r = spawnSync(process.execPath, cmakeArgs(command), { stdio: 'inherit', cwd: root, env });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
 const built = join(out, config, 'huozi_gguf.node');
 const dest = join(root, 'build', 'Release', 'huozi_gguf.node');
 mkdirSync(dirname(dest), { recursive: true });

@@ -113,6 +113,7 @@ Context::Context(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Context>(inf
   ctx_ = info[0].As<Napi::External<llama_context>>().Data();
   n_ctx_ = llama_n_ctx(ctx_);
   n_batch_ = llama_n_batch(ctx_);
+  n_ubatch_ = llama_n_ubatch(ctx_);
   llama_set_abort_callback(ctx_, &Context::AbortCallback, this);
   executor_ = ExecutorPool::Acquire();
 }
@@ -155,15 +156,31 @@ void Context::CheckIdle(Napi::Env env) {
 bool Context::Truncate(size_t keep) {
   if (keep >= tokens_.size()) return true;
   llama_memory_t mem = llama_get_memory(ctx_);
-  if (!llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(keep), -1)) {
-    llama_memory_clear(mem, true);
-    tokens_.clear();
-    has_logits_ = false;
-    return keep == 0;
-  }
-  tokens_.resize(keep);
+  const bool cut = llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(keep), -1);
+  if (!cut) llama_memory_clear(mem, true);
+  tokens_.resize(cut ? keep : 0);
   has_logits_ = false;
-  return true;
+  Forget();
+  return cut || keep == 0;
+}
+
+void Context::Forget() {
+  canonical_ = std::min(canonical_, tokens_.size() / n_ubatch_ * n_ubatch_);
+  if (prompt_logits_at_ > tokens_.size()) prompt_logits_.clear();
+}
+
+void Context::KeepPromptLogits(bool exact) {
+  const float *row = llama_get_logits_ith(ctx_, -1);
+  prompt_logits_.assign(row, row + n_vocab_);
+  prompt_logits_at_ = tokens_.size();
+  prompt_logits_exact_ = exact;
+}
+
+const std::vector<float> *Context::PromptLogits(const std::vector<llama_token> &prompt, bool need_exact) const {
+  if (prompt_logits_.empty() || prompt_logits_at_ != prompt.size() || tokens_.size() < prompt.size()) return nullptr;
+  if (need_exact && !prompt_logits_exact_) return nullptr;
+  if (!std::equal(prompt.begin(), prompt.end(), tokens_.begin())) return nullptr;
+  return &prompt_logits_;
 }
 
 void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::vector<float> *all_logits) {
@@ -189,9 +206,15 @@ void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::
       if (owned) llama_batch_free(b);
     }
   } guard{batch, batch.pos != nullptr};
-  for (size_t start = 0; start < n; start += n_batch_) {
-    const size_t count = std::min<size_t>(n_batch_, n - start);
+  // Chunks end at multiples of the ubatch size counted from position 0 (llama.cpp then splits each chunk into
+  // whole ubatches), so that a prompt evaluated after a cached prefix of whole ubatches is batched exactly as in
+  // a cold evaluation (see canonical()).
+  const size_t ub = n_ubatch_;
+  const size_t step = std::max<size_t>(ub, n_batch_ / ub * ub);
+  size_t count = 0;
+  for (size_t start = 0; start < n; start += count) {
     const size_t base = tokens_.size();
+    count = std::min<size_t>(n - start, base % ub == 0 ? step : ub - base % ub);
     if (guard.owned) {
       batch.n_tokens = static_cast<int32_t>(count);
       for (size_t i = 0; i < count; ++i) {
@@ -210,6 +233,7 @@ void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::
       const size_t kept = pos_max < 0 ? 0 : static_cast<size_t>(pos_max) + 1;
       if (kept < base) {
         tokens_.resize(kept);
+        Forget();
       } else {
         tokens_.insert(tokens_.end(), tokens + start, tokens + start + std::min(count, kept - base));
       }
@@ -219,6 +243,7 @@ void Context::Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::
       throw CodedError(code::kDecode, "llama_decode failed with status " + std::to_string(ret) + (why.empty() ? "" : ": " + why));
     }
     tokens_.insert(tokens_.end(), tokens + start, tokens + start + count);
+    if (base == canonical_) canonical_ = base + count / ub * ub;
     if (mode == LogitsMode::kAll && all_logits != nullptr) {
       for (size_t i = 0; i < count; ++i) {
         const float *row = llama_get_logits_ith(ctx_, static_cast<int32_t>(i));
@@ -350,9 +375,7 @@ Napi::Value Context::LoadState(const Napi::CallbackInfo &info) {
       [this, data = std::move(data), tokens = std::move(tokens)]() {
         RunOnThread([&] {
           llama_memory_t mem = llama_get_memory(ctx_);
-          llama_memory_seq_rm(mem, 0, -1, -1);
-          tokens_.clear();
-          has_logits_ = false;
+          Truncate(0);
           if (data.empty()) return;
           if (llama_state_seq_set_data(ctx_, data.data(), data.size(), 0) == 0) {
             llama_memory_seq_rm(mem, 0, -1, -1);

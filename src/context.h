@@ -48,10 +48,25 @@ class Context final : public Napi::ObjectWrap<Context> {
   // Removes cached tokens from position `keep` on. Returns false if the memory cannot be cut there (then the
   // caller must start from an empty memory).
   bool Truncate(size_t keep);
-  // Decodes tokens after the cached ones, in n_batch chunks, appending them to tokens(). Logits are kept for
-  // the last token (kLast), every token (kAll, copied into *all_logits), or none. Throws CodedError; after an
-  // abort or failure tokens() still matches what the memory holds.
+  // Decodes tokens after the cached ones, appending them to tokens(). Chunks end at multiples of the ubatch size
+  // (counted from position 0, not from the first new token), at most n_batch long. Logits are kept for the last
+  // token (kLast), every token (kAll, copied into *all_logits), or none. Throws CodedError; after an abort or
+  // failure tokens() still matches what the memory holds.
   void Decode(const llama_token *tokens, size_t n, LogitsMode mode, std::vector<float> *all_logits);
+
+  // --- Reproducible evaluation (issue #13) ---
+  // On CPUs the kernels for one token and for a batch (and for batches of different sizes: tinyBLAS vs vec_dot,
+  // MoE experts grouped by the batch) round differently, and on an MoE model a rounding difference can move a
+  // router's choice. So what a prompt's keys/values and logits are depends on how it was batched. A cold
+  // evaluation batches a prompt in whole ubatches from position 0; canonical() is how many leading cached
+  // positions were computed exactly that way (a multiple of the ubatch size). A generation with a seed reuses
+  // only those (plus, for the very same prompt, its kept logits), so it gets the tokens a cold context would.
+  size_t canonical() const { return canonical_; }
+  size_t n_ubatch() const { return n_ubatch_; }
+  // The logits of a prompt's last position, kept by the generation that evaluated it, for as long as the cache
+  // holds that prompt; `exact`: it was evaluated as a cold context would (see canonical()).
+  void KeepPromptLogits(bool exact);
+  const std::vector<float> *PromptLogits(const std::vector<llama_token> &prompt, bool need_exact) const;
 
   // [{ device, model, context, compute }] in bytes: what llama.cpp allocated for this context and its model,
   // per device ("host" for CPU-side buffers).
@@ -80,6 +95,8 @@ class Context final : public Napi::ObjectWrap<Context> {
   Napi::Value Dispose(const Napi::CallbackInfo &info);
   Napi::Value Disposed(const Napi::CallbackInfo &info);
   void CheckIdle(Napi::Env env);
+  // After tokens_ shrank: drops what no longer holds (canonical_, the kept prompt logits).
+  void Forget();
   void Free();
 
   static bool AbortCallback(void *data);
@@ -92,6 +109,11 @@ class Context final : public Napi::ObjectWrap<Context> {
   int32_t n_vocab_ = 0;
   uint32_t n_ctx_ = 0;
   uint32_t n_batch_ = 0;
+  uint32_t n_ubatch_ = 0;
+  size_t canonical_ = 0;
+  std::vector<float> prompt_logits_;  // empty: none kept
+  size_t prompt_logits_at_ = 0;       // the prompt's length
+  bool prompt_logits_exact_ = false;
   std::atomic<bool> abort_{false};
   bool busy_ = false;
   bool dispose_pending_ = false;

@@ -1,6 +1,8 @@
 #include "sampler.h"
 
 #include <limits>
+#include <stdexcept>
+#include <vector>
 
 namespace huozi {
 
@@ -18,6 +20,8 @@ SamplerParams SamplerParams::FromJs(Napi::Object o) {
   p.repeat_last_n = static_cast<int32_t>(num("repeatLastN", p.repeat_last_n));
   p.frequency_penalty = static_cast<float>(num("frequencyPenalty", p.frequency_penalty));
   p.presence_penalty = static_cast<float>(num("presencePenalty", p.presence_penalty));
+  // lib/ allows 0 .. 2^32-2: LLAMA_DEFAULT_SEED (2^32-1) would mean "a random seed" to llama.cpp.
+  p.seeded = o.Get("seed").IsNumber();
   p.seed = static_cast<uint32_t>(num("seed", p.seed));
   return p;
 }
@@ -81,6 +85,21 @@ int32_t Argmax(const float *logits, int32_t n) {
 llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab) {
   if (!plain_greedy) return llama_sampler_sample(chain, ctx, idx);
   return Argmax(llama_get_logits_ith(ctx, idx), n_vocab);
+}
+
+llama_token SampleLogits(llama_sampler *chain, bool plain_greedy, const float *logits, int32_t n_vocab) {
+  if (plain_greedy) return Argmax(logits, n_vocab);
+  // What llama_sampler_sample does with a context's logits (no backend sampler here).
+  std::vector<llama_token_data> cur(static_cast<size_t>(n_vocab));
+  for (llama_token id = 0; id < n_vocab; ++id) cur[id] = llama_token_data{id, logits[id], 0.0f};
+  llama_token_data_array arr = {cur.data(), cur.size(), -1, false};
+  llama_sampler_apply(chain, &arr);
+  if (arr.selected < 0 || arr.selected >= static_cast<int64_t>(arr.size)) {
+    throw std::runtime_error("the sampler selected no token");
+  }
+  const llama_token token = arr.data[arr.selected].id;
+  llama_sampler_accept(chain, token);
+  return token;
 }
 
 }  // namespace huozi

@@ -21,6 +21,9 @@ struct SamplerParams {
   float frequency_penalty = 0.0f;
   float presence_penalty = 0.0f;
   uint32_t seed = LLAMA_DEFAULT_SEED;
+  // The caller gave a seed: it expects the same tokens for the same request whatever the cache holds, so the
+  // generation evaluates its prompt as a cold context would (Context::canonical()).
+  bool seeded = false;
 
   static SamplerParams FromJs(Napi::Object o);
 };
@@ -39,5 +42,7 @@ SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vect
 // directly; the token is the same (the first largest, as llama.cpp's greedy sampler).
 bool IsPlainGreedy(const SamplerParams &p);
 llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab);
+// The same from logits kept elsewhere (a prompt's kept logits, Context::PromptLogits).
+llama_token SampleLogits(llama_sampler *chain, bool plain_greedy, const float *logits, int32_t n_vocab);
 
 }  // namespace huozi

@@ -104,19 +104,30 @@ class GenerateWorker final : public Napi::AsyncWorker {
     std::vector<llama_token> &cache = ctx.tokens();
     const std::vector<llama_token> &prompt = params_.prompt;
 
-    // Reuse the longest common prefix of what the memory holds; at least the last prompt token is evaluated
-    // again so that there are logits to sample from.
+    // Reuse the longest common prefix of what the memory holds. The very same prompt as the last generation's
+    // needs no evaluation: its last position's logits were kept. Otherwise at least the last prompt token is
+    // evaluated again so that there are logits to sample from. With a seed, only what a cold context would
+    // have computed the same way is reused (Context::canonical()), so the tokens do not depend on the cache.
+    const bool exact = params_.sampling.seeded;
+    const std::vector<float> *kept = params_.reuse_cache ? ctx.PromptLogits(prompt, exact) : nullptr;
     size_t keep = 0;
-    if (params_.reuse_cache) {
-      const size_t limit = std::min(cache.size(), prompt.size() - 1);
+    if (kept != nullptr) {
+      keep = prompt.size();
+    } else if (params_.reuse_cache) {
+      size_t limit = std::min(cache.size(), prompt.size() - 1);
       while (keep < limit && cache[keep] == prompt[keep]) ++keep;
+      if (exact) keep = std::min(keep, ctx.canonical()) / ctx.n_ubatch() * ctx.n_ubatch();
     }
     if (!ctx.Truncate(keep)) keep = 0;
     result_.reused_tokens = keep;
     result_.evaluated_tokens = prompt.size() - keep;
 
     const auto prompt_start = Clock::now();
-    ctx.Decode(prompt.data() + keep, prompt.size() - keep, LogitsMode::kLast, nullptr);
+    if (kept == nullptr) {
+      const bool cold_equivalent = keep == ctx.canonical();
+      ctx.Decode(prompt.data() + keep, prompt.size() - keep, LogitsMode::kLast, nullptr);
+      ctx.KeepPromptLogits(cold_equivalent);
+    }
     // On a GPU llama_decode returns once the work is queued: wait for it, so that promptMs is the prompt's
     // time and generateMs does not carry the prompt's tail (the first sample would otherwise wait for it).
     llama_synchronize(ctx.handle());
@@ -128,12 +139,14 @@ class GenerateWorker final : public Napi::AsyncWorker {
     const auto &abort = ctx.abort_flag();
     std::string piece(64, '\0');
     const auto gen_start = Clock::now();
-    for (;;) {
+    for (bool first = true;; first = false) {
       if (abort.load()) {
         result_.stop_reason = "abort";
         break;
       }
-      const llama_token token = Sample(sampler.get(), greedy, ctx.handle(), -1, ctx.n_vocab());
+      const llama_token token = first && kept != nullptr
+                                    ? SampleLogits(sampler.get(), greedy, kept->data(), ctx.n_vocab())
+                                    : Sample(sampler.get(), greedy, ctx.handle(), -1, ctx.n_vocab());
       result_.tokens.push_back(token);
       TokenVerdict verdict = JudgeToken(vocab, token, result_.tokens.size(), cache.size() < ctx.n_ctx(), params_.stops, stream_, piece);
       Emit(verdict.text);

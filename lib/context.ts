@@ -70,12 +70,22 @@ export interface GenerateOptions extends SamplingOptions {
   parseSpecial?: boolean;
   /** Stops generation; the text generated so far is kept in the error's `result`. */
   signal?: AbortSignal;
+  /**
+   * How often text reaches the iterator while generating, in milliseconds: at most once per interval, the text
+   * generated in between joined into one chunk (each delivery wakes the JS thread, which then competes with the
+   * compute threads for the cores). `0`: every token's text is a chunk of its own, handed over at once and
+   * yielded on its own even when the loop is slower than the model (tokens that end no character, or that
+   * could still be the start of a stop string, add their text to a later token's chunk). Integer, 0–60000.
+   * Default: `16` (~60 chunks a second).
+   */
+  streamIntervalMs?: number;
 }
 
 /** @internal */
 export const GENERATE_OPTIONS = [
   'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'frequencyPenalty', 'presencePenalty',
   'seed', 'maxTokens', 'stopTokens', 'stopStrings', 'stopAtEog', 'reuseCache', 'addBos', 'parseSpecial', 'signal',
+  'streamIntervalMs',
 ] as const;
 
 /**
@@ -307,7 +317,7 @@ export class Context {
     const { ids, params, o } = prepareGeneration(this.model, prompt, options, this.contextSize, GENERATE_OPTIONS);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const callSite = new Error();
-    const generation = new Generation();
+    const generation = new Generation(params.streamIntervalMs === 0);
     const result = this.#enqueue(signal, async (native) => {
       let raw: NativeGenerateResult;
       try {
@@ -464,6 +474,7 @@ function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: numbe
   if (o.stopStrings !== undefined) p.stopStrings = v.stringArray('stopStrings', o.stopStrings).filter((s) => s.length > 0);
   if (o.stopAtEog !== undefined) p.stopAtEog = v.boolean('stopAtEog', o.stopAtEog);
   if (o.reuseCache !== undefined) p.reuseCache = v.boolean('reuseCache', o.reuseCache);
+  if (o.streamIntervalMs !== undefined) p.streamIntervalMs = v.integer('streamIntervalMs', o.streamIntervalMs, 0, 60_000);
   return p;
 }
 
@@ -501,9 +512,11 @@ export class Generation implements AsyncIterable<string> {
   #ended = false;
   #stop: () => void = () => {};
   #iterated = false;
+  readonly #perToken: boolean;
 
-  /** @internal */
-  constructor() {
+  /** @internal `perToken` (streamIntervalMs 0): yield every delivered chunk on its own, never joined. */
+  constructor(perToken = false) {
+    this.#perToken = perToken;
     this.result = new Promise((resolve) => (this.#resolveResult = resolve));
   }
 
@@ -552,7 +565,8 @@ export class Generation implements AsyncIterable<string> {
         if (this.#chunks.length > 0) {
           const batch = this.#chunks;
           this.#chunks = [];
-          yield batch.length === 1 ? batch[0] : batch.join('');
+          if (this.#perToken) yield* batch;
+          else yield batch.length === 1 ? batch[0] : batch.join('');
           continue;
         }
         if (this.#ended) break;

@@ -207,7 +207,7 @@ export class ParallelContext {
     const native = this.#alive();
     const { ids, params, o } = prepareGeneration(this.model, prompt, options, this.slotContextSize, PARALLEL_GENERATE_OPTIONS);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
-    const generation = new Generation();
+    const generation = new Generation(params.streamIntervalMs === 0);
     const callSite = new Error();
     const id = this.#nextId++;
     const result = new Promise<ParallelGenerationResult>((resolve, reject) => {

@@ -15,7 +15,6 @@ namespace huozi {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr auto kMinDeliveryInterval = std::chrono::milliseconds(16);
 
 double MsBetween(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
@@ -165,6 +164,7 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   request->sampling = SamplerParams::FromJs(p);
   request->stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
+  request->stream_interval = StreamIntervalFromJs(p);
   if (outstanding_++ == 0) tsfn_.Ref(env);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -250,7 +250,7 @@ Napi::Value ParallelContext::Disposed(const Napi::CallbackInfo &info) { return N
 // Hands queued text and outcomes to JS in one call: [{ id, text }] first, then [{ id, result } | { id, code,
 // message }].
 void ParallelContext::Deliver(Napi::Env env) {
-  std::map<int64_t, std::string> texts;
+  std::map<int64_t, std::vector<std::string>> texts;
   std::vector<Event> events;
   {
     std::lock_guard<std::mutex> lock(out_mu_);
@@ -262,11 +262,13 @@ void ParallelContext::Deliver(Napi::Env env) {
   Napi::HandleScope scope(env);
   Napi::Array out = Napi::Array::New(env);
   uint32_t n = 0;
-  for (auto &[id, text] : texts) {
-    Napi::Object e = Napi::Object::New(env);
-    e.Set("id", Napi::Number::New(env, static_cast<double>(id)));
-    e.Set("text", Napi::String::New(env, text));
-    out.Set(n++, e);
+  for (auto &[id, pieces] : texts) {
+    for (const std::string &text : pieces) {
+      Napi::Object e = Napi::Object::New(env);
+      e.Set("id", Napi::Number::New(env, static_cast<double>(id)));
+      e.Set("text", Napi::String::New(env, text));
+      out.Set(n++, e);
+    }
   }
   for (Event &event : events) {
     Napi::Object e = Napi::Object::New(env);
@@ -290,12 +292,13 @@ void ParallelContext::Deliver(Napi::Env env) {
 // ---------------------------------------------------------------------------------------------------------
 // Loop thread
 
-void ParallelContext::ScheduleDelivery(bool now) {
-  // Called with out_mu_ held. As in generate.cc, text wakes the main thread at most every 16 ms; outcomes
-  // go at once.
+void ParallelContext::ScheduleDelivery(std::chrono::milliseconds interval) {
+  // Called with out_mu_ held. As in generate.cc, text wakes the main thread at most every `interval` (the
+  // request's streamIntervalMs); outcomes go at once (0). A delivery takes every request's queued text, so
+  // a request with a longer interval can have its text go sooner with another's.
   if (call_scheduled_) return;
   const auto t = Clock::now();
-  if (!now && t - last_delivery_ < kMinDeliveryInterval) return;
+  if (t - last_delivery_ < interval) return;
   last_delivery_ = t;
   call_scheduled_ = true;
   tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function, ParallelContext *self) {
@@ -303,17 +306,22 @@ void ParallelContext::ScheduleDelivery(bool now) {
   });
 }
 
-void ParallelContext::Text(int64_t id, const std::string &text) {
+void ParallelContext::Text(const Request &request, const std::string &text) {
   if (text.empty()) return;
   std::lock_guard<std::mutex> lock(out_mu_);
-  pending_text_[id] += text;
-  ScheduleDelivery(false);
+  std::vector<std::string> &pieces = pending_text_[request.id];
+  if (pieces.empty() || request.stream_interval.count() == 0) {
+    pieces.push_back(text);
+  } else {
+    pieces.back() += text;
+  }
+  ScheduleDelivery(request.stream_interval);
 }
 
 void ParallelContext::Post(Event event) {
   std::lock_guard<std::mutex> lock(out_mu_);
   pending_events_.push_back(std::move(event));
-  ScheduleDelivery(true);
+  ScheduleDelivery(std::chrono::milliseconds(0));
 }
 
 void ParallelContext::Fail(int64_t id, const char *code, const std::string &message) {
@@ -327,7 +335,7 @@ void ParallelContext::Fail(int64_t id, const char *code, const std::string &mess
 
 void ParallelContext::FailSlot(Slot &slot, const char *code, const std::string &message) {
   const int64_t id = slot.active->req->id;
-  Text(id, slot.active->stream.Finish());
+  Text(*slot.active->req, slot.active->stream.Finish());
   // The slot is free before anyone hears of the outcome (stats() read in the callback must agree).
   slot.active.reset();
   busy_slots_.fetch_sub(1);
@@ -338,7 +346,7 @@ void ParallelContext::Finish(Slot &slot, const char *stop_reason) {
   Active &a = *slot.active;
   const std::string tail = a.stream.Finish();
   a.result->text += tail;
-  Text(a.req->id, tail);
+  Text(*a.req, tail);
   const auto now = Clock::now();
   a.result->stop_reason = stop_reason;
   a.result->generate_ms = a.result->tokens.empty() ? 0 : MsBetween(a.first_token, now);
@@ -534,7 +542,7 @@ void ParallelContext::Step() {
     a.result->tokens.push_back(token);
     TokenVerdict verdict = JudgeToken(vocab_, token, a.result->tokens.size(), slot.cache.size() < n_ctx_seq_, a.req->stops, a.stream, piece_);
     a.result->text += verdict.text;
-    Text(a.req->id, verdict.text);
+    Text(*a.req, verdict.text);
     if (verdict.stop_reason != nullptr) {
       if (verdict.by_token) a.result->stop_token = token;
       if (a.stream.stopped()) a.result->stop_string = a.stream.matched_stop();

@@ -6,7 +6,8 @@
 // (a multi-turn chat then re-evaluates only the new turn).
 //
 // JS talks to it through submit()/cancel() and one event callback (text, done, error), delivered in batches
-// through one thread-safe function at most every 16 ms (done and error events go out at once).
+// through one thread-safe function: text at most every streamIntervalMs of the request (16 ms by default; 0:
+// every token's text as an event of its own, at once), done and error events at once.
 #pragma once
 #include <napi.h>
 
@@ -48,6 +49,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     SamplerParams sampling;
     StopRules stops;
     bool reuse_cache = true;  // start from the slot's cached prefix (else evaluate the whole prompt)
+    std::chrono::milliseconds stream_interval = kDefaultStreamInterval;  // 0: every token's text on its own
     std::chrono::steady_clock::time_point submitted;
   };
 
@@ -85,9 +87,9 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   void Finish(Slot &slot, const char *stop_reason);
   void FailSlot(Slot &slot, const char *code, const std::string &message);
   void Fail(int64_t id, const char *code, const std::string &message);
-  void Text(int64_t id, const std::string &text);
+  void Text(const Request &request, const std::string &text);
   void Post(Event event);
-  void ScheduleDelivery(bool now);
+  void ScheduleDelivery(std::chrono::milliseconds interval);
   void StopThread();
   static bool AbortCallback(void *data);
 
@@ -118,7 +120,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
 
   // Outgoing events.
   std::mutex out_mu_;
-  std::map<int64_t, std::string> pending_text_;
+  std::map<int64_t, std::vector<std::string>> pending_text_;  // per request: one piece, or one per token
   std::vector<Event> pending_events_;
   bool call_scheduled_ = false;
   std::chrono::steady_clock::time_point last_delivery_{};

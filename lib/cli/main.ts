@@ -153,6 +153,10 @@ program
   .option('--chat-template <file>', 'chat template: auto, huozi, chatml, or a Jinja file (default: auto)')
   .option('--response-role <role>', "role name in chat answers (Huozi's README: 助手)", 'assistant')
   .addOption(new Option('--max-queue <n>', 'requests that may wait for a slot; beyond it, 503').argParser(intArg).default(64))
+  .addOption(
+    new Option('--stream-interval-ms <ms>', "streaming: send new text at most every <ms> ms; 0 = one event per token (llama-server's way)")
+      .argParser(intArg).default(16),
+  )
   .option('--no-web', 'do not serve the web chat page at /')
   .option('-q, --quiet', 'no request log', false)
   .action(async (opts) => (await import('./serve.js')).serveCommand(opts));

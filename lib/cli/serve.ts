@@ -15,6 +15,7 @@ interface ServeOptions {
   apiKey?: string;
   chatTemplate?: string;
   responseRole: string;
+  streamIntervalMs: number;
   maxQueue: number;
   web: boolean;
   quiet: boolean;
@@ -38,6 +39,7 @@ export async function serveCommand(opts: ServeOptions): Promise<void> {
     ...(opts.threads === undefined ? {} : { threads: opts.threads }),
     chatTemplate: template,
     responseRole: opts.responseRole,
+    streamIntervalMs: opts.streamIntervalMs,
     maxQueue: opts.maxQueue,
     webPage: opts.web,
     ...(opts.quiet ? {} : { log: (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`) }),

@@ -77,6 +77,8 @@ export interface SamplingRequest {
   stopTokenIds: number[];
   ignoreEos: boolean;
   cachePrompt: boolean;
+  /** Streaming: how often text is sent, in ms (0: one event per token); undefined: the server's setting. */
+  streamIntervalMs?: number;
 }
 
 export interface ChatRequest extends SamplingRequest {
@@ -99,7 +101,7 @@ const IGNORED = new Set([
 const COMMON = new Set([
   'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p',
   'seed', 'presence_penalty', 'frequency_penalty', 'repetition_penalty', 'stop', 'stop_token_ids', 'n', 'ignore_eos',
-  'cache_prompt',
+  'cache_prompt', 'stream_interval_ms',
 ]);
 
 function sampling(body: Body, extra: readonly string[]): SamplingRequest {
@@ -150,6 +152,7 @@ function sampling(body: Body, extra: readonly string[]): SamplingRequest {
     stopTokenIds,
     ignoreEos: optBoolean(body, 'ignore_eos') ?? false,
     cachePrompt: optBoolean(body, 'cache_prompt') ?? true,
+    streamIntervalMs: optInteger(body, 'stream_interval_ms', 0, 60_000),
   };
 }
 

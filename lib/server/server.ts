@@ -40,6 +40,12 @@ export interface ServerOptions {
   chatTemplate?: TemplateOption;
   /** The role name in chat answers (vLLM's `--response-role`; Huozi's README uses 助手). Default: 'assistant'. */
   responseRole?: string;
+  /**
+   * Streaming: at most how often, in milliseconds, an answer's new text is sent as an SSE event (the text
+   * generated in between goes in one event); `0` sends every token's text as an event of its own, as
+   * llama-server does. A request's `stream_interval_ms` field overrides it. Integer, 0–60000. Default: 16.
+   */
+  streamIntervalMs?: number;
   /** Requests that may wait for a slot before new ones get 503. Default: 64. */
   maxQueue?: number;
   /** Largest request body accepted, in bytes. Default: 4 MiB. */
@@ -52,7 +58,7 @@ export interface ServerOptions {
 
 const OPTIONS = [
   'servedModelName', 'aliases', 'apiKey', 'parallel', 'contextSize', 'threads', 'batchSize', 'flashAttention', 'chatTemplate',
-  'responseRole', 'maxQueue', 'maxBodyBytes', 'webPage', 'log',
+  'responseRole', 'streamIntervalMs', 'maxQueue', 'maxBodyBytes', 'webPage', 'log',
 ] as const;
 
 /** Creates the server (and its ParallelContext on `model`); call `listen()` to start serving. */
@@ -64,6 +70,7 @@ export async function createServer(model: Model, options?: ServerOptions): Promi
   const apiKey = o.apiKey === undefined ? undefined : v.string('apiKey', o.apiKey);
   if (apiKey !== undefined && apiKey.length === 0) throw v.rangeError('a non-empty string', 'apiKey', apiKey);
   const responseRole = o.responseRole === undefined ? 'assistant' : v.string('responseRole', o.responseRole);
+  const streamIntervalMs = o.streamIntervalMs === undefined ? 16 : v.integer('streamIntervalMs', o.streamIntervalMs, 0, 60_000);
   const maxQueue = o.maxQueue === undefined ? 64 : v.integer('maxQueue', o.maxQueue, 0, 1 << 20);
   const maxBodyBytes = o.maxBodyBytes === undefined ? 4 << 20 : v.integer('maxBodyBytes', o.maxBodyBytes, 1024, 1 << 30);
   const webPage = o.webPage === undefined ? true : v.boolean('webPage', o.webPage);
@@ -76,7 +83,9 @@ export async function createServer(model: Model, options?: ServerOptions): Promi
     ...(o.batchSize === undefined ? {} : { batchSize: o.batchSize }),
     ...(o.flashAttention === undefined ? {} : { flashAttention: o.flashAttention }),
   });
-  return new HuoziServer({ model, context, template, name, aliases, apiKey, responseRole, maxQueue, maxBodyBytes, webPage, log });
+  return new HuoziServer({
+    model, context, template, name, aliases, apiKey, responseRole, streamIntervalMs, maxQueue, maxBodyBytes, webPage, log,
+  });
 }
 
 function defaultName(model: Model): string {
@@ -91,6 +100,7 @@ interface Settings {
   aliases: string[];
   apiKey: string | undefined;
   responseRole: string;
+  streamIntervalMs: number;
   maxQueue: number;
   maxBodyBytes: number;
   webPage: boolean;
@@ -103,6 +113,8 @@ export class HuoziServer {
   /** The context serving the requests (its stats() feed /metrics). */
   readonly context: ParallelContext;
   readonly servedModelName: string;
+  /** Streaming requests' default text interval in ms (0: one SSE event per token). */
+  readonly streamIntervalMs: number;
   readonly #s: Settings;
   readonly #http: Server;
   readonly #metrics: Metrics;
@@ -117,6 +129,7 @@ export class HuoziServer {
     this.model = settings.model;
     this.context = settings.context;
     this.servedModelName = settings.name;
+    this.streamIntervalMs = settings.streamIntervalMs;
     this.#metrics = new Metrics();
     this.#http = createHttpServer((req, res) => void this.#handle(req, res));
     // Long generations stream for minutes: no socket timeout on requests in flight.
@@ -312,6 +325,8 @@ export class HuoziServer {
       stopTokens: r.stopTokenIds,
       stopAtEog: !r.ignoreEos,
       reuseCache: r.cachePrompt,
+      // A non-streaming answer is sent whole: its text need not wake the JS thread before the end.
+      streamIntervalMs: r.stream ? (r.streamIntervalMs ?? this.#s.streamIntervalMs) : 60_000,
     };
     if (r.maxTokens !== undefined) o.maxTokens = r.maxTokens;
     if (r.temperature !== undefined) o.temperature = r.temperature;

@@ -1,7 +1,8 @@
 // The hot loop: prefill the prompt (reusing the cached prefix), then sample, check stops, detokenize and
-// decode one token at a time, all on the libuv pool. Text goes to JS through one thread-safe function; while
-// JS has not taken the previous text, new text joins it, so a fast model never queues one N-API call per
-// token behind a slow consumer.
+// decode one token at a time, all on the libuv pool. Text goes to JS through one thread-safe function, at most
+// every streamIntervalMs (generation.h); while JS has not taken the previous text, new text joins it, so a
+// fast model never queues one N-API call per token behind a slow consumer. With streamIntervalMs 0 every
+// token's text stays a piece of its own, and JS gets the pieces one by one.
 #include <chrono>
 #include <mutex>
 #include <string>
@@ -18,7 +19,6 @@ namespace huozi {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr auto kMinDeliveryInterval = std::chrono::milliseconds(16);
 
 double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
@@ -27,6 +27,7 @@ struct GenerateParams {
   SamplerParams sampling;
   StopRules stops;
   bool reuse_cache = true;
+  std::chrono::milliseconds stream_interval = kDefaultStreamInterval;  // 0: every token's text on its own
 };
 
 class GenerateWorker final : public Napi::AsyncWorker {
@@ -58,13 +59,16 @@ class GenerateWorker final : public Napi::AsyncWorker {
     result_.text += text;
     if (!has_tsfn_) return;
     std::lock_guard<std::mutex> lock(mu_);
-    pending_ += text;
+    if (pending_.empty() || params_.stream_interval.count() == 0) {
+      pending_.push_back(text);
+    } else {
+      pending_.back() += text;
+    }
     if (call_scheduled_) return;
-    // Each delivery wakes the main thread, which then competes with the compute threads for the cores: on
-    // 2 cores with 2 threads, delivering every 5 ms cost 5-10% of tg128; every 16 ms (~60 a second, still
-    // smooth on screen) costs nothing measurable. The rest goes with the next token or at the end.
+    // At most one wake of the main thread per interval (generation.h says why); text that is not due yet goes
+    // with the next token or at the end.
     const auto now = Clock::now();
-    if (now - last_delivery_ < kMinDeliveryInterval) return;
+    if (now - last_delivery_ < params_.stream_interval) return;
     last_delivery_ = now;
     call_scheduled_ = true;
     tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function, GenerateWorker *self) {
@@ -72,16 +76,16 @@ class GenerateWorker final : public Napi::AsyncWorker {
     });
   }
 
-  // Main thread: hand all queued text to JS in one call.
+  // Main thread: hand all queued text to JS (one piece, or one per token with streamIntervalMs 0).
   void Deliver(Napi::Env env) {
-    std::string text;
+    std::vector<std::string> pieces;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      text.swap(pending_);
+      pieces.swap(pending_);
       call_scheduled_ = false;
     }
-    if (text.empty() || on_text_.IsEmpty()) return;
-    on_text_.Call({Napi::String::New(env, text)});
+    if (on_text_.IsEmpty()) return;
+    for (const std::string &text : pieces) on_text_.Call({Napi::String::New(env, text)});
   }
 
   void Execute() override {
@@ -196,7 +200,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
   Napi::ThreadSafeFunction tsfn_;
   bool has_tsfn_ = false;
   std::mutex mu_;
-  std::string pending_;
+  std::vector<std::string> pending_;
   bool call_scheduled_ = false;
   Clock::time_point last_delivery_{};
 };
@@ -220,6 +224,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo &info) {
   params.sampling = SamplerParams::FromJs(p);
   params.stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) params.reuse_cache = p.Get("reuseCache").ToBoolean();
+  params.stream_interval = StreamIntervalFromJs(p);
   Napi::Function on_text;
   if (info.Length() > 2 && info[2].IsFunction()) on_text = info[2].As<Napi::Function>();
 

@@ -133,6 +133,80 @@ describe('the openai client', () => {
   });
 });
 
+describe('per-token streaming (stream_interval_ms / streamIntervalMs 0)', () => {
+  it('sends one SSE event per token, each carrying that token\'s text, as llama-server does; the default coalesces', async () => {
+    const n = 128;
+    const prompt = '请背诵《春晓》';
+    const body = { model: 'huozi', prompt, max_tokens: n, temperature: 0, ignore_eos: true, cache_prompt: false, stream: true };
+    // The oracle: the answer's tokens, from the same parallel context with the whole prompt evaluated (as the
+    // requests below, with cache_prompt false), and the text each token completes: the detokenized prompt and
+    // answer up to it, less that up to the token before (a token that ends inside a character adds none).
+    const reference = await server.context.generate(prompt, { temperature: 0, maxTokens: n, stopAtEog: false, reuseCache: false }).result;
+    expect(reference.tokens).toHaveLength(n);
+    expect(reference.text).not.toContain('\uFFFD'); // no invalid bytes, whose text the prefixes could not place
+    const ids = Array.from(model.tokenizeToArray(prompt));
+    const upTo = (i: number) => model.detokenize([...ids, ...reference.tokens.slice(0, i)]).replace(/\uFFFD+$/, '');
+    const expected: string[] = [];
+    for (let i = 1; i <= n; i++) {
+      const piece = upTo(i).slice(upTo(i - 1).length);
+      if (piece) expected.push(piece);
+    }
+    expect(expected.join('')).toBe(reference.text);
+    expect(expected.length).toBeGreaterThan(n / 2);
+
+    // Reads an SSE response: the text of every event that carries text, and the usage.
+    const events = async (base: string, extra: object) => {
+      const t0 = performance.now();
+      const res = await fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ ...body, ...extra, stream_options: { include_usage: true } }),
+      });
+      expect(res.status).toBe(200);
+      const texts: string[] = [];
+      let usage: { completion_tokens: number } | undefined;
+      for (const block of (await res.text()).split('\n\n')) {
+        const data = block.replace(/^data: /, '');
+        if (data === '' || data === '[DONE]') continue;
+        const json = JSON.parse(data) as { choices: { text: string }[]; usage?: { completion_tokens: number } };
+        if (json.usage) usage = json.usage;
+        if (json.choices[0]?.text) texts.push(json.choices[0].text);
+      }
+      return { texts, usage, ms: performance.now() - t0 };
+    };
+
+    // A request's stream_interval_ms 0 on a server with the default interval.
+    const perToken = await events(url, { stream_interval_ms: 0 });
+    expect(perToken.usage?.completion_tokens).toBe(n);
+    expect(perToken.texts).toEqual(expected);
+
+    // The server's own setting (--stream-interval-ms 0): the same events without the request field.
+    const s = await createServer(model, { servedModelName: 'huozi', parallel: 1, contextSize: 512, threads: 1, streamIntervalMs: 0 });
+    const { url: u } = await s.listen(0);
+    try {
+      expect(s.streamIntervalMs).toBe(0);
+      expect((await events(u, {})).texts).toEqual(expected);
+    } finally {
+      await s.close();
+    }
+
+    // The default (16 ms): the same text in at most one event per 16 ms of the request, plus the last.
+    const coalesced = await events(url, {});
+    expect(coalesced.texts.join('')).toBe(reference.text);
+    expect(coalesced.texts.length).toBeLessThanOrEqual(Math.floor(coalesced.ms / 16) + 2);
+
+    // Checked, never ignored.
+    const bad = await fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ ...body, stream_interval_ms: -1 }),
+    });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { param: string } }).error.param).toBe('stream_interval_ms');
+    await expect(createServer(model, { streamIntervalMs: 1.5 })).rejects.toThrow(/streamIntervalMs/);
+  });
+});
+
 describe('parallel slots', () => {
   it('32 concurrent streaming clients each get their complete, correct answer', async () => {
     // The answers one at a time first (greedy), then all 32 at once.

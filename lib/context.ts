@@ -45,7 +45,11 @@ export interface SamplingOptions {
   frequencyPenalty?: number;
   /** OpenAI-style presence penalty. Default: 0. */
   presencePenalty?: number;
-  /** Random seed (llama.cpp `--seed`). Default: a random one. */
+  /**
+   * Random seed (llama.cpp `--seed`), 0 to 2^32-2. Default: a random one. With a seed the same prompt and options
+   * give the same tokens whatever the cache holds: the prompt is evaluated as a cold context would (cached whole
+   * ubatches from position 0 are reused, or the very same prompt's kept logits; the rest is evaluated again).
+   */
   seed?: number;
 }
 
@@ -468,7 +472,8 @@ function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: numbe
   if (o.repeatLastN !== undefined) p.repeatLastN = v.integer('repeatLastN', o.repeatLastN, 0, 1 << 24);
   if (o.frequencyPenalty !== undefined) p.frequencyPenalty = v.number('frequencyPenalty', o.frequencyPenalty, -100, 100);
   if (o.presencePenalty !== undefined) p.presencePenalty = v.number('presencePenalty', o.presencePenalty, -100, 100);
-  if (o.seed !== undefined) p.seed = v.integer('seed', o.seed, 0, 0xffffffff);
+  // 2^32-1 is llama.cpp's "random seed" (LLAMA_DEFAULT_SEED): a caller who names a seed gets that seed.
+  if (o.seed !== undefined) p.seed = v.integer('seed', o.seed, 0, 0xfffffffe);
   if (o.maxTokens !== undefined) p.maxTokens = v.integer('maxTokens', o.maxTokens, 0, 0x7fffffff);
   if (o.stopTokens !== undefined) p.stopTokens = v.tokens('stopTokens', o.stopTokens, vocabularySize);
   if (o.stopStrings !== undefined) p.stopStrings = v.stringArray('stopStrings', o.stopStrings).filter((s) => s.length > 0);

@@ -32,6 +32,12 @@ struct ParallelContext::Active {
   SamplerPtr sampler;
   TextStream stream;
   size_t prompt_pos = 0;    // next prompt token to evaluate
+  // A seed was given: this request's rows are decoded in batches of their own, its prompt in ubatches aligned to
+  // position 0, and only the slot's canonical prefix is reused, so its tokens do not depend on the cache or on
+  // the other requests (Context::canonical() says why).
+  bool alone = false;
+  bool exact = false;             // the prompt is being evaluated as a cold context would
+  bool from_kept_logits = false;  // the very same prompt as the slot's last: sample from its kept logits
   bool has_next = false;    // `next` was sampled and waits to be decoded
   llama_token next = -1;
   int32_t logits_index = -1;  // this step: the batch row holding this slot's logits
@@ -99,6 +105,7 @@ ParallelContext::ParallelContext(const Napi::CallbackInfo &info) : Napi::ObjectW
   n_ctx_ = llama_n_ctx(ctx_);
   n_ctx_seq_ = llama_n_ctx_seq(ctx_);
   n_batch_ = llama_n_batch(ctx_);
+  n_ubatch_ = llama_n_ubatch(ctx_);
   batch_ = llama_batch_init(static_cast<int32_t>(n_batch_), 0, 1);
   const uint32_t n_seq = llama_n_seq_max(ctx_);
   slots_.resize(n_seq);
@@ -362,13 +369,26 @@ void ParallelContext::Finish(Slot &slot, const char *stop_reason) {
 
 void ParallelContext::Assign(std::unique_ptr<Request> request) {
   // The free slot sharing the longest prefix with the prompt; among equals, the one unused longest.
+  // A slot whose last prompt was this very prompt has its logits: nothing to evaluate.
+  const bool seeded = request->sampling.seeded;
+  const std::vector<llama_token> &prompt = request->prompt;
+  auto kept_for = [&](const Slot &slot) {
+    return request->reuse_cache && !slot.prompt_logits.empty() && slot.prompt_logits_at == prompt.size() &&
+           (!seeded || slot.prompt_logits_exact) && slot.cache.size() >= prompt.size() &&
+           std::equal(prompt.begin(), prompt.end(), slot.cache.begin());
+  };
   Slot *best = nullptr;
   size_t best_keep = 0;
   for (Slot &slot : slots_) {
     if (slot.active) continue;
-    const size_t limit = request->reuse_cache ? std::min(slot.cache.size(), request->prompt.size() - 1) : 0;
     size_t keep = 0;
-    while (keep < limit && slot.cache[keep] == request->prompt[keep]) ++keep;
+    if (kept_for(slot)) {
+      keep = prompt.size();
+    } else if (request->reuse_cache) {
+      const size_t limit = std::min(slot.cache.size(), prompt.size() - 1);
+      while (keep < limit && slot.cache[keep] == prompt[keep]) ++keep;
+      if (seeded) keep = std::min(keep, slot.canonical) / n_ubatch_ * n_ubatch_;
+    }
     if (best == nullptr || keep > best_keep || (keep == best_keep && slot.last_used < best->last_used)) {
       best = &slot;
       best_keep = keep;
@@ -381,8 +401,12 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
     best_keep = 0;
   }
   slot.cache.resize(best_keep);
+  Forget(slot);
   slot.last_used = ++clock_;
   auto active = std::make_unique<Active>(std::move(request));
+  active->alone = seeded;
+  active->exact = seeded && best_keep == slot.canonical;
+  active->from_kept_logits = best_keep == prompt.size();
   active->prompt_pos = best_keep;
   active->started = Clock::now();
   active->result->queue_ms = MsBetween(active->req->submitted, active->started);
@@ -457,8 +481,34 @@ void ParallelContext::Loop() {
   waiting_.clear();
 }
 
+void ParallelContext::Forget(Slot &slot) {
+  slot.canonical = std::min(slot.canonical, slot.cache.size() / n_ubatch_ * n_ubatch_);
+  if (slot.prompt_logits_at > slot.cache.size()) slot.prompt_logits.clear();
+}
+
 void ParallelContext::Step() {
-  // 1. The batch: one token for every generating slot, then prompt tokens while there is room.
+  // A prompt the slot had just evaluated: sample from its kept logits at once.
+  const auto now = Clock::now();
+  for (Slot &slot : slots_) {
+    if (!slot.active || !slot.active->from_kept_logits) continue;
+    Active &a = *slot.active;
+    a.from_kept_logits = false;
+    Consume(slot, SampleLogits(a.sampler.get(), IsPlainGreedy(a.req->sampling), slot.prompt_logits.data(), n_vocab_), now);
+  }
+  // Requests without a seed share one batch (continuous batching); each seeded one gets batches of its own.
+  std::vector<Slot *> shared;
+  for (Slot &slot : slots_) {
+    if (slot.active && !slot.active->alone) shared.push_back(&slot);
+  }
+  if (!shared.empty()) DecodeGroup(shared, false);
+  for (Slot &slot : slots_) {
+    if (slot.active && slot.active->alone) DecodeGroup({&slot}, true);
+  }
+}
+
+void ParallelContext::DecodeGroup(const std::vector<Slot *> &group, bool alone) {
+  // 1. The batch: one token for every generating slot, then prompt tokens while there is room. A slot decoded
+  // alone gets its prompt in chunks that end at multiples of the ubatch size (as Context::Decode).
   batch_.n_tokens = 0;
   auto add = [&](llama_token token, llama_pos pos, llama_seq_id seq, bool logits) {
     const int32_t i = batch_.n_tokens++;
@@ -469,29 +519,35 @@ void ParallelContext::Step() {
     batch_.logits[i] = logits;
     return i;
   };
-  for (Slot &slot : slots_) {
-    if (!slot.active) continue;
-    Active &a = *slot.active;
+  const size_t ub = n_ubatch_;
+  const size_t step = std::max<size_t>(ub, n_batch_ / ub * ub);
+  for (Slot *slot : group) {
+    if (!slot->active) continue;
+    Active &a = *slot->active;
     a.logits_index = -1;
     a.batch_count = 0;
     if (!a.has_next) continue;
     a.batch_from = static_cast<size_t>(batch_.n_tokens);
-    a.logits_index = add(a.next, static_cast<llama_pos>(slot.cache.size()), slot.seq, true);
+    a.logits_index = add(a.next, static_cast<llama_pos>(slot->cache.size()), slot->seq, true);
     a.batch_count = 1;
   }
-  for (Slot &slot : slots_) {
-    if (!slot.active || slot.active->has_next) continue;
-    Active &a = *slot.active;
+  for (Slot *slot : group) {
+    if (!slot->active || slot->active->has_next) continue;
+    Active &a = *slot->active;
     const size_t room = n_batch_ - static_cast<size_t>(batch_.n_tokens);
     if (room == 0) break;
     const size_t left = a.req->prompt.size() - a.prompt_pos;
-    const size_t take = std::min(room, left);
+    size_t take = std::min(room, left);
+    if (alone) {
+      const size_t pos = slot->cache.size();
+      take = std::min(take, pos % ub == 0 ? step : ub - pos % ub);
+    }
     a.batch_from = static_cast<size_t>(batch_.n_tokens);
     a.batch_count = take;
     for (size_t i = 0; i < take; ++i) {
       const size_t at = a.prompt_pos + i;
       const bool last = at == a.req->prompt.size() - 1;
-      const int32_t row = add(a.req->prompt[at], static_cast<llama_pos>(slot.cache.size() + i), slot.seq, last);
+      const int32_t row = add(a.req->prompt[at], static_cast<llama_pos>(slot->cache.size() + i), slot->seq, last);
       if (last) a.logits_index = row;
     }
   }
@@ -507,51 +563,65 @@ void ParallelContext::Step() {
     std::string why = TakeThreadErrors();
     const std::string message = "llama_decode failed with status " + std::to_string(ret) + (why.empty() ? "" : ": " + why);
     // The requests in this batch fail; each slot's token list is cut back to what its memory holds.
-    for (Slot &slot : slots_) {
-      if (!slot.active || slot.active->batch_count == 0) continue;
-      const llama_pos pos_max = llama_memory_seq_pos_max(mem, slot.seq);
+    for (Slot *slot : group) {
+      if (!slot->active || slot->active->batch_count == 0) continue;
+      const llama_pos pos_max = llama_memory_seq_pos_max(mem, slot->seq);
       const size_t kept = pos_max < 0 ? 0 : static_cast<size_t>(pos_max) + 1;
-      if (kept < slot.cache.size()) slot.cache.resize(kept);
-      llama_memory_seq_rm(mem, slot.seq, static_cast<llama_pos>(slot.cache.size()), -1);
-      FailSlot(slot, ret == 1 ? code::kContextOverflow : code::kDecode, message);
+      if (kept < slot->cache.size()) slot->cache.resize(kept);
+      llama_memory_seq_rm(mem, slot->seq, static_cast<llama_pos>(slot->cache.size()), -1);
+      Forget(*slot);
+      FailSlot(*slot, ret == 1 ? code::kContextOverflow : code::kDecode, message);
     }
     return;
   }
 
   // 3. Record what the memory now holds, and sample every slot that got logits.
   const auto now = Clock::now();
-  for (Slot &slot : slots_) {
-    if (!slot.active || slot.active->batch_count == 0) continue;
-    Active &a = *slot.active;
+  for (Slot *slot : group) {
+    if (!slot->active || slot->active->batch_count == 0) continue;
+    Active &a = *slot->active;
+    const size_t base = slot->cache.size();
     if (a.has_next) {
-      slot.cache.push_back(a.next);
+      slot->cache.push_back(a.next);
       a.has_next = false;
       generated_tokens_.fetch_add(1);
     } else {
-      slot.cache.insert(slot.cache.end(), a.req->prompt.begin() + static_cast<std::ptrdiff_t>(a.prompt_pos),
-                        a.req->prompt.begin() + static_cast<std::ptrdiff_t>(a.prompt_pos + a.batch_count));
+      slot->cache.insert(slot->cache.end(), a.req->prompt.begin() + static_cast<std::ptrdiff_t>(a.prompt_pos),
+                         a.req->prompt.begin() + static_cast<std::ptrdiff_t>(a.prompt_pos + a.batch_count));
       a.prompt_pos += a.batch_count;
       prompt_tokens_.fetch_add(static_cast<int64_t>(a.batch_count));
     }
+    if (alone && base == slot->canonical) slot->canonical = base + a.batch_count / ub * ub;
     if (a.logits_index < 0) continue;
     if (a.result->tokens.empty()) {
-      a.first_token = now;
-      a.result->prompt_ms = MsBetween(a.started, now);
+      // The prompt's last logits, for a request that repeats this prompt (Assign).
+      const float *row = llama_get_logits_ith(ctx_, a.logits_index);
+      slot->prompt_logits.assign(row, row + n_vocab_);
+      slot->prompt_logits_at = slot->cache.size();
+      slot->prompt_logits_exact = a.exact;
     }
-    const llama_token token = Sample(a.sampler.get(), IsPlainGreedy(a.req->sampling), ctx_, a.logits_index, n_vocab_);
-    a.result->tokens.push_back(token);
-    TokenVerdict verdict = JudgeToken(vocab_, token, a.result->tokens.size(), slot.cache.size() < n_ctx_seq_, a.req->stops, a.stream, piece_);
-    a.result->text += verdict.text;
-    Text(*a.req, verdict.text);
-    if (verdict.stop_reason != nullptr) {
-      if (verdict.by_token) a.result->stop_token = token;
-      if (a.stream.stopped()) a.result->stop_string = a.stream.matched_stop();
-      Finish(slot, verdict.stop_reason);
-      continue;
-    }
-    a.next = token;
-    a.has_next = true;
+    Consume(*slot, Sample(a.sampler.get(), IsPlainGreedy(a.req->sampling), ctx_, a.logits_index, n_vocab_), now);
   }
+}
+
+void ParallelContext::Consume(Slot &slot, llama_token token, Clock::time_point now) {
+  Active &a = *slot.active;
+  if (a.result->tokens.empty()) {
+    a.first_token = now;
+    a.result->prompt_ms = MsBetween(a.started, now);
+  }
+  a.result->tokens.push_back(token);
+  TokenVerdict verdict = JudgeToken(vocab_, token, a.result->tokens.size(), slot.cache.size() < n_ctx_seq_, a.req->stops, a.stream, piece_);
+  a.result->text += verdict.text;
+  Text(*a.req, verdict.text);
+  if (verdict.stop_reason != nullptr) {
+    if (verdict.by_token) a.result->stop_token = token;
+    if (a.stream.stopped()) a.result->stop_string = a.stream.matched_stop();
+    Finish(slot, verdict.stop_reason);
+    return;
+  }
+  a.next = token;
+  a.has_next = true;
 }
 
 }  // namespace huozi

@@ -60,6 +60,12 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     std::vector<llama_token> cache;  // what this sequence's memory holds
     std::unique_ptr<Active> active;  // null when free
     uint64_t last_used = 0;
+    // Reproducible evaluation, as Context's (context.h): leading positions computed in whole ubatches of this
+    // sequence alone, aligned to position 0; the last prompt's last logits while the cache still holds it.
+    size_t canonical = 0;
+    std::vector<float> prompt_logits;
+    size_t prompt_logits_at = 0;
+    bool prompt_logits_exact = false;
   };
   struct Result : GenerationResult {
     double queue_ms = 0;
@@ -84,6 +90,12 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   void Loop();
   void Assign(std::unique_ptr<Request> request);
   void Step();
+  // One llama_decode of the rows of `group` (generating slots' next tokens, then prompt chunks), then sampling.
+  void DecodeGroup(const std::vector<Slot *> &group, bool alone);
+  // A token sampled for the slot: the verdict, its text, and finish or queue it for decoding.
+  void Consume(Slot &slot, llama_token token, std::chrono::steady_clock::time_point now);
+  // The slot's cache shrank to slot.cache.size(): forget what no longer holds.
+  void Forget(Slot &slot);
   void Finish(Slot &slot, const char *stop_reason);
   void FailSlot(Slot &slot, const char *code, const std::string &message);
   void Fail(int64_t id, const char *code, const std::string &message);
@@ -103,6 +115,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   uint32_t n_ctx_ = 0;
   uint32_t n_ctx_seq_ = 0;
   uint32_t n_batch_ = 0;
+  uint32_t n_ubatch_ = 0;
   llama_batch batch_{};
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;

@@ -333,7 +333,8 @@ export class HuoziServer {
     if (r.topP !== undefined) o.topP = r.topP;
     if (r.topK !== undefined) o.topK = Math.max(0, r.topK);
     if (r.minP !== undefined) o.minP = r.minP;
-    if (r.seed !== undefined) o.seed = ((r.seed % 2 ** 32) + 2 ** 32) % 2 ** 32;
+    // Any integer, folded into the library's 0 .. 2^32-2 (2^32-1 would mean "random" to llama.cpp).
+    if (r.seed !== undefined) o.seed = ((r.seed % (2 ** 32 - 1)) + (2 ** 32 - 1)) % (2 ** 32 - 1);
     if (r.presencePenalty !== undefined) o.presencePenalty = r.presencePenalty;
     if (r.frequencyPenalty !== undefined) o.frequencyPenalty = r.frequencyPenalty;
     if (r.repetitionPenalty !== undefined) o.repeatPenalty = r.repetitionPenalty;

@@ -1,8 +1,13 @@
-// One measurement of our addon, in its own process: prints {pp, tg} in tokens/s as JSON.
-// pp: evaluate `prompt` tokens into an empty context (batch 512, like llama-bench's pp512);
-// tg: generate `gen` tokens one at a time from an empty context, greedy, eog ignored; the rate counts the
-//     `gen` decodes over the whole native loop (sampling and detokenizing included), as llama-bench counts
-//     its decodes.
+// One measurement of our addon, in its own process: prints {pp, tg, tgWall} in tokens/s as JSON.
+// pp:     evaluate `prompt` tokens into an empty context (batch 512, like llama-bench's pp512), timed around the
+//         awaited evaluate() call;
+// tgWall: generate from a one-token prompt in an empty context, greedy, eog ignored, `gen` + 1 tokens (the
+//         first from the prompt's decode, so `gen` + 1 decodes of one token each), timed as a user sees it: the
+//         wall clock from calling generate() to the end of the `for await` loop that takes the streamed text;
+//         tokens / that time;
+// tg:     the same generation by the native worker's clock (result.timings.generateMs: from the first sample
+//         to the last token, sampling and detokenizing included): the `gen` decodes after the prompt's, as
+//         llama-bench counts its decodes. gpu-check.mjs reads this one.
 import { loadModel } from '../../dist/index.js';
 import { llamaBenchPrompts } from './prompt-tokens.mjs';
 
@@ -39,13 +44,19 @@ const out = {};
   const opts = { temperature: 0, maxTokens: gen + 1, stopAtEog: false, reuseCache: false };
   await context.generate([1], { ...opts, maxTokens: 2 }).result; // warm-up
   let sum = 0;
+  let sumWall = 0;
   for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint();
     const generation = context.generate([1], opts);
     for await (const _ of generation); // consume the stream as an application would
+    const wall = Number(process.hrtime.bigint() - t0) / 1e9;
     const result = await generation.result;
+    if (result.tokens.length !== gen + 1) throw new Error(`generated ${result.tokens.length} tokens, not ${gen + 1}`);
+    sumWall += (gen + 1) / wall;
     sum += gen / (result.timings.generateMs / 1000);
   }
   out.tg = sum / reps;
+  out.tgWall = sumWall / reps;
   await context.dispose();
 }
 await model.dispose();

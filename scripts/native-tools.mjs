@@ -132,8 +132,9 @@ function librariesIn(tree) {
     try { entries = readdirSync(dir, { withFileTypes: true }); } catch { return; }
     for (const e of entries) {
       const p = join(dir, e.name);
-      if (e.isDirectory() && depth < 4 && e.name !== 'CMakeFiles') walk(p, depth + 1);
-      else if (e.isFile() && /^lib(llama|ggml)[\w.-]*\.(a|so(\.\d+)*)$/.test(e.name)) found.push(p);
+      // tools/: the tools' own code (libllama-quantize-impl.a), not part of the addon.
+      if (e.isDirectory() && depth < 4 && e.name !== 'CMakeFiles' && e.name !== 'tools') walk(p, depth + 1);
+      else if (e.isFile() && /^lib(llama|ggml)[\w.-]*\.(a|so(\.\d+)*)$/.test(e.name) && !e.name.includes('-impl')) found.push(p);
     }
   };
   walk(join(tree, 'llama.cpp'), 0);
@@ -243,6 +244,23 @@ export function buildNativeTools(tools = ['llama-bench', 'llama-quantize'], { gp
     buildInFallback(fallback, gpu);
   }
   return { ...info, fallback };
+}
+
+/**
+ * llama.cpp's own perplexity of `textFile` under `model` (llama-perplexity -c contextSize [--chunks N] from the
+ * addon's tree; buildNativeTools(['llama-perplexity']) first): `{ perplexity, chunks }`, parsed from its log.
+ */
+export function nativePerplexity(model, textFile, { contextSize = 256, threads = 2, chunks = undefined } = {}) {
+  const args = ['-m', model, '-f', textFile, '-c', String(contextSize), '-t', String(threads)];
+  if (chunks !== undefined) args.push('--chunks', String(chunks));
+  const r = spawnSync(nativeTool('llama-perplexity'), args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const log = `${r.stdout}\n${r.stderr}`;
+  const ppl = /Final estimate: PPL = ([\d.]+)/.exec(log);
+  const over = /calculating perplexity over (\d+) chunks/.exec(log);
+  if (r.status !== 0 || !ppl || !over) {
+    throw new Error(`llama-perplexity ${args.join(' ')} failed (status ${r.status}):\n${log.slice(-2000)}`);
+  }
+  return { perplexity: Number(ppl[1]), chunks: Number(over[1]) };
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

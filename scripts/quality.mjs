@@ -2,8 +2,9 @@
 // npm run quality: what each quantization costs on huozi-tiny. Quantizes the f16 fixture to q8_0, q6_k,
 // q5_k_m, q4_k_m, q4_0, q3_k_m, q2_k and q2_k with an importance matrix, and measures for each: file size,
 // perplexity on the held-out English and Chinese text (llama-perplexity -c 256's chunking: BOS first in every
-// chunk, the second half of each chunk scored), exact recitation of the 403 poems, and generation speed.
-// Writes docs/quality.md and docs/quality.svg.
+// chunk, the second half of each chunk scored), exact recitation of the 403 poems, and generation speed. For
+// f16, q4_0 and q2_k it also runs llama.cpp's own llama-perplexity (from the addon's tree: scripts/native-tools.mjs)
+// on the same files and texts, and puts the two side by side. Writes docs/quality.md and docs/quality.svg.
 //
 //   npm run quality [-- --out docs --threads 2 --poems 403]
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -13,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ChatSession, computeImatrix, loadModel, perplexity, quantize } from '../dist/index.js';
 import { ensureF16 } from './fixture.mjs';
+import { buildNativeTools, nativePerplexity } from './native-tools.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
@@ -26,7 +28,11 @@ const threads = Number(values.threads);
 const fixture = join(root, 'test/fixtures/huozi-tiny');
 const f16 = await ensureF16(); // our conversion of hf/, byte-identical to llama.cpp's
 const poems = JSON.parse(readFileSync(join(fixture, 'eval/recite.json'), 'utf8')).slice(0, values.poems ? Number(values.poems) : undefined);
-const heldout = { en: readFileSync(join(fixture, 'eval/heldout-en.txt'), 'utf8'), zh: readFileSync(join(fixture, 'eval/heldout-zh.txt'), 'utf8') };
+const heldoutFile = { en: join(fixture, 'eval/heldout-en.txt'), zh: join(fixture, 'eval/heldout-zh.txt') };
+const heldout = { en: readFileSync(heldoutFile.en, 'utf8'), zh: readFileSync(heldoutFile.zh, 'utf8') };
+// The native reference: llama-perplexity from the same compiled llama.cpp as the addon.
+const tools = buildNativeTools(['llama-perplexity']);
+console.error(`llama-perplexity: ${tools.why}`);
 const imatrixText = join(root, 'test/fixtures/text/imatrix-recitations.txt');
 const EOU = '<|endofutterance|>';
 
@@ -54,6 +60,9 @@ async function recitation(model) {
 
 const work = mkdtempSync(join(tmpdir(), 'huozi-quality-'));
 const rows = [];
+// Recitation with native llama.cpp is the fixture README's figure (same prompts, pinned tree); it is not
+// re-measured here. Its perplexity columns are (llama-perplexity above).
+const nativeRecited = { f16: 338, q4_0: 317, q2_k: 1 };
 try {
   const imatrix = join(work, 'imatrix.gguf');
   {
@@ -76,6 +85,12 @@ try {
     const rec = await recitation(model);
     await model.dispose();
     const row = { name: v.name, bytes: statSync(path).size, en, zh, exact: rec.exact, tps: rec.tokensPerSecond };
+    if (v.name in nativeRecited) {
+      row.native = {
+        en: nativePerplexity(path, heldoutFile.en, { contextSize: 256, threads }).perplexity,
+        zh: nativePerplexity(path, heldoutFile.zh, { contextSize: 256, threads }).perplexity,
+      };
+    }
     rows.push(row);
     console.error(`${v.name}: ${(row.bytes / 2 ** 20).toFixed(2)} MiB, ppl en ${row.en.toFixed(2)} zh ${row.zh.toFixed(1)}, recited ${row.exact}/${poems.length}, ${row.tps.toFixed(0)} t/s`);
   }
@@ -83,8 +98,6 @@ try {
   rmSync(work, { recursive: true, force: true });
 }
 
-// Native figures from the fixture's README (llama-perplexity -c 256 and the same recitation, pinned tree).
-const native = { f16: { en: 48.09, zh: 1541.8, exact: 338 }, q4_0: { en: 50.40, zh: 1567.4, exact: 317 }, q2_k: { en: 74.64, zh: 2357.5, exact: 1 } };
 const pct = (a, b) => `${(((a - b) / b) * 100).toFixed(2)}%`;
 
 function svg() {
@@ -114,9 +127,9 @@ const table = [
   '| --- | ---: | ---: | ---: | ---: | ---: |',
   ...rows.map((r) => `| ${r.name} | ${(r.bytes / 2 ** 20).toFixed(2)} | ${r.en.toFixed(2)} | ${r.zh.toFixed(1)} | ${r.exact} / ${poems.length} | ${r.tps.toFixed(0)} |`),
 ].join('\n');
-const check = Object.entries(native).map(([name, n]) => {
-  const r = rows.find((x) => x.name === name);
-  return `| ${name} | ${r.en.toFixed(2)} vs ${n.en} (${pct(r.en, n.en)}) | ${r.zh.toFixed(1)} vs ${n.zh} (${pct(r.zh, n.zh)}) | ${r.exact} vs ${n.exact} |`;
+const check = rows.filter((r) => r.native).map((r) => {
+  const n = r.native;
+  return `| ${r.name} | ${r.en.toFixed(3)} vs ${n.en.toFixed(3)} (${pct(r.en, n.en)}) | ${r.zh.toFixed(2)} vs ${n.zh.toFixed(2)} (${pct(r.zh, n.zh)}) | ${r.exact} vs ${nativeRecited[r.name]} |`;
 }).join('\n');
 const q2 = rows.find((r) => r.name === 'q2_k');
 const q2i = rows.find((r) => r.name === 'q2_k + imatrix');
@@ -135,9 +148,13 @@ ${table}
 
 ![size against perplexity and recitation](quality.svg)
 
-## Against native llama.cpp (the fixture's README, measured with llama-perplexity and the same recitation)
+## Against native llama.cpp
 
-| model | ppl en (ours vs native) | ppl zh | recited |
+Perplexity: llama.cpp's own \`llama-perplexity -c 256\`, built from the same compiled llama.cpp as the addon
+(scripts/native-tools.mjs), on the same files and texts, in this run. Recited: the fixture README's figure for
+native llama.cpp (same prompts, pinned tree), not re-measured here.
+
+| model | ppl en (ours vs llama-perplexity) | ppl zh | recited (ours vs README) |
 | --- | --- | --- | --- |
 ${check}
 

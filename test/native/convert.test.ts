@@ -329,7 +329,10 @@ describe('convert() on dense Llama and Mistral checkpoints', () => {
     expect(kv['general.file_type']).toEqual({ type: 'UINT32', value: 32 });
     expect(kv['llama.rope.scaling.type']).toBeUndefined();
     expect(new Set(file.tensors.map((t) => GGML_NAMES[t.type]))).toEqual(new Set(['BF16', 'F32']));
+    // llama.cpp loads it with the shape of the config and the bf16 weights, and runs it.
     await using model = await loadModel(out);
-    expect(model.info).toBeDefined();
+    expect(model.info).toMatchObject({ layers: 2, heads: 4, kvHeads: 2, embeddingSize: 64, vocabularySize: 2050, fileType: 'BF16' });
+    await using ctx = await model.createContext({ contextSize: 64 });
+    expect((await ctx.generate('你好', { temperature: 0, maxTokens: 4 }).result).tokens).toHaveLength(4);
   });
 });

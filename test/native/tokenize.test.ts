@@ -32,11 +32,12 @@ describe('tokenize', () => {
   });
 
   it('round-trips text through detokenize', () => {
-    for (const { text } of reference.tokenize) {
-      if (text.includes('<|')) continue;
-      const ids = model.tokenize(text, { addBos: false });
-      expect(model.detokenize(ids)).toBe(text.startsWith(' ') || text === '' ? text : text);
-    }
+    // Every reference string without a special token (those are the next test's; a cut one like
+    // '<|beginofutterance' is plain text), leading spaces and the empty string included: the space prefix
+    // tokenize adds is removed again.
+    const texts = reference.tokenize.map((t) => t.text).filter((text) => !/<\|\w+\|>/.test(text));
+    expect(texts.length).toBeGreaterThan(0);
+    for (const text of texts) expect(model.detokenize(model.tokenize(text, { addBos: false }))).toBe(text);
   });
 
   it('renders special tokens only when asked', () => {

@@ -1,11 +1,13 @@
 // Files that are well-formed GGUF but would make llama.cpp abort() get a GgufError before llama.cpp sees them,
 // and the process goes on working.
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { GgufError, GgufValueType, InsufficientMemoryError, loadModel, parseGguf, synth } from '../../dist/index.js';
+import { GGML_TYPES, GgufError, GgufValueType, InsufficientMemoryError, loadModel, parseGguf, synth } from '../../dist/index.js';
 import { encodeGgufHeader, type WriterValue } from '../../dist/gguf/writer.js';
+import { buildNativeTools, nativeTool } from '../../scripts/native-tools.mjs';
 import { demoPath, EOU, f16Path, reference } from '../helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'huozi-validate-'));
@@ -112,16 +114,28 @@ describe('synth', () => {
     expect(r.tokens).toHaveLength(8);
   });
 
-  it.each(['q8_0', 'q6_k', 'f16'] as const)('writes %s with the types llama-quantize would pick', async (type) => {
+  // The oracle: llama-quantize (from the addon's own tree, scripts/native-tools.mjs) quantizing huozi-tiny's f16
+  // file, which has the 'tiny' shape exactly; synth must give every tensor the type llama-quantize gave it.
+  it.each(['q4_0', 'q8_0', 'q6_k', 'f16'] as const)('writes %s with the per-tensor types llama-quantize picks', async (type) => {
+    buildNativeTools(['llama-quantize']);
     const out = join(dir, `synth-${type}.gguf`);
-    await synth(out, { shape: 'tiny', type, layers: 2 });
-    const f = parseGguf(readFileSync(out));
-    const typeOf = (n: string) => f.tensors.find((t) => t.name === n)!.type;
-    expect(typeOf('blk.0.ffn_gate_inp.weight')).toBe(0);
-    expect(typeOf('blk.0.attn_norm.weight')).toBe(0);
-    expect(typeOf('blk.0.attn_k.weight')).toBe(type === 'f16' ? 1 : 8);
-    expect(typeOf('output.weight')).toBe({ q8_0: 8, q6_k: 14, f16: 1 }[type]);
-    await using model = await loadModel(out);
+    await synth(out, { shape: 'tiny', type });
+    const native = join(dir, `native-${type}.gguf`);
+    const r = spawnSync(nativeTool('llama-quantize'), [f16Path, native, type.toUpperCase()], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const types = (path: string) => {
+      const f = parseGguf(readFileSync(path));
+      return Object.fromEntries(f.tensors.map((t) => [t.name, GGML_TYPES.find((g) => g.id === t.type)?.name ?? t.type]));
+    };
+    const ours = types(out);
+    expect(Object.keys(ours)).toHaveLength(4 * 10 + 3); // per layer 10, then token_embd, output_norm, output
+    expect(ours).toEqual(types(native));
+    // Fewer layers keep the per-layer types and load.
+    const small = join(dir, `synth-${type}-2.gguf`);
+    await synth(small, { shape: 'tiny', type, layers: 2 });
+    const smallTypes = types(small);
+    for (const [name, t] of Object.entries(smallTypes)) expect(t, name).toBe(ours[name]);
+    await using model = await loadModel(small);
     expect(model.info.layers).toBe(2);
-  });
+  }, 300_000);
 });

@@ -20,7 +20,9 @@
 //
 //   node scripts/native-tools.mjs [tool ...]      default: llama-bench llama-quantize; prints where they are
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync,
+} from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -117,7 +119,17 @@ export function nativeToolsInfo(addon = expectedAddon()) {
             why: `${why}, but its libraries changed since (${newer.map((f) => f.slice(t.tree.length + 1)).join(', ')}): rebuild the addon (${t.made})`,
           };
         }
-        return { bin: join(t.tree, 'bin'), tree: t.tree, sameLibraries: true, why };
+        // A prebuild: the addon's folder holds (stripped) copies of the shared libraries and CPU backends it loads;
+        // the tools load the tree's. Their build-ids must agree.
+        const copies = readdirSync(dirname(real)).filter((f) => /^lib[\w.-]+\.so(\.\d+)*$/.test(f));
+        const differ = copies.filter((f) => existsSync(join(t.tree, 'bin', f)) && buildId(join(dirname(real), f)) !== buildId(join(t.tree, 'bin', f)));
+        if (differ.length > 0) {
+          return {
+            bin: join(t.tree, 'bin'), tree: t.tree, sameLibraries: false,
+            why: `${why}, but ${differ.join(', ')} next to it differ from the tree's: rebuild the addon (${t.made})`,
+          };
+        }
+        return { bin: join(t.tree, 'bin'), tree: t.tree, sameLibraries: true, why: copies.length ? `${why}; its ${copies.length} shared libraries match the tree's` : why };
       }
     }
   }
@@ -143,13 +155,14 @@ function librariesIn(tree) {
 }
 
 /**
- * Whether a tool was linked after every library of its tree (else it may hold older code than the libraries,
- * and than an addon linked from them).
+ * Whether a tool was linked after every static library of its tree (else it may hold older code than the
+ * libraries, and than an addon linked from them).
  */
 export function toolIsCurrent(tool, tree) {
   if (!existsSync(tool)) return false;
   const t = statSync(tool).mtimeMs;
-  return librariesIn(tree).every((lib) => statSync(lib).mtimeMs <= t);
+  // Shared libraries are loaded at run time (the prebuild): only static archives are linked into the tool.
+  return librariesIn(tree).filter((lib) => lib.endsWith('.a')).every((lib) => statSync(lib).mtimeMs <= t);
 }
 
 /** Whether `tree` can build `target` (llama.cpp's tools are only there when configured with HUOZI_NATIVE_TOOLS). */
@@ -189,13 +202,46 @@ function withTreeLock(tree, fn) {
 // tree lacks).
 const placed = new Map();
 
-/** The path of a native tool: in the addon's tree, or where buildNativeTools had to put it. */
+/**
+ * The path of a native tool: in the addon's tree, or where buildNativeTools had to put it. Under
+ * HUOZI_CPU_VARIANT (the addon then runs that one prebuilt CPU kernel set), a tool of a prebuild tree runs the
+ * same set: see withCpuVariant.
+ */
 export function nativeTool(name) {
-  if (placed.has(name)) return placed.get(name);
+  if (placed.has(name)) return withCpuVariant(placed.get(name));
   const info = nativeToolsInfo();
   const own = join(info.bin, name);
   if (!existsSync(own) && existsSync(join(nativeDir, 'bin', name))) return join(nativeDir, 'bin', name);
-  return own;
+  return withCpuVariant(own);
+}
+
+/**
+ * A prebuild tree's tools load the CPU backend that ggml rates best for this CPU from their own folder, while
+ * HUOZI_CPU_VARIANT=<level> makes the addon load libggml-cpu-<level>.so. For the tools to compute with the same
+ * kernels, the tool runs from <tree>/bin-cpu-<level>/: copies of it and of the tree's shared libraries with that
+ * one CPU backend. A static tree (no backend modules) is returned as it is: the variant does not apply there.
+ */
+function withCpuVariant(tool) {
+  const variant = process.env.HUOZI_CPU_VARIANT;
+  if (!variant || !existsSync(tool)) return tool;
+  const bin = dirname(tool);
+  const backend = `libggml-cpu-${variant}.so`;
+  if (!readdirSync(bin).some((f) => f.startsWith('libggml-cpu-'))) return tool;
+  if (!existsSync(join(bin, backend))) throw new Error(`HUOZI_CPU_VARIANT=${variant}: no ${backend} in ${bin}`);
+  const dir = join(dirname(bin), `bin-cpu-${variant}`);
+  mkdirSync(dir, { recursive: true });
+  const name = tool.slice(bin.length + 1);
+  for (const f of readdirSync(bin)) {
+    const wanted = f === name || (/^lib[\w.-]+\.so(\.\d+)*$/.test(f) && (!f.startsWith('libggml-cpu-') || f === backend));
+    if (!wanted) continue;
+    const from = join(bin, f);
+    const to = join(dir, f);
+    if (!existsSync(to) || statSync(to).mtimeMs < statSync(from).mtimeMs || statSync(to).size !== statSync(from).size) {
+      copyFileSync(from, `${to}.tmp`);
+      renameSync(`${to}.tmp`, to);
+    }
+  }
+  return join(dir, name);
 }
 
 function buildInFallback(tools, gpu) {

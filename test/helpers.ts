@@ -43,9 +43,10 @@ export function topTwo(row: ArrayLike<number>): { first: number; second: number 
 
 /**
  * How far our logits may move a top-1/top-2 margin from HF's fp32 one. Our f16 GGUF against HF fp32, teacher-
- * forced along every `reference.greedy` answer (CPU builds, source and prebuild): at most 0.0151 (greedy[3] step
- * 38); three times that, rounded up. A margin is a difference of two logits, so it moves by at most twice the
- * largest logit error: this bounds that too.
+ * forced along every `reference.greedy` answer, on an AMD EPYC with AVX-512: at most 0.0151 with the source build
+ * and the prebuild's zen4 kernels (greedy[3] step 38), 0.0155 with its haswell (AVX2) kernels (greedy[2] step 32);
+ * about three times that. A margin is a difference of two logits, so it moves by at most twice the largest logit
+ * error: this bounds that too.
  */
 export const GREEDY_MARGIN_TOLERANCE = 0.05;
 

@@ -98,7 +98,6 @@ try {
   rmSync(work, { recursive: true, force: true });
 }
 
-const pct = (a, b) => `${(((a - b) / b) * 100).toFixed(2)}%`;
 
 function svg() {
   const W = 760, H = 300, pad = 50, panel = (W - pad * 3) / 2;
@@ -129,7 +128,9 @@ const table = [
 ].join('\n');
 const check = rows.filter((r) => r.native).map((r) => {
   const n = r.native;
-  return `| ${r.name} | ${r.en.toFixed(3)} vs ${n.en.toFixed(3)} (${pct(r.en, n.en)}) | ${r.zh.toFixed(2)} vs ${n.zh.toFixed(2)} (${pct(r.zh, n.zh)}) | ${r.exact} vs ${nativeRecited[r.name]} |`;
+  // Relative differences: llama-perplexity prints 4 decimals, so below ~1e-6 they are its rounding.
+  const rel = (a, b) => ((a - b) / b).toExponential(1);
+  return `| ${r.name} | ${r.en.toFixed(4)} vs ${n.en.toFixed(4)} (${rel(r.en, n.en)}) | ${r.zh.toFixed(4)} vs ${n.zh.toFixed(4)} (${rel(r.zh, n.zh)}) | ${r.exact} vs ${nativeRecited[r.name]} |`;
 }).join('\n');
 const q2 = rows.find((r) => r.name === 'q2_k');
 const q2i = rows.find((r) => r.name === 'q2_k + imatrix');
@@ -154,7 +155,7 @@ Perplexity: llama.cpp's own \`llama-perplexity -c 256\`, built from the same com
 (scripts/native-tools.mjs), on the same files and texts, in this run. Recited: the fixture README's figure for
 native llama.cpp (same prompts, pinned tree), not re-measured here.
 
-| model | ppl en (ours vs llama-perplexity) | ppl zh | recited (ours vs README) |
+| model | ppl en (ours vs llama-perplexity, relative difference) | ppl zh | recited (ours vs README) |
 | --- | --- | --- | --- |
 ${check}
 

@@ -49,7 +49,9 @@ export async function computeImatrix(model: Model, textFile: string, output: str
   const o = v.options<ImatrixOptions>('options', options, ['contextSize', 'chunks', 'threads', 'parseSpecial', 'onProgress', 'signal']);
   const contextSize = o.contextSize === undefined ? 512 : v.integer('contextSize', o.contextSize, 16, 1 << 20);
   const text = await readFile(textFile, 'utf8');
-  const tokens = model.tokenize(text, { addBos: false, parseSpecial: o.parseSpecial ?? false });
+  // As llama-imatrix: the text tokenized with BOS first (common_tokenize with add_special), then cut into chunks
+  // of contextSize whose first token becomes BOS. Without it every chunk was one token off llama-imatrix's.
+  const tokens = model.tokenize(text, { parseSpecial: o.parseSpecial ?? false });
   const available = Math.floor(tokens.length / contextSize);
   const chunks = o.chunks === undefined ? available : Math.min(available, v.integer('chunks', o.chunks, 1));
   if (chunks < 1) {

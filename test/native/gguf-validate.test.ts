@@ -1,6 +1,7 @@
 // Files that are well-formed GGUF but would make llama.cpp abort() get a GgufError before llama.cpp sees them,
 // and the process goes on working.
 import { spawnSync } from 'node:child_process';
+import { freemem } from 'node:os';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -94,7 +95,9 @@ describe('loadModel refuses files that would make llama.cpp abort', () => {
 });
 
 describe('memory', () => {
-  it('refuses a context far larger than memory with InsufficientMemoryError instead of the OOM killer', async () => {
+  // The largest context (2^24 tokens) of the demo model needs 32 GiB of KV cache: beyond memory on CI's 24 GB and
+  // most machines, within it on a large host (a 128 GiB GPU host created it), where this cannot be provoked.
+  it.skipIf(freemem() > 32 * 2 ** 30)('refuses a context far larger than memory with InsufficientMemoryError instead of the OOM killer (needs < 32 GiB free)', async () => {
     await using model = await loadModel(demoPath);
     const error = await model.createContext({ contextSize: 1 << 24 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InsufficientMemoryError);

@@ -1,9 +1,8 @@
 // Files that are well-formed GGUF but would make llama.cpp abort() get a GgufError before llama.cpp sees them,
 // and the process goes on working.
 import { spawnSync } from 'node:child_process';
-import { freemem } from 'node:os';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { freemem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { GGML_TYPES, GgufError, GgufValueType, InsufficientMemoryError, loadModel, parseGguf, synth } from '../../dist/index.js';

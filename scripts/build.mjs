@@ -19,6 +19,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { lockTree } from './tree-lock.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
@@ -69,26 +70,9 @@ const cmakeArgs = (command) => {
   return args;
 };
 console.log(`building huozi-gguf: backend=${gpu} config=${config} jobs=${jobs}${values.portable ? ' portable' : ''}`);
-// One build at a time in this tree: two ninja runs in one build directory corrupt each other's outputs.
-const lock = join(root, '.build', 'cmake.lock');
-mkdirSync(join(root, '.build'), { recursive: true });
-for (let waited = 0; ; waited++) {
-  try {
-    mkdirSync(lock);
-    writeFileSync(join(lock, 'pid'), String(process.pid));
-    break;
-  } catch (error) {
-    if (error.code !== 'EEXIST') throw error;
-    let holder = NaN;
-    try { holder = Number(readFileSync(join(lock, 'pid'), 'utf8')); } catch {}
-    let alive = false;
-    try { if (holder > 0) { process.kill(holder, 0); alive = true; } } catch {}
-    if (!alive && waited > 2) { rmSync(lock, { recursive: true, force: true }); continue; }
-    if (waited === 0) console.log(`waiting for another build of this tree (pid ${holder}) to finish`);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
-  }
-}
-process.on('exit', () => rmSync(lock, { recursive: true, force: true }));
+// One build at a time in this tree (scripts/tree-lock.mjs).
+const unlock = lockTree(out);
+process.on('exit', unlock);
 // Configure every time (a few seconds): `cmake-js compile` configures only a fresh folder, so a second build with
 // other options (--fp16-arith, --gpu) silently rebuilt nothing with the first one's cache (as prebuild.mjs found).
 const env = { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: String(jobs) };

@@ -20,6 +20,7 @@
 //
 //   node scripts/native-tools.mjs [tool ...]      default: llama-bench llama-quantize; prints where they are
 import { spawnSync } from 'node:child_process';
+import { lockTree } from './tree-lock.mjs';
 import {
   copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync,
 } from 'node:fs';
@@ -172,29 +173,13 @@ function hasTarget(tree, target) {
   return new RegExp(`(^|\\s|\\.\\.\\. )${target.replace(/[-.]/g, '\\$&')}(:|\\s|$)`, 'm').test(r.stdout);
 }
 
-/** One build at a time in a tree (build.mjs takes the same lock for .build/cmake). */
+/** One build at a time in a tree (scripts/tree-lock.mjs; build.mjs takes the same lock for .build/cmake). */
 function withTreeLock(tree, fn) {
-  const lock = `${tree}.lock`;
-  for (let waited = 0; ; waited++) {
-    try {
-      mkdirSync(lock);
-      writeFileSync(join(lock, 'pid'), String(process.pid));
-      break;
-    } catch (error) {
-      if (error.code !== 'EEXIST') throw error;
-      let holder = NaN;
-      try { holder = Number(readFileSync(join(lock, 'pid'), 'utf8')); } catch {}
-      let alive = false;
-      try { if (holder > 0) { process.kill(holder, 0); alive = true; } } catch {}
-      if (!alive && waited > 2) { rmSync(lock, { recursive: true, force: true }); continue; }
-      if (waited === 0) console.error(`native-tools: waiting for another build of ${tree} (pid ${holder})`);
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
-    }
-  }
+  const unlock = lockTree(tree, (line) => console.error(`native-tools: ${line}`));
   try {
     return fn();
   } finally {
-    rmSync(lock, { recursive: true, force: true });
+    unlock();
   }
 }
 

@@ -29,14 +29,14 @@ const allowed: RegExp[] = [
   /^dist\/.+\.(js|d\.ts)$/,
   /^prebuilds\/linux-x64\/(node\.napi\.glibc\.node|lib[\w-]+\.so(\.\d+)?)$/,
   /^src\/[\w/]+\.(cc|h)$/,
-  /^scripts\/(build|install|vendor-llama)\.mjs$/,
+  /^scripts\/(build|install|vendor-llama|tree-lock)\.mjs$/,
   /^models\/huozi-tiny-q4_0\.gguf$/,
   /^web\/[\w-]+\.(html|css|js)$/,   // the page `huozi-gguf serve` serves
 ];
 const required = [
   'package.json', 'README.md', 'LICENSE', 'CMakeLists.txt', 'binding.gyp', 'dist/index.js', 'dist/index.d.ts',
   'dist/cli/main.js', 'prebuilds/linux-x64/node.napi.glibc.node', 'prebuilds/linux-x64/libllama.so.0',
-  'prebuilds/linux-x64/libggml-base.so.0', 'src/addon.cc', 'scripts/build.mjs', 'scripts/install.mjs',
+  'prebuilds/linux-x64/libggml-base.so.0', 'src/addon.cc', 'scripts/build.mjs', 'scripts/tree-lock.mjs', 'scripts/install.mjs',
   'scripts/vendor-llama.mjs', 'models/huozi-tiny-q4_0.gguf',
 ];
 

@@ -48,6 +48,11 @@ if (!existsSync(join(root, 'vendor/llama.cpp/include/llama.h'))) {
   const r = spawnSync(process.execPath, [join(root, 'scripts/vendor-llama.mjs')], { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
+// Our fixes to llama.cpp (scripts/patches/), applied once; a tree that has them already is left alone.
+{
+  const r = spawnSync(process.execPath, [join(root, 'scripts/patch-llama.mjs')], { stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
 
 const config = values.debug ? 'Debug' : 'Release';
 const defines = { HUOZI_GPU: gpu, CMAKE_BUILD_TYPE: config };

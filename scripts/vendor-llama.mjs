@@ -6,6 +6,9 @@
 // machines (and CI) can reach. So we `npm pack` that exact version, check the tarball's sha512 against the
 // integrity npm published, clone the bundle, and check HEAD. Nothing of llama.cpp is committed here.
 //
+// Our fixes to llama.cpp (scripts/patches/*.patch, see patch-llama.mjs) are applied on top; a tree is "clean" when
+// the only edits in it are those patches.
+//
 // Usage: node scripts/vendor-llama.mjs [--force]
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -13,6 +16,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, renameSync } 
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { applyPatches, patchedPaths, patchFiles } from './patch-llama.mjs';
 
 export const PACKAGE = 'node-llama-cpp@3.22.1';
 export const INTEGRITY =
@@ -35,14 +39,32 @@ function headOf(dir) {
   }
 }
 
+// Clean: no edits but the files our patches change (whether those are applied is checked by applyPatches).
 function isClean(dir) {
-  return run('git', ['-C', dir, 'status', '--porcelain', '--untracked-files=no']) === '';
+  const allowed = new Set(patchFiles().flatMap(patchedPaths));
+  return run('git', ['-C', dir, 'diff', '--name-only', 'HEAD'])
+    .split('\n')
+    .filter((line) => line !== '')
+    .every((line) => allowed.has(line));
+}
+
+function patch(dir) {
+  const { applied, already } = applyPatches(dir);
+  if (applied.length) console.log(`vendor/llama.cpp: applied ${applied.join(', ')}`);
+  return applied.length + already.length;
 }
 
 if (!force && existsSync(target)) {
   const head = headOf(target);
   if (head === COMMIT && isClean(target)) {
-    console.log(`vendor/llama.cpp: ${COMMIT} (verified, clean)`);
+    let patches;
+    try {
+      patches = patch(target);
+    } catch (error) {
+      console.error(error.message);
+      process.exit(1);
+    }
+    console.log(`vendor/llama.cpp: ${COMMIT} (verified, clean, ${patches} patch(es) of scripts/patches applied)`);
     process.exit(0);
   }
   console.error(
@@ -74,7 +96,8 @@ try {
   mkdirSync(dirname(target), { recursive: true });
   rmSync(target, { recursive: true, force: true });
   renameSync(staging, target);
-  console.log(`vendor/llama.cpp: ${COMMIT} (verified)`);
+  const patches = patch(target);
+  console.log(`vendor/llama.cpp: ${COMMIT} (verified, ${patches} patch(es) of scripts/patches applied)`);
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

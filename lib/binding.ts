@@ -77,6 +77,8 @@ export interface NativeContext {
 export interface NativeModel {
   info(): NativeModelInfo;
   tokenize(text: string, addSpecial: boolean, parseSpecial: boolean): Int32Array;
+  tokenizeAsync(text: string, addSpecial: boolean, parseSpecial: boolean): Promise<Int32Array>;
+  tokenizerLimits(): { type: 'spm' | 'bpe' | 'wpm' | 'ugm' | 'rwkv' | 'other'; maxTokenBytes: number };
   detokenize(tokens: Int32Array, removeSpecial: boolean, unparseSpecial: boolean): string;
   tokenPieces(tokens: Int32Array, special: boolean): Buffer[];
   isEog(token: number): boolean;

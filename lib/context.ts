@@ -227,7 +227,6 @@ export class Context {
 
   #native: NativeContext | undefined;
   #tail: Promise<unknown> = Promise.resolve();
-  #running = 0;
   readonly #disposeListeners = new Set<() => void>();
 
   /** @internal Use {@link Model.createContext}. */
@@ -265,26 +264,57 @@ export class Context {
   }
 
   /**
-   * Queues `run` after every earlier operation. `signal` aborting while queued removes it; while running,
-   * it asks the native side to stop.
+   * Queues `run` after every earlier operation. Aborting one of `signals` while the operation is queued removes
+   * it from the queue at once (it rejects with `queuedAbort()`, nothing else is touched); while it runs, it asks
+   * the native side to stop this operation. `evaluates`: the operation runs the model, so the model file is
+   * checked first (Model.checkFile).
    */
-  #enqueue<T>(signal: AbortSignal | undefined, run: (native: NativeContext) => Promise<T>): Promise<T> {
-    const start = async () => {
-      const native = this.#alive();
-      if (signal?.aborted) throw new AbortError();
-      const onAbort = () => native.abort();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.#running++;
-      try {
-        return await run(native);
-      } finally {
-        this.#running--;
-        signal?.removeEventListener('abort', onAbort);
+  #enqueue<T>(
+    signals: (AbortSignal | undefined)[],
+    run: (native: NativeContext) => Promise<T>,
+    { evaluates = false, queuedAbort = () => new AbortError() }: { evaluates?: boolean; queuedAbort?: () => Error } = {},
+  ): Promise<T> {
+    const active = signals.filter((s): s is AbortSignal => s !== undefined);
+    let state: 'queued' | 'running' | 'done' = 'queued';
+    let runningOn: NativeContext | undefined;
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => {
+        if (state === 'queued') {
+          state = 'done';
+          detach();
+          reject(queuedAbort());
+        } else if (state === 'running') {
+          runningOn?.abort();
+        }
+      };
+      const detach = () => {
+        for (const s of active) s.removeEventListener('abort', onAbort);
+      };
+      for (const s of active) s.addEventListener('abort', onAbort, { once: true });
+      const start = async () => {
+        if (state !== 'queued') return; // removed from the queue while it waited
+        state = 'running';
+        try {
+          const native = this.#alive();
+          if (active.some((s) => s.aborted)) throw queuedAbort();
+          if (evaluates) this.model.checkFile();
+          runningOn = native;
+          resolve(await run(native));
+        } catch (error) {
+          reject(error);
+        } finally {
+          state = 'done';
+          runningOn = undefined;
+          detach();
+        }
+      };
+      if (active.some((s) => s.aborted)) {
+        onAbort();
+        return;
       }
-    };
-    const result = this.#tail.then(start, start);
-    this.#tail = result.catch(() => undefined);
-    return result;
+      // `start` never rejects, so the queue's tail never does either.
+      this.#tail = this.#tail.then(start);
+    });
   }
 
   /**
@@ -299,13 +329,17 @@ export class Context {
     const logits = o.logits === undefined ? 'last' : v.oneOf('logits', o.logits, ['last', 'all', 'none', 'computeAll'] as const);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const callSite = new Error();
-    return this.#enqueue(signal, async (native) => {
-      try {
-        return await native.evaluate(ids, ({ none: 0, last: 1, all: 2, computeAll: 3 } as const)[logits]);
-      } catch (error) {
-        throw fromNative(error, callSite);
-      }
-    });
+    return this.#enqueue(
+      [signal],
+      async (native) => {
+        try {
+          return await native.evaluate(ids, ({ none: 0, last: 1, all: 2, computeAll: 3 } as const)[logits]);
+        } catch (error) {
+          throw fromNative(error, callSite);
+        }
+      },
+      { evaluates: true },
+    );
   }
 
   /**
@@ -318,40 +352,55 @@ export class Context {
    */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation {
     this.#alive();
-    const { ids, params, o } = prepareGeneration(this.model, prompt, options, this.contextSize, GENERATE_OPTIONS);
+    const { prompt: prepared, params, o } = prepareGeneration(this.model, prompt, options, this.contextSize, GENERATE_OPTIONS);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const callSite = new Error();
     const generation = new Generation(params.streamIntervalMs === 0);
-    const result = this.#enqueue(signal, async (native) => {
-      let raw: NativeGenerateResult;
-      try {
-        raw = await native.generate(ids, params, (text) => generation.push(text));
-      } catch (error) {
-        throw fromNative(error, callSite);
-      }
-      const out = toResult(raw, ids.length);
-      if (raw.stopReason === 'abort') {
-        throw Object.assign(new AbortError('Generation was aborted'), { result: out });
-      }
-      return out;
-    });
-    generation.attach(result, () => {
-      if (this.#native && this.#running > 0) this.#native.abort();
-    });
+    // stop() (or breaking out of the iteration) ends this generation only: queued, it leaves the queue at once;
+    // running, it stops at the next token. It never touches another operation of the context.
+    const stopper = new AbortController();
+    let promptTokens = typeof prepared === 'string' ? 0 : prepared.length;
+    const aborted = () =>
+      Object.assign(new AbortError('Generation was aborted'), { result: emptyResult('abort', promptTokens) });
+    // A text prompt is tokenized on a worker thread, while earlier operations run.
+    const tokens = typeof prepared === 'string' ? this.model.tokenizeToArrayAsync(prepared, { addBos: o.addBos, parseSpecial: o.parseSpecial }) : undefined;
+    tokens?.catch(() => undefined);
+    const result = this.#enqueue(
+      [signal, stopper.signal],
+      async (native) => {
+        const ids = tokens ? checkPromptLength(await tokens, this.contextSize) : (prepared as Int32Array);
+        promptTokens = ids.length;
+        if (stopper.signal.aborted || signal?.aborted) throw aborted();
+        this.model.checkFile();
+        let raw: NativeGenerateResult;
+        try {
+          raw = await native.generate(ids, params, (text) => generation.push(text));
+        } catch (error) {
+          throw fromNative(error, callSite);
+        }
+        const out = toResult(raw, ids.length);
+        if (raw.stopReason === 'abort') {
+          throw Object.assign(new AbortError('Generation was aborted'), { result: out });
+        }
+        return out;
+      },
+      { queuedAbort: aborted },
+    );
+    generation.attach(result, () => stopper.abort());
     return generation;
   }
 
   /** Forgets the cached tokens from `position` on (0 empties the context). */
   async eraseFrom(position: number): Promise<void> {
     v.integer('position', position, 0);
-    await this.#enqueue(undefined, async (native) => native.eraseFrom(position));
+    await this.#enqueue([], async (native) => native.eraseFrom(position));
   }
 
   /** @internal The KV cache of the sequence and its tokens (for ChatSession.save). */
   saveState(): Promise<{ data: Buffer; tokens: number[] }> {
     this.#alive();
     const callSite = new Error();
-    return this.#enqueue(undefined, async (native) => {
+    return this.#enqueue([], async (native) => {
       try {
         const { data, tokens } = await native.saveState();
         return { data, tokens: Array.from(tokens) };
@@ -366,7 +415,7 @@ export class Context {
     this.#alive();
     const ids = v.tokens('tokens', tokens, this.model.vocabularySize);
     const callSite = new Error();
-    return this.#enqueue(undefined, async (native) => {
+    return this.#enqueue([], async (native) => {
       try {
         await native.loadState(data, ids);
       } catch (error) {
@@ -427,7 +476,9 @@ export class Context {
 
 /**
  * @internal Checks a generate() call's prompt and options and turns them into the native parameters
- * (shared by Context and ParallelContext).
+ * (shared by Context and ParallelContext). A token prompt comes back as checked ids; a text prompt comes back as
+ * text, for the caller to tokenize off the event loop (Model.tokenizeToArrayAsync) and check with
+ * {@link checkPromptLength}: here it is only refused when its length in bytes shows that it cannot fit.
  */
 export function prepareGeneration<O extends GenerateOptions>(
   model: Model,
@@ -435,29 +486,59 @@ export function prepareGeneration<O extends GenerateOptions>(
   options: O | undefined,
   contextSize: number,
   allowed: readonly string[],
-): { ids: Int32Array; params: Record<string, unknown>; o: Partial<O> } {
+): { prompt: string | Int32Array; params: Record<string, unknown>; o: Partial<O> } {
   const o = v.options<O>('options', options, allowed as readonly (keyof O & string)[]);
-  let ids: Int32Array;
+  let checked: string | Int32Array;
   if (typeof prompt === 'string') {
-    ids = model.tokenizeToArray(prompt, { addBos: o.addBos, parseSpecial: o.parseSpecial });
+    if (o.addBos !== undefined) v.boolean('addBos', o.addBos);
+    if (o.parseSpecial !== undefined) v.boolean('parseSpecial', o.parseSpecial);
+    // Cheap: every token covers at most the vocabulary's longest token text, so a text this long cannot fit.
+    const least = model.minTokens(prompt);
+    if (least > contextSize) {
+      throw Object.assign(
+        new RangeError(
+          `Expected a prompt of at most contextSize (${contextSize}) tokens for prompt but received a text of ` +
+            `${Buffer.byteLength(prompt, 'utf8')} bytes, at least ${least} tokens (no token of this vocabulary ` +
+            'covers more bytes than its longest token text)',
+        ),
+        { code: 'ERR_OUT_OF_RANGE' },
+      );
+    }
+    checked = prompt;
   } else {
-    ids = v.tokens('prompt', prompt, model.vocabularySize);
-  }
-  if (ids.length === 0) throw v.rangeError('a prompt of at least one token', 'prompt', prompt);
-  if (ids.length > contextSize) {
-    throw v.rangeError(`a prompt of at most contextSize (${contextSize}) tokens`, 'prompt', `${ids.length} tokens`);
+    checked = checkPromptLength(v.tokens('prompt', prompt, model.vocabularySize), contextSize);
   }
   const params = nativeGenerateParams(o, model.vocabularySize);
   // Control tokens render no text, so a stop string naming one (`<|endofutterance|>`) could never match
   // the text; it stops at the token instead.
   const specialStops = (params.stopStrings as string[] | undefined)?.flatMap((s) => {
-    const stopIds = model.tokenizeToArray(s, { addBos: false, parseSpecial: true });
-    return stopIds.length === 1 && model.native.detokenize(stopIds, false, false) === '' ? [stopIds[0]] : [];
+    const id = model.specialTokens.get(s);
+    return id !== undefined && model.native.detokenize(Int32Array.of(id), false, false) === '' ? [id] : [];
   });
   if (specialStops?.length) {
     params.stopTokens = Int32Array.from([...((params.stopTokens as Int32Array | undefined) ?? []), ...specialStops]);
   }
-  return { ids, params, o };
+  return { prompt: checked, params, o };
+}
+
+/** @internal A prompt's tokens, checked against the context size (RangeError). */
+export function checkPromptLength(ids: Int32Array, contextSize: number): Int32Array {
+  if (ids.length === 0) throw v.rangeError('a prompt of at least one token', 'prompt', '0 tokens');
+  if (ids.length > contextSize) {
+    throw v.rangeError(`a prompt of at most contextSize (${contextSize}) tokens`, 'prompt', `${ids.length} tokens`);
+  }
+  return ids;
+}
+
+/** @internal The result of a generation that produced nothing (stopped while queued). */
+export function emptyResult(stopReason: StopReason, promptTokens: number): GenerationResult {
+  return toResult(
+    {
+      tokens: new Int32Array(0), text: '', stopReason, stopToken: null, stopString: null, reusedTokens: 0, evaluatedTokens: 0,
+      promptMs: 0, generateMs: 0,
+    },
+    promptTokens,
+  );
 }
 
 function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: number): Record<string, unknown> {

@@ -1,3 +1,4 @@
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { binding, type NativeModel, type NativeModelInfo, type NativeSystemInfo } from './binding.js';
@@ -103,6 +104,15 @@ export interface TokenizeOptions {
   parseSpecial?: boolean;
 }
 
+/** Options of {@link Model.tokenizeAsync}. */
+export interface TokenizeAsyncOptions extends TokenizeOptions {
+  /**
+   * Rejects the promise with an {@link AbortError} at once. (Tokenization itself is linear in the text's length
+   * and cannot be interrupted: the worker thread finishes it and the result is dropped.)
+   */
+  signal?: AbortSignal;
+}
+
 /** Options of {@link Model.detokenize}. */
 export interface DetokenizeOptions {
   /** Render special/control tokens as their text (`<|endofutterance|>`). Default: `false`. */
@@ -153,7 +163,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   try {
     validateForLlama(await readGguf(fullPath));
   } catch (error) {
-    if (error instanceof GgufError) throw error;
+    if (error instanceof GgufError || error instanceof ModelLoadError) throw error; // NotRegularFileError keeps its code
     throw new ModelLoadError(`Failed to load model from ${fullPath}: ${(error as Error).message}`, { cause: error });
   }
   if (signal?.aborted) throw new AbortError('model loading was aborted');
@@ -185,6 +195,9 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
       handle?.cancel();
     }
   };
+  // The file llama.cpp maps, held open to notice later changes to it (see Model.checkFile): with useMmap false
+  // the weights are read into memory and later changes do not matter. A vocabOnly model never evaluates.
+  let watch = o.useMmap !== false && o.vocabOnly !== true ? openIdentity(fullPath) : undefined;
   handle = binding().loadModel(fullPath, params, onProgress ? report : undefined);
   const onAbort = () => handle.cancel();
   signal?.addEventListener('abort', onAbort, { once: true });
@@ -195,7 +208,8 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
       native.dispose();
       throw callbackError;
     }
-    const model = new Model(native, fullPath, gpuPlan);
+    const model = new Model(native, fullPath, gpuPlan, watch);
+    watch = undefined;
     if (params.rpcServers) model.onDispose(retainRpcServers(params.rpcServers as string[]));
     try {
       onProgress?.(1);
@@ -215,8 +229,40 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     throw typed;
   } finally {
     signal?.removeEventListener('abort', onAbort);
+    if (watch) closeIdentity(watch);
   }
 }
+
+/** The identity of an open model file: what changes when the file is truncated or written over in place. */
+interface FileIdentity {
+  fd: number;
+  size: bigint;
+  mtimeNs: bigint;
+}
+
+function openIdentity(path: string): FileIdentity | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const st = fstatSync(fd, { bigint: true });
+    return { fd, size: st.size, mtimeNs: st.mtimeNs };
+  } catch {
+    // Unreadable or gone: llama.cpp's load reports it.
+    if (fd !== undefined) closeSync(fd);
+    return undefined;
+  }
+}
+
+function closeIdentity(id: FileIdentity): void {
+  try {
+    closeSync(id.fd);
+  } catch {
+    // already closed
+  }
+}
+
+// Closes the descriptor of a model that is collected without dispose().
+const identityCloser = new FinalizationRegistry<FileIdentity>(closeIdentity);
 
 /** A loaded GGUF model. Create with {@link loadModel}; free with {@link Model.dispose}. */
 export class Model {
@@ -237,13 +283,18 @@ export class Model {
   #specialText: Map<number, string> | undefined;
   readonly #contexts = new Set<{ dispose(): Promise<void> }>();
   readonly #disposeListeners = new Set<() => void>();
+  readonly #tokenizing = new Set<Promise<unknown>>();
+  #identity: FileIdentity | undefined;
+  #limits: { type: string; maxTokenBytes: number } | undefined;
 
   /** With gpuLayers 'auto': what llama.cpp's fit chose. */
   readonly gpuPlan: Readonly<GpuPlan> | undefined;
 
   /** @internal Use {@link loadModel}. */
-  constructor(native: NativeModel, path: string, gpuPlan?: GpuPlan) {
+  constructor(native: NativeModel, path: string, gpuPlan?: GpuPlan, identity?: FileIdentity) {
     this.#native = native;
+    this.#identity = identity;
+    if (identity) identityCloser.register(this, identity, this);
     this.path = path;
     this.gpuPlan = gpuPlan;
     const { metadata, tokens, ...info } = native.info();
@@ -281,6 +332,75 @@ export class Model {
     const addBos = o.addBos === undefined ? this.tokens.addBos : v.boolean('addBos', o.addBos);
     const parseSpecial = o.parseSpecial === undefined ? false : v.boolean('parseSpecial', o.parseSpecial);
     return this.native.tokenize(text, addBos, parseSpecial);
+  }
+
+  /**
+   * Text to token ids, on a worker thread: the event loop stays free however long the text is (tokenization is
+   * linear in its length; a 1.6 MB text of emoji takes well under a second). Throws {@link DisposedError} after
+   * dispose(); `signal` rejects the promise with an {@link AbortError}.
+   */
+  async tokenizeAsync(text: string, options?: TokenizeAsyncOptions): Promise<number[]> {
+    return Array.from(await this.tokenizeToArrayAsync(text, options));
+  }
+
+  /** @internal Like tokenizeAsync(), without the copy into a JS array. */
+  tokenizeToArrayAsync(text: string, options?: TokenizeAsyncOptions): Promise<Int32Array> {
+    v.string('text', text);
+    const o = v.options<TokenizeAsyncOptions>('options', options, ['addBos', 'parseSpecial', 'signal']);
+    const addBos = o.addBos === undefined ? this.tokens.addBos : v.boolean('addBos', o.addBos);
+    const parseSpecial = o.parseSpecial === undefined ? false : v.boolean('parseSpecial', o.parseSpecial);
+    const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+    if (signal?.aborted) return Promise.reject(new AbortError('tokenization was aborted'));
+    const callSite = new Error();
+    const work = this.native.tokenizeAsync(text, addBos, parseSpecial);
+    const tracked = work.catch(() => undefined).finally(() => this.#tokenizing.delete(tracked));
+    this.#tokenizing.add(tracked);
+    const result = work.catch((error: unknown) => {
+      throw fromNative(error, callSite);
+    });
+    if (!signal) return result;
+    return new Promise<Int32Array>((resolve, reject) => {
+      const onAbort = () => reject(new AbortError('tokenization was aborted'));
+      signal.addEventListener('abort', onAbort, { once: true });
+      result.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  /**
+   * @internal The fewest tokens `text` can tokenize into, from its length in bytes and the vocabulary's longest
+   * token (SPM and BPE tokenizers never shrink the text); 0 when the vocabulary gives no such bound. Cheap:
+   * lets a prompt that cannot fit be refused before it is tokenized.
+   */
+  minTokens(text: string): number {
+    this.#limits ??= this.native.tokenizerLimits();
+    const { type, maxTokenBytes } = this.#limits;
+    if ((type !== 'spm' && type !== 'bpe') || maxTokenBytes <= 0) return 0;
+    return Math.ceil(Buffer.byteLength(text, 'utf8') / maxTokenBytes);
+  }
+
+  /**
+   * @internal Throws a {@link ModelLoadError} when the memory-mapped model file changed on disk since it was
+   * loaded (truncated, or written over in place): evaluating would read pages that are gone (SIGBUS, the process
+   * dies) or weights that are not the model's. One fstat; called before every evaluation.
+   */
+  checkFile(): void {
+    const id = this.#identity;
+    if (!id) return;
+    let st: { size: bigint; mtimeNs: bigint };
+    try {
+      st = fstatSync(id.fd, { bigint: true });
+    } catch (error) {
+      throw new ModelLoadError(`Cannot check the model file ${this.path}: ${(error as Error).message}`, { cause: error });
+    }
+    if (st.size !== id.size || st.mtimeNs !== id.mtimeNs) {
+      throw new ModelLoadError(
+        `The model file ${this.path} changed on disk after it was loaded (size ${id.size} -> ${st.size} bytes` +
+          `${st.mtimeNs !== id.mtimeNs ? ', modified' : ''}); its memory-mapped weights are no longer valid. ` +
+          'Dispose this model and load it again. To replace a model that is in use, write the new file next to ' +
+          'it and rename it into place (the loaded model keeps the old file) instead of copying over it, or load ' +
+          'with useMmap: false.',
+      );
+    }
   }
 
   /** Token ids to text. */
@@ -341,9 +461,17 @@ export class Model {
   async dispose(): Promise<void> {
     if (!this.#native) return;
     await Promise.all([...this.#contexts].map((c) => c.dispose()));
+    // Tokenizations on worker threads hold the model; they are short (linear in their text).
+    while (this.#tokenizing.size > 0) await Promise.all([...this.#tokenizing]);
     const native = this.#native;
+    if (!native) return;
     this.#native = undefined;
     native.dispose();
+    if (this.#identity) {
+      identityCloser.unregister(this);
+      closeIdentity(this.#identity);
+      this.#identity = undefined;
+    }
     for (const listener of this.#disposeListeners) listener();
     this.#disposeListeners.clear();
   }

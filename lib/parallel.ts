@@ -1,6 +1,7 @@
 import type { NativeGenerateResult } from './binding.js';
 import {
-  GENERATE_OPTIONS, Generation, prepareGeneration, toResult, type GenerateOptions, type GenerationResult,
+  checkPromptLength, emptyResult, GENERATE_OPTIONS, Generation, prepareGeneration, toResult, type GenerateOptions,
+  type GenerationResult,
 } from './context.js';
 import { AbortError, DisposedError, fromNative, InsufficientMemoryError } from './errors.js';
 import { kvCacheBytes, memoryUse, type DeviceMemoryUse } from './context.js';
@@ -107,6 +108,11 @@ export async function createParallelContext(model: Model, options?: ParallelCont
   const contextSize =
     o.contextSize === undefined ? perSlot * (unifiedCache ? 1 : parallel) : v.integer('contextSize', o.contextSize, parallel, 1 << 24);
   const batchSize = o.batchSize === undefined ? Math.min(2048, contextSize) : v.integer('batchSize', o.batchSize, 1, 1 << 24);
+  // llama.cpp would silently raise a smaller batch to one token per slot, and cut a larger one to the context.
+  if (batchSize < parallel) throw v.rangeError(`integer at least parallel (${parallel})`, 'batchSize', batchSize);
+  if (batchSize > contextSize) {
+    throw v.rangeError(`positive integer no larger than contextSize (${contextSize})`, 'batchSize', batchSize);
+  }
   const ubatchSize = o.ubatchSize === undefined ? Math.min(512, batchSize) : v.integer('ubatchSize', o.ubatchSize, 1, 1 << 24);
   if (ubatchSize > batchSize) throw v.rangeError(`positive integer no larger than batchSize (${batchSize})`, 'ubatchSize', ubatchSize);
   const threads = o.threads === undefined ? defaultThreads() : v.integer('threads', o.threads, 1, 512);
@@ -204,26 +210,55 @@ export class ParallelContext {
    * its `result` (a {@link ParallelGenerationResult}).
    */
   generate(prompt: string | ArrayLike<number>, options?: ParallelGenerateOptions): Generation {
-    const native = this.#alive();
-    const { ids, params, o } = prepareGeneration(this.model, prompt, options, this.slotContextSize, PARALLEL_GENERATE_OPTIONS);
+    this.#alive();
+    const { prompt: prepared, params, o } = prepareGeneration(this.model, prompt, options, this.slotContextSize, PARALLEL_GENERATE_OPTIONS);
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     const generation = new Generation(params.streamIntervalMs === 0);
     const callSite = new Error();
     const id = this.#nextId++;
-    const result = new Promise<ParallelGenerationResult>((resolve, reject) => {
-      this.#pending.set(id, { generation, promptTokens: ids.length, resolve, reject, callSite });
-    });
-    const cancel = () => this.#native?.cancel(id);
+    let promptTokens = typeof prepared === 'string' ? 0 : prepared.length;
+    const aborted = () =>
+      Object.assign(new AbortError('Generation was aborted'), {
+        result: { ...emptyResult('abort', promptTokens), slot: -1, queueMs: 0 } satisfies ParallelGenerationResult,
+      });
     if (signal?.aborted) {
-      this.#pending.delete(id);
-      generation.attach(Promise.reject(new AbortError('Generation was aborted')), () => {});
+      generation.attach(Promise.reject(aborted()), () => {});
       return generation;
     }
-    try {
-      native.submit(id, ids, params);
-    } catch (error) {
-      this.#pending.delete(id);
-      throw fromNative(error, callSite);
+    let fail!: (error: unknown) => void;
+    const result = new Promise<ParallelGenerationResult>((resolve, reject) => {
+      fail = reject;
+      this.#pending.set(id, { generation, promptTokens, resolve, reject, callSite });
+    });
+    // Until the request is submitted (a text prompt is tokenized on a worker thread first), stopping it only
+    // takes it out of this object; after, the native loop drops it from its queue or stops its slot.
+    let submitted = false;
+    const dropped = (error: unknown) => {
+      if (this.#pending.delete(id)) fail(error);
+    };
+    const submit = (ids: Int32Array) => {
+      const entry = this.#pending.get(id);
+      if (!entry) return; // stopped or disposed meanwhile
+      promptTokens = entry.promptTokens = ids.length;
+      this.model.checkFile();
+      this.#alive().submit(id, ids, params);
+      submitted = true;
+    };
+    const cancel = () => {
+      if (submitted) this.#native?.cancel(id);
+      else dropped(aborted());
+    };
+    if (typeof prepared === 'string') {
+      this.model
+        .tokenizeToArrayAsync(prepared, { addBos: o.addBos, parseSpecial: o.parseSpecial })
+        .then((tokens) => submit(checkPromptLength(tokens, this.slotContextSize)))
+        .catch((error: unknown) => dropped(fromNative(error, callSite)));
+    } else {
+      try {
+        submit(prepared);
+      } catch (error) {
+        dropped(fromNative(error, callSite));
+      }
     }
     signal?.addEventListener('abort', cancel, { once: true });
     const settled = result.finally(() => signal?.removeEventListener('abort', cancel));

@@ -93,9 +93,12 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
         llama_context *ctx = InitContext(model->model, cp);
         return Created{ctx, model, imatrix};
       },
-      [](Napi::Env env, Created &created) -> Napi::Value {
+      [base](Napi::Env env, Created &created) -> Napi::Value {
         Napi::Object object = Data(env).context_ctor.New({Napi::External<llama_context>::New(env, created.ctx)});
         Context *context = Context::Unwrap(object);
+        // llama.cpp rounds the cells up to a multiple of 256 (contextSize 1 gave 256): the context holds exactly
+        // the tokens that were asked for, the rest of the allocation stays unused.
+        context->n_ctx_ = std::min(context->n_ctx_, base.n_ctx);
         context->model_ = std::move(created.model);
         context->vocab_ = llama_model_get_vocab(context->model_->model);
         context->n_vocab_ = llama_vocab_n_tokens(context->vocab_);

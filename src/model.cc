@@ -1,5 +1,8 @@
 #include "model.h"
 
+#include <algorithm>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -8,6 +11,7 @@
 #include "parallel.h"
 #include "errors.h"
 #include "tokens.h"
+#include "workers/promise_worker.h"
 
 namespace huozi {
 
@@ -16,6 +20,8 @@ Napi::Function Model::Init(Napi::Env env) {
                      {
                          InstanceMethod<&Model::Info>("info"),
                          InstanceMethod<&Model::Tokenize>("tokenize"),
+                         InstanceMethod<&Model::TokenizeAsync>("tokenizeAsync"),
+                         InstanceMethod<&Model::TokenizerLimits>("tokenizerLimits"),
                          InstanceMethod<&Model::Detokenize>("detokenize"),
                          InstanceMethod<&Model::TokenPieces>("tokenPieces"),
                          InstanceMethod<&Model::IsEog>("isEog"),
@@ -125,29 +131,93 @@ Napi::Value Model::Info(const Napi::CallbackInfo &info) {
   return out;
 }
 
+namespace {
+
+// llama_tokenize on any thread; throws CodedError. Tokenization is linear in the text's length (with
+// scripts/patches/0001: the SPM byte fallback was quadratic), so this is bounded work.
+std::vector<llama_token> TokenizeText(const llama_vocab *vocab, const std::string &text, bool add_special,
+                                      bool parse_special) {
+  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) throw CodedError(code::kOutOfRange, "text is too long to tokenize");
+  const int32_t len = static_cast<int32_t>(text.size());
+  std::vector<llama_token> out(text.size() + 4);
+  int32_t n = llama_tokenize(vocab, text.data(), len, out.data(), static_cast<int32_t>(out.size()), add_special, parse_special);
+  if (n < 0) {
+    if (n == INT32_MIN) throw CodedError(code::kOutOfRange, "tokenization result is too large");
+    out.resize(static_cast<size_t>(-n));
+    n = llama_tokenize(vocab, text.data(), len, out.data(), static_cast<int32_t>(out.size()), add_special, parse_special);
+    if (n < 0) throw CodedError(code::kInvalidArgument, "tokenization failed");
+  }
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+Napi::Int32Array ToInt32Array(Napi::Env env, const std::vector<llama_token> &ids) {
+  Napi::Int32Array result = Napi::Int32Array::New(env, ids.size());
+  std::copy(ids.begin(), ids.end(), result.Data());
+  return result;
+}
+
+}  // namespace
+
 // tokenize(text: string, addSpecial: boolean, parseSpecial: boolean) -> Int32Array
 Napi::Value Model::Tokenize(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   CheckAlive(env);
   if (info.Length() < 3 || !info[0].IsString()) Throw(env, code::kInvalidArgument, "tokenize(text, addSpecial, parseSpecial)");
   std::string text = info[0].As<Napi::String>().Utf8Value();
-  bool add_special = info[1].ToBoolean();
-  bool parse_special = info[2].ToBoolean();
-  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) Throw(env, code::kOutOfRange, "text is too long to tokenize");
-  const int32_t len = static_cast<int32_t>(text.size());
-  std::vector<llama_token> out(text.size() + 4);
-  int32_t n = llama_tokenize(vocab_, text.data(), len, out.data(), static_cast<int32_t>(out.size()), add_special, parse_special);
-  if (n < 0) {
-    if (n == INT32_MIN) Throw(env, code::kOutOfRange, "tokenization result is too large");
-    out.resize(static_cast<size_t>(-n));
-    n = llama_tokenize(vocab_, text.data(), len, out.data(), static_cast<int32_t>(out.size()), add_special, parse_special);
-    if (n < 0) Throw(env, code::kInvalidArgument, "tokenization failed");
+  std::vector<llama_token> ids;
+  try {
+    ids = TokenizeText(vocab_, text, info[1].ToBoolean(), info[2].ToBoolean());
+  } catch (const CodedError &e) {
+    Throw(env, e.code(), e.what());
+  } catch (const std::exception &e) {
+    Throw(env, code::kInvalidArgument, std::string("tokenization failed: ") + e.what());
   }
-  Napi::Int32Array result = Napi::Int32Array::New(env, static_cast<size_t>(n));
-  std::copy(out.begin(), out.begin() + n, result.Data());
-  return result;
+  return ToInt32Array(env, ids);
 }
 
+// tokenizeAsync(text: string, addSpecial: boolean, parseSpecial: boolean) -> Promise<Int32Array>, on the libuv
+// pool. The worker holds the model (dispose() refuses while it runs; lib/model.ts waits for it first).
+Napi::Value Model::TokenizeAsync(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  if (info.Length() < 3 || !info[0].IsString()) Throw(env, code::kInvalidArgument, "tokenizeAsync(text, addSpecial, parseSpecial)");
+  auto text = std::make_shared<std::string>(info[0].As<Napi::String>().Utf8Value());
+  const bool add_special = info[1].ToBoolean();
+  const bool parse_special = info[2].ToBoolean();
+  std::shared_ptr<ModelHandle> handle = handle_;
+  const llama_vocab *vocab = vocab_;
+  return PromiseWorker<std::vector<llama_token>>::Start(
+      env, Napi::Object::New(env), code::kInvalidArgument,
+      [handle, vocab, text, add_special, parse_special]() { return TokenizeText(vocab, *text, add_special, parse_special); },
+      [](Napi::Env env, std::vector<llama_token> &ids) -> Napi::Value { return ToInt32Array(env, ids); });
+}
+
+// tokenizerLimits() -> { type: 'spm' | 'bpe' | ..., maxTokenBytes }: the vocabulary's type and the longest token
+// text in bytes (an upper bound on the text one token covers for SPM and BPE vocabularies, whose tokenizers
+// never shrink the text: lib/context.ts refuses a prompt that cannot fit before tokenizing it).
+Napi::Value Model::TokenizerLimits(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckAlive(env);
+  size_t longest = 0;
+  for (int32_t id = 0; id < n_vocab_; ++id) {
+    const char *text = llama_vocab_get_text(vocab_, id);
+    if (text != nullptr) longest = std::max(longest, std::strlen(text));
+  }
+  const char *type = "other";
+  switch (llama_vocab_type(vocab_)) {
+    case LLAMA_VOCAB_TYPE_SPM: type = "spm"; break;
+    case LLAMA_VOCAB_TYPE_BPE: type = "bpe"; break;
+    case LLAMA_VOCAB_TYPE_WPM: type = "wpm"; break;
+    case LLAMA_VOCAB_TYPE_UGM: type = "ugm"; break;
+    case LLAMA_VOCAB_TYPE_RWKV: type = "rwkv"; break;
+    default: break;
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("type", type);
+  out.Set("maxTokenBytes", Napi::Number::New(env, static_cast<double>(longest)));
+  return out;
+}
 
 // detokenize(tokens: Int32Array, removeSpecial: boolean, unparseSpecial: boolean) -> string
 Napi::Value Model::Detokenize(const Napi::CallbackInfo &info) {

@@ -1,5 +1,5 @@
 // Model: owns a llama_model. Loaded off the main thread by workers/load_model.cc; tokenization is synchronous
-// (it is fast and pure). The llama_model lives in a shared ModelHandle that every context (and a context
+// (tokenize) or on the libuv pool (tokenizeAsync, for text of any size: the worker holds the ModelHandle). The llama_model lives in a shared ModelHandle that every context (and a context
 // being created) also holds, so it is freed after the last of them, whatever order GC or process teardown
 // finalizes the JS objects in; dispose() refuses while others hold it (lib/model.ts disposes contexts first).
 #pragma once
@@ -35,6 +35,8 @@ class Model final : public Napi::ObjectWrap<Model> {
  private:
   Napi::Value Info(const Napi::CallbackInfo &info);
   Napi::Value Tokenize(const Napi::CallbackInfo &info);
+  Napi::Value TokenizeAsync(const Napi::CallbackInfo &info);
+  Napi::Value TokenizerLimits(const Napi::CallbackInfo &info);
   Napi::Value Detokenize(const Napi::CallbackInfo &info);
   Napi::Value TokenPieces(const Napi::CallbackInfo &info);
   Napi::Value IsEog(const Napi::CallbackInfo &info);

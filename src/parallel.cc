@@ -75,10 +75,13 @@ Napi::Value ParallelContext::Create(Napi::Env env, std::shared_ptr<ModelHandle> 
   return PromiseWorker<llama_context *>::Start(
       env, Napi::Object::New(env), code::kContextCreate,
       [model, cp]() { return InitContext(model->model, cp); },
-      [model, callback](Napi::Env env, llama_context *&ctx) -> Napi::Value {
+      [model, callback, cp](Napi::Env env, llama_context *&ctx) -> Napi::Value {
         Napi::Object object = Data(env).parallel_ctor.New({Napi::External<llama_context>::New(env, ctx)});
         ParallelContext *self = ParallelContext::Unwrap(object);
         ctx = nullptr;
+        // llama.cpp rounds each sequence's cells up to a multiple of 256; the context holds what was asked for.
+        self->n_ctx_ = std::min(self->n_ctx_, cp.n_ctx);
+        self->n_ctx_seq_ = std::min(self->n_ctx_seq_, cp.kv_unified ? cp.n_ctx : cp.n_ctx / cp.n_seq_max);
         self->model_ = model;
         self->vocab_ = llama_model_get_vocab(model->model);
         self->n_vocab_ = llama_vocab_n_tokens(self->vocab_);
@@ -606,6 +609,11 @@ void ParallelContext::DecodeGroup(const std::vector<Slot *> &group, bool alone) 
 
 void ParallelContext::Consume(Slot &slot, llama_token token, Clock::time_point now) {
   Active &a = *slot.active;
+  if (a.req->stops.max_tokens == 0) {
+    // maxTokens 0: the prompt was evaluated (and cached); the sampled token is dropped, as llama-server's n_predict 0.
+    Finish(slot, "maxTokens");
+    return;
+  }
   if (a.result->tokens.empty()) {
     a.first_token = now;
     a.result->prompt_ms = MsBetween(a.started, now);

@@ -148,6 +148,11 @@ class GenerateWorker final : public Napi::AsyncWorker {
         result_.stop_reason = "abort";
         break;
       }
+      if (params_.stops.max_tokens == 0) {
+        // maxTokens 0: the prompt is evaluated (and cached), nothing is sampled, as llama-server's n_predict 0.
+        result_.stop_reason = "maxTokens";
+        break;
+      }
       const llama_token token = first && kept != nullptr
                                     ? SampleLogits(sampler.get(), greedy, kept->data(), ctx.n_vocab())
                                     : Sample(sampler.get(), greedy, ctx.handle(), -1, ctx.n_vocab());

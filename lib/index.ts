@@ -48,3 +48,4 @@ export type { GgmlType } from './gguf/types.js';
 export type { ReadGgufOptions } from './gguf/reader.js';
 export type { WriteGgufOptions } from './gguf/writer.js';
 export type { TensorPlan } from './gguf/synth.js';
+export type { TokenizeAsyncOptions } from './model.js';

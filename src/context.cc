@@ -9,6 +9,7 @@
 #include "llama-ext.h"
 #include "log.h"
 #include "model.h"
+#include "session_state.h"
 #include "tokens.h"
 #include "workers/promise_worker.h"
 
@@ -343,6 +344,9 @@ Napi::Value Context::SaveState(const Napi::CallbackInfo &info) {
       [this]() {
         Saved saved;
         RunOnThread([&] {
+          // A state that load could not check before llama.cpp reads it is refused when saving already.
+          const std::string unsupported = SeqStateSupport(ctx_);
+          if (!unsupported.empty()) throw CodedError(kSessionFileCode, unsupported);
           saved.data.resize(llama_state_seq_get_size(ctx_, 0));
           const size_t n = llama_state_seq_get_data(ctx_, saved.data.data(), saved.data.size(), 0);
           if (n == 0 && !tokens_.empty()) throw CodedError(code::kDecode, "llama_state_seq_get_data failed");
@@ -362,8 +366,10 @@ Napi::Value Context::SaveState(const Napi::CallbackInfo &info) {
       [this]() { End(); });
 }
 
-// loadState(data: Buffer, tokens: Int32Array) -> Promise<void>. The caller (lib/chat/session.ts) has checked
-// the data's checksum and model; llama.cpp checks its own layout and fails cleanly on a mismatch.
+// loadState(data: Buffer, tokens: Int32Array) -> Promise<void>. The whole state is checked against this context
+// (session_state.h) before anything changes; a state that fails the check rejects with ERR_HUOZI_SESSION_FILE
+// and leaves the context as it was. Should llama.cpp still refuse a checked state, the context's previous
+// contents are put back from a snapshot (and the rejection is ERR_HUOZI_SESSION_FILE too).
 Napi::Value Context::LoadState(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   CheckIdle(env);
@@ -371,25 +377,48 @@ Napi::Value Context::LoadState(const Napi::CallbackInfo &info) {
   Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
   std::vector<uint8_t> data(buffer.Data(), buffer.Data() + buffer.Length());
   std::vector<llama_token> tokens = TokenIds(env, info[1], n_vocab_, "tokens");
-  if (tokens.size() > n_ctx_) Throw(env, code::kContextOverflow, "the saved state holds more tokens than this context");
+  if (tokens.size() > n_ctx_) {
+    Throw(env, kSessionFileCode,
+          "the saved state holds " + std::to_string(tokens.size()) + " tokens, more than this context's " + std::to_string(n_ctx_));
+  }
   Begin(env);
   return PromiseWorker<bool>::Start(
       env, Value(), code::kDecode,
       [this, data = std::move(data), tokens = std::move(tokens)]() {
         RunOnThread([&] {
+          const std::string bad = CheckSeqState(ctx_, data.data(), data.size(), tokens.size(), n_vocab_);
+          if (!bad.empty()) throw CodedError(kSessionFileCode, bad);
+          // What the context holds now, to put back if llama.cpp refuses the state after all.
+          std::vector<uint8_t> before(tokens_.empty() ? 0 : llama_state_seq_get_size(ctx_, 0));
+          if (!before.empty()) before.resize(llama_state_seq_get_data(ctx_, before.data(), before.size(), 0));
+          const std::vector<llama_token> before_tokens = tokens_;
+          const size_t before_canonical = canonical_;
+          std::vector<float> before_logits = prompt_logits_;
+          const size_t before_logits_at = prompt_logits_at_;
+          const bool before_logits_exact = prompt_logits_exact_;
+
           llama_memory_t mem = llama_get_memory(ctx_);
           Truncate(0);
-          if (data.empty()) return;
-          if (llama_state_seq_set_data(ctx_, data.data(), data.size(), 0) == 0) {
-            llama_memory_seq_rm(mem, 0, -1, -1);
-            throw CodedError(code::kDecode, "the saved state does not fit this context (different model or settings)");
+          bool ok = llama_state_seq_set_data(ctx_, data.data(), data.size(), 0) == data.size();
+          ok = ok && static_cast<size_t>(llama_memory_seq_pos_max(mem, 0) + 1) == tokens.size();
+          if (ok) {
+            tokens_ = tokens;
+            return;
           }
-          const llama_pos pos_max = llama_memory_seq_pos_max(mem, 0);
-          if (static_cast<size_t>(pos_max + 1) != tokens.size()) {
+          llama_memory_seq_rm(mem, 0, -1, -1);
+          const bool restored =
+              !before.empty() && llama_state_seq_set_data(ctx_, before.data(), before.size(), 0) == before.size();
+          if (restored) {
+            tokens_ = before_tokens;
+            canonical_ = before_canonical;
+            prompt_logits_ = std::move(before_logits);
+            prompt_logits_at_ = before_logits_at;
+            prompt_logits_exact_ = before_logits_exact;
+          } else if (!before.empty()) {
             llama_memory_seq_rm(mem, 0, -1, -1);
-            throw CodedError(code::kDecode, "the saved state and its token list disagree");
           }
-          tokens_ = tokens;
+          throw CodedError(kSessionFileCode, std::string("llama.cpp could not load the saved state into this context") +
+                                                 (restored || before.empty() ? "" : " (and its previous contents were lost)"));
         });
         return true;
       },

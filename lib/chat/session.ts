@@ -1,15 +1,18 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import type { Context, GenerationResult, SamplingOptions } from '../context.js';
-import { BusyError, ContextOverflowError, HuoziError } from '../errors.js';
+import { BusyError, ContextOverflowError, DecodeError } from '../errors.js';
 import type { Model } from '../model.js';
-import { writeFileAtomic } from '../util/atomic.js';
 import * as v from '../validate.js';
 import { detectTemplate, type TemplateOption } from './detect.js';
 import {
   joinSegments, normalizeRole, type ChatMessage, type ChatRole, type ChatTemplate, type Segment,
 } from './template.js';
 import { tokenizeSegments } from './tokenize.js';
+import {
+  encodeSessionFile, FORMAT_VERSION, MAGIC, readSessionFile, SessionFileError, writeSessionFile,
+} from './session-file.js';
+
+export { SessionFileError } from './session-file.js';
 
 /** Options of the {@link ChatSession} constructor. */
 export interface ChatSessionOptions {
@@ -62,8 +65,9 @@ interface Committed {
   tokens: number[];
 }
 
-const MAGIC = 'HUOZI-CHAT-SESSION';
-const FORMAT_VERSION = 1;
+// The header's fields (version 1 also had stateSha256, a checksum of the state alone).
+const HEADER_FIELDS = ['magic', 'version', 'model', 'template', 'messages', 'committed', 'tokens', 'stateBytes'] as const;
+const ROLES: readonly string[] = ['system', 'user', 'assistant'];
 
 /**
  * A conversation on a {@link Context}: renders the chat template, evaluates only what the context does not
@@ -227,12 +231,20 @@ export class ChatSession {
   }
 
   /**
-   * Saves the conversation and the context's KV cache to `path` (through a temporary file and a rename). The
-   * file records which model it belongs to and a checksum; {@link ChatSession.load} checks both.
+   * Saves the conversation and the context's KV cache to `path`, atomically (a temporary file in the same
+   * directory, then a rename). The file records which model it belongs to and a SHA-256 of all its bytes;
+   * {@link ChatSession.load} checks both, and everything else in it. A new file gets mode 0600; an existing file
+   * keeps its mode. A symbolic link is followed and its final target replaced (the link stays); a link to nothing,
+   * or a path that is a directory, FIFO, socket or device, is refused with a {@link SessionFileError}.
    */
   async save(path: string): Promise<void> {
     v.string('path', path, { allowEmpty: false });
-    const state = await this.context.saveState();
+    let state: { data: Buffer; tokens: number[] };
+    try {
+      state = await this.context.saveState();
+    } catch (error) {
+      throw asSessionFileError(error, `Cannot save this session to ${path}`);
+    }
     const header = {
       magic: MAGIC,
       version: FORMAT_VERSION,
@@ -242,47 +254,100 @@ export class ChatSession {
       committed: this.#committed ?? null,
       tokens: state.tokens,
       stateBytes: state.data.length,
-      stateSha256: createHash('sha256').update(state.data).digest('hex'),
     };
-    const json = Buffer.from(JSON.stringify(header), 'utf8');
-    const prefix = Buffer.alloc(8);
-    prefix.writeUInt32LE(FORMAT_VERSION, 0);
-    prefix.writeUInt32LE(json.length, 4);
-    await writeFileAtomic(path, [Buffer.from(MAGIC, 'latin1'), prefix, json, state.data]);
+    await writeSessionFile(path, encodeSessionFile(header, state.data));
   }
 
-  /** Restores a conversation and its KV cache saved by {@link ChatSession.save}. */
+  /**
+   * Restores a conversation and its KV cache saved by {@link ChatSession.save} (format versions 1 and 2). The
+   * whole file is checked before anything changes: its checksum, every header field, and the KV state against
+   * this context (cell counts, positions, layers, key/value types and row sizes, total size). Any problem is a
+   * {@link SessionFileError}, and the session and its context stay exactly as they were. A missing or unreadable
+   * file rejects with Node's own error (`ENOENT`, `EACCES`).
+   *
+   * @throws {@link BusyError} while an answer of this session is running.
+   */
   async load(path: string): Promise<void> {
     v.string('path', path, { allowEmpty: false });
-    const file = await readFile(path);
+    if (this.#busy) throw new BusyError('This chat session is answering; wait for the answer (or stop it) before loading');
+    const context = this.context;
+    // A state holds at most the context's whole KV cache, plus a few bytes of metadata per cell.
+    const kvBytes = context.memory().reduce((sum, d) => sum + d.context, 0);
+    const maxStateBytes = kvBytes + context.contextSize * 64 + 1024 * 1024;
+    const { version, header, state } = await readSessionFile(path, maxStateBytes);
     const bad = (why: string) => new SessionFileError(`${path} is not a usable chat session file: ${why}`);
-    if (file.length < MAGIC.length + 8 || file.toString('latin1', 0, MAGIC.length) !== MAGIC) throw bad('wrong magic');
-    const version = file.readUInt32LE(MAGIC.length);
-    if (version !== FORMAT_VERSION) throw bad(`format version ${version}, expected ${FORMAT_VERSION}`);
-    const jsonLength = file.readUInt32LE(MAGIC.length + 4);
-    const jsonStart = MAGIC.length + 8;
-    if (jsonStart + jsonLength > file.length) throw bad('truncated header');
-    let header: Record<string, unknown>;
+    const { messages, tokens, committed } = this.#checkHeader(header, version, bad);
+    if (this.#busy) throw new BusyError('This chat session started answering while the file was read; nothing was loaded');
     try {
-      header = JSON.parse(file.toString('utf8', jsonStart, jsonStart + jsonLength));
-    } catch {
-      throw bad('corrupt header');
+      await context.loadState(state, tokens);
+    } catch (error) {
+      throw asSessionFileError(error, `${path} is not a usable chat session file`);
     }
-    const data = file.subarray(jsonStart + jsonLength);
-    if (header.stateBytes !== data.length) throw bad(`state is ${data.length} bytes, expected ${String(header.stateBytes)}`);
-    if (createHash('sha256').update(data).digest('hex') !== header.stateSha256) throw bad('checksum mismatch');
-    if (JSON.stringify(header.model) !== JSON.stringify(modelFingerprint(this.context.model))) {
+    this.#messages = messages;
+    this.#committed = committed;
+  }
+
+  /** The header's conversation, tokens and committed text, each checked; throws `bad(why)` otherwise. */
+  #checkHeader(
+    h: Record<string, unknown>,
+    version: number,
+    bad: (why: string) => SessionFileError,
+  ): { messages: ChatMessage[]; tokens: number[]; committed: Committed | undefined } {
+    const fields: readonly string[] = version === 1 ? [...HEADER_FIELDS, 'stateSha256'] : HEADER_FIELDS;
+    for (const key of Object.keys(h)) if (!fields.includes(key)) throw bad(`unknown header field "${key}"`);
+    for (const key of fields) if (!(key in h)) throw bad(`the header has no "${key}"`);
+    if (h.magic !== MAGIC || h.version !== version) throw bad('the header does not match the file\'s magic and version');
+    if (JSON.stringify(h.model) !== JSON.stringify(modelFingerprint(this.context.model))) {
       throw bad('it was saved with a different model');
     }
-    const tokens = header.tokens as number[];
-    if (!Array.isArray(tokens) || tokens.length > this.context.contextSize) {
-      throw bad(`it holds ${Array.isArray(tokens) ? tokens.length : '?'} tokens, more than this context's ${this.context.contextSize}`);
+    if (typeof h.template !== 'string') throw bad('the header\'s template is not a string');
+
+    if (!Array.isArray(h.messages)) throw bad('the header\'s messages are not an array');
+    const messages = h.messages.map((m: unknown, i): ChatMessage => {
+      if (m === null || typeof m !== 'object' || Array.isArray(m)) throw bad(`message ${i} is not an object`);
+      const keys = Object.keys(m);
+      const { role, content } = m as Record<string, unknown>;
+      if (keys.length !== 2 || typeof role !== 'string' || !ROLES.includes(role)) {
+        throw bad(`message ${i} is not { role: system|user|assistant, content }`);
+      }
+      if (typeof content !== 'string') throw bad(`message ${i}'s content is not a string`);
+      return { role: role as ChatRole, content };
+    });
+
+    const vocab = this.context.model.vocabularySize;
+    const tokenList = (value: unknown, what: string): number[] => {
+      if (!Array.isArray(value)) throw bad(`${what} is not an array of token ids`);
+      value.forEach((t: unknown, i) => {
+        if (!Number.isInteger(t) || (t as number) < 0 || (t as number) >= vocab) {
+          throw bad(`${what}[${i}] is not a token id of this model (0..${vocab - 1})`);
+        }
+      });
+      return value as number[];
+    };
+    const tokens = tokenList(h.tokens, 'the saved token list');
+    if (tokens.length > this.context.contextSize) {
+      throw bad(`it holds ${tokens.length} tokens, more than this context's ${this.context.contextSize}`);
     }
-    const messages = header.messages as ChatMessage[];
-    this.setHistory(messages);
-    await this.context.loadState(data, tokens);
-    const committed = header.committed as Committed | null;
-    this.#committed = committed && Array.isArray(committed.tokens) && typeof committed.text === 'string' ? committed : undefined;
+
+    let committed: Committed | undefined;
+    if (h.committed !== null) {
+      const c = h.committed as Record<string, unknown>;
+      if (c === null || typeof c !== 'object' || Array.isArray(c) || Object.keys(c).length !== 2) {
+        throw bad('the committed part is not { text, tokens }');
+      }
+      if (typeof c.text !== 'string') throw bad('the committed text is not a string');
+      const ct = tokenList(c.tokens, 'the committed tokens');
+      // What the context holds is the committed tokens, less the stop token that ended the last answer (sampled,
+      // never evaluated).
+      const holds =
+        (ct.length === tokens.length || (ct.length === tokens.length + 1 && this.#stopTokens.includes(ct[ct.length - 1]))) &&
+        tokens.every((t, i) => ct[i] === t);
+      if (!holds) throw bad('the committed tokens are not the tokens the KV state holds');
+      // Saved with another template, the committed text is not how this session renders the conversation: the
+      // next turn tokenizes it afresh (and still reuses the cache as far as the tokens agree).
+      committed = h.template === this.template.name ? { text: c.text, tokens: [...ct] } : undefined;
+    }
+    return { messages, tokens, committed };
   }
 }
 
@@ -294,11 +359,13 @@ export interface ChatStream extends AsyncIterable<string> {
   stop(): void;
 }
 
-/** A session file that is corrupt, truncated or belongs to another model. */
-export class SessionFileError extends HuoziError {
-  constructor(message: string) {
-    super(message, 'ERR_HUOZI_SESSION_FILE');
+/** A native or llama.cpp refusal of a session's state, as a SessionFileError (other errors pass unchanged). */
+function asSessionFileError(error: unknown, context: string): unknown {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === 'ERR_HUOZI_SESSION_FILE' || error instanceof DecodeError) {
+    return new SessionFileError(`${context}: ${(error as Error).message}`, { cause: error });
   }
+  return error;
 }
 
 /** The segments after the text `prefix`, or null when `prefix` does not end on a usable boundary. */

@@ -305,6 +305,23 @@ describe('session file: whole-file checksum and failed loads (issue #14 item 9)'
     expect(answer.generation.reusedTokens).toBeGreaterThanOrEqual(nTokens - 1);
   });
 
+  it('reads format version 1 files and refuses unknown versions by name', async () => {
+    const { stateBytes: _drop, ...header } = parts.header;
+    const v1 = write('v1.session', build({ version: 1, header: { ...header, version: 1 }, state: parts.state }));
+    const restored = new ChatSession(targetCtx);
+    await restored.load(v1);
+    expect(restored.history).toEqual(parts.header.messages);
+    expect(targetCtx.tokens).toEqual(parts.header.tokens);
+    const v3 = Buffer.from(saved);
+    v3.writeUInt32LE(3, MAGIC.length);
+    const target = new ChatSession(targetCtx, { systemPrompt: 'untouched' });
+    await expectSessionFileError(target, write('v3.session', v3), /format version 3.*newer/);
+    // A version-1 file's state checksum covered the state only; its header is still validated in full.
+    const forged = build({ version: 1, header: { ...header, version: 1, messages: [{ role: 'root', content: '' }] }, state: parts.state });
+    await expectSessionFileError(target, write('v1-forged.session', forged), /message 0/);
+    expect(target.history).toEqual([{ role: 'system', content: 'untouched' }]);
+  });
+
   it('refuses what is not a regular file, without blocking on a FIFO', async () => {
     const target = new ChatSession(targetCtx, { systemPrompt: 'untouched' });
     await expectSessionFileError(target, dir, /not a regular file/);

@@ -29,6 +29,10 @@ function intArg(value: string): number {
   return n;
 }
 
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
 function floatArg(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n)) throw new Error(`expected a number, got "${value}"`);
@@ -158,6 +162,13 @@ program
       .argParser(intArg).default(16),
   )
   .option('--no-web', 'do not serve the web chat page at /')
+  .option('--allowed-host <name>', 'a Host name clients use besides localhost and IP addresses (repeatable; .example.com for a domain; * = no check)', collect, [])
+  .option('--cors-origin <origin>', 'let web pages from this origin call the API, e.g. http://localhost:3000 (repeatable; * = any)', collect, [])
+  .addOption(new Option('--headers-timeout-ms <ms>', 'time a client has to send the request headers').argParser(intArg).default(20_000))
+  .addOption(new Option('--request-timeout-ms <ms>', 'time a client has to send a whole request (answers may stream longer)').argParser(intArg).default(60_000))
+  .addOption(new Option('--keep-alive-timeout-ms <ms>', 'idle keep-alive connections are closed after this').argParser(intArg).default(5000))
+  .addOption(new Option('--max-connections <n>', 'open connections in all; more get 503').argParser(intArg).default(512))
+  .addOption(new Option('--max-connections-per-address <n>', 'open connections from one address; more get 503 (default: min(128, --max-connections))').argParser(intArg))
   .option('-q, --quiet', 'no request log', false)
   .action(async (opts) => (await import('./serve.js')).serveCommand(opts));
 

@@ -18,6 +18,13 @@ interface ServeOptions {
   streamIntervalMs: number;
   maxQueue: number;
   web: boolean;
+  allowedHost: string[];
+  corsOrigin: string[];
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+  maxConnectionsPerAddress?: number;
   quiet: boolean;
 }
 
@@ -42,6 +49,13 @@ export async function serveCommand(opts: ServeOptions): Promise<void> {
     streamIntervalMs: opts.streamIntervalMs,
     maxQueue: opts.maxQueue,
     webPage: opts.web,
+    allowedHosts: opts.allowedHost,
+    corsOrigins: opts.corsOrigin,
+    headersTimeoutMs: opts.headersTimeoutMs,
+    requestTimeoutMs: opts.requestTimeoutMs,
+    keepAliveTimeoutMs: opts.keepAliveTimeoutMs,
+    maxConnections: opts.maxConnections,
+    ...(opts.maxConnectionsPerAddress === undefined ? {} : { maxConnectionsPerAddress: opts.maxConnectionsPerAddress }),
     ...(opts.quiet ? {} : { log: (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`) }),
   });
   const { url } = await server.listen(opts.port, opts.host);
@@ -56,6 +70,12 @@ export async function serveCommand(opts: ServeOptions): Promise<void> {
       `warning: listening on ${opts.host}: other machines can reach this server` +
         (apiKey ? '' : ' and, without --api-key, use it freely') + '\n',
     );
+    if (!server.hostCheck) {
+      process.stderr.write(
+        'warning: Host names are not checked (DNS rebinding: a web page could reach this server under its own name); ' +
+          'give --allowed-host <name> for each name clients use' + (apiKey ? '' : ', and use --api-key') + '\n',
+      );
+    }
   }
   let stopping = false;
   const stop = async () => {

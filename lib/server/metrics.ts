@@ -9,6 +9,8 @@ export class Metrics {
   readonly #latency = new Map<string, { buckets: number[]; sum: number; count: number }>();
   /** Requests refused with 503 (queue full). */
   rejected = 0;
+  /** Connections refused with 503 (maxConnections or maxConnectionsPerAddress reached). */
+  refusedConnections = 0;
 
   request(endpoint: string, status: number, seconds: number): void {
     const key = `endpoint="${endpoint}",status="${status}"`;
@@ -22,7 +24,7 @@ export class Metrics {
     h.count++;
   }
 
-  render(context: ParallelContext, active: number): string {
+  render(context: ParallelContext, active: number, connections: number): string {
     const lines: string[] = [];
     const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
@@ -38,6 +40,8 @@ export class Metrics {
       lines.push(`huozi_request_duration_seconds_count{endpoint="${endpoint}"} ${h.count}`);
     }
     metric('huozi_requests_rejected_total', 'counter', 'Requests refused with 503 because the queue was full.', [['', this.rejected]]);
+    metric('huozi_connections_refused_total', 'counter', 'Connections refused with 503 (too many open, in all or from one address).', [['', this.refusedConnections]]);
+    metric('huozi_connections_open', 'gauge', 'Client connections open.', [['', connections]]);
     metric('huozi_requests_in_flight', 'gauge', 'Generation requests being served or waiting for a slot.', [['', active]]);
     if (!context.disposed) {
       const s = context.stats();

@@ -90,13 +90,39 @@ export interface CompletionRequest extends SamplingRequest {
   echo: boolean;
 }
 
-// Fields a client may send that change nothing here (accepted so that ordinary clients work).
-const IGNORED = new Set([
-  'user', 'logit_bias', 'logprobs', 'top_logprobs', 'response_format', 'tools', 'tool_choice', 'parallel_tool_calls',
-  'service_tier', 'store', 'metadata', 'suffix', 'best_of', 'modalities', 'reasoning_effort', 'prediction', 'audio',
-  'functions', 'function_call', 'chat_template_kwargs', 'skip_special_tokens', 'spaces_between_special_tokens',
-  'add_generation_prompt', 'include_stop_str_in_output', 'min_tokens', 'use_beam_search', 'length_penalty',
-]);
+// Fields that change nothing in the answer (identifiers and hints for OpenAI's own service): accepted.
+const NO_EFFECT = new Set(['user', 'store', 'metadata', 'service_tier', 'prediction', 'safety_identifier', 'prompt_cache_key']);
+
+// Fields this server does not implement: accepted only with a value that asks for what it does anyway (so that
+// clients sending their defaults work), refused otherwise, never ignored.
+const AS_DEFAULT: Record<string, { ok: (value: unknown) => boolean; what: string }> = {
+  logprobs: { ok: (x) => x === false || x === 0, what: 'false' },
+  top_logprobs: { ok: (x) => x === 0, what: '0' },
+  logit_bias: { ok: (x) => isObject(x) && Object.keys(x).length === 0, what: '{}' },
+  response_format: { ok: (x) => isObject(x) && Object.keys(x).length === 1 && x.type === 'text', what: "{ type: 'text' }" },
+  tools: { ok: (x) => Array.isArray(x) && x.length === 0, what: '[]' },
+  functions: { ok: (x) => Array.isArray(x) && x.length === 0, what: '[]' },
+  tool_choice: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (without tools)" },
+  function_call: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (without functions)" },
+  parallel_tool_calls: { ok: (x) => typeof x === 'boolean', what: 'a boolean (without tools)' },
+  suffix: { ok: (x) => x === '', what: "''" },
+  best_of: { ok: (x) => x === 1, what: '1' },
+  modalities: { ok: (x) => Array.isArray(x) && x.length === 1 && x[0] === 'text', what: "['text']" },
+  chat_template_kwargs: { ok: (x) => isObject(x) && Object.keys(x).length === 0, what: '{}' },
+  skip_special_tokens: { ok: (x) => x === true, what: 'true (special tokens are never in the text)' },
+  spaces_between_special_tokens: { ok: (x) => typeof x === 'boolean', what: 'a boolean (no special tokens are in the text)' },
+  add_generation_prompt: { ok: (x) => x === true, what: 'true' },
+  include_stop_str_in_output: { ok: (x) => x === false, what: 'false' },
+  min_tokens: { ok: (x) => x === 0, what: '0' },
+  use_beam_search: { ok: (x) => x === false, what: 'false' },
+  length_penalty: { ok: (x) => x === 1, what: '1 (there is no beam search)' },
+  reasoning_effort: { ok: () => false, what: 'null (the model has no reasoning setting)' },
+  audio: { ok: () => false, what: 'null (text only)' },
+};
+
+function isObject(value: unknown): value is Body {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
 
 const COMMON = new Set([
   'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p',
@@ -104,10 +130,46 @@ const COMMON = new Set([
   'cache_prompt', 'stream_interval_ms',
 ]);
 
+function unknownKey(param: string): HttpError {
+  return new HttpError(400, `Unrecognized request argument supplied: ${param}`, { param, code: 'unknown_parameter' });
+}
+
+/** The answer's token limit: at least 1 (OpenAI's rule: 0 would ask for an answer of nothing). */
+function maxTokensOf(body: Body): number | undefined {
+  const read = (key: string) => {
+    const value = body[key];
+    if (value === undefined || value === null) return undefined;
+    if (typeof value !== 'number' || !Number.isInteger(value)) throw bad(key, 'an integer', value);
+    if (value < 1) {
+      throw new HttpError(400, `Invalid '${key}': integer below minimum value. Expected a value >= 1, but got ${value} instead.`, {
+        param: key, code: 'integer_below_min_value',
+      });
+    }
+    if (value > 2 ** 31 - 1) throw bad(key, `an integer between 1 and ${2 ** 31 - 1}`, value);
+    return value;
+  };
+  const completion = read('max_completion_tokens');
+  const tokens = read('max_tokens');
+  if (completion !== undefined && tokens !== undefined && completion !== tokens) {
+    throw new HttpError(400, `max_tokens (${tokens}) and max_completion_tokens (${completion}) disagree: send one of them.`, {
+      param: 'max_tokens', code: 'invalid_value',
+    });
+  }
+  return completion ?? tokens;
+}
+
 function sampling(body: Body, extra: readonly string[]): SamplingRequest {
   for (const key of Object.keys(body)) {
-    if (!COMMON.has(key) && !IGNORED.has(key) && !extra.includes(key)) {
-      throw new HttpError(400, `Unrecognized request argument supplied: ${key}`, { param: key, code: 'unknown_parameter' });
+    if (COMMON.has(key) || NO_EFFECT.has(key) || extra.includes(key)) continue;
+    const rule = AS_DEFAULT[key];
+    if (rule === undefined) throw unknownKey(key);
+    const value = body[key];
+    if (value !== undefined && value !== null && !rule.ok(value)) {
+      throw new HttpError(
+        400,
+        `'${key}' is not supported by this server; send ${rule.what}, null, or leave it out. Got ${JSON.stringify(value)?.slice(0, 80)}.`,
+        { param: key, code: 'unsupported_parameter' },
+      );
     }
   }
   const model = body.model;
@@ -118,10 +180,28 @@ function sampling(body: Body, extra: readonly string[]): SamplingRequest {
   let includeUsage = false;
   const streamOptions = body.stream_options;
   if (streamOptions !== undefined && streamOptions !== null) {
-    if (typeof streamOptions !== 'object' || Array.isArray(streamOptions)) throw bad('stream_options', 'an object', streamOptions);
-    includeUsage = optBoolean(streamOptions as Body, 'include_usage') ?? false;
+    if (!isObject(streamOptions)) throw bad('stream_options', 'an object', streamOptions);
+    if (!stream) {
+      throw new HttpError(400, "The 'stream_options' parameter is only allowed when 'stream' is true.", {
+        param: 'stream_options', code: 'invalid_value',
+      });
+    }
+    for (const key of Object.keys(streamOptions)) {
+      if (key === 'include_usage') continue;
+      // OpenAI's padding of stream events: this server sends none, which is what false asks for.
+      if (key === 'include_obfuscation' && (streamOptions[key] === false || streamOptions[key] === null)) continue;
+      if (key === 'include_obfuscation') {
+        throw new HttpError(400, "'stream_options.include_obfuscation' is not supported by this server; send false, null, or leave it out.", {
+          param: 'stream_options.include_obfuscation', code: 'unsupported_parameter',
+        });
+      }
+      throw unknownKey(`stream_options.${key}`);
+    }
+    const usage = streamOptions.include_usage;
+    if (usage !== undefined && usage !== null && typeof usage !== 'boolean') throw bad('stream_options.include_usage', 'a boolean', usage);
+    includeUsage = usage === true;
   }
-  const maxTokens = optInteger(body, 'max_completion_tokens', 0, 2 ** 31 - 1) ?? optInteger(body, 'max_tokens', 0, 2 ** 31 - 1);
+  const maxTokens = maxTokensOf(body);
   const stopValue = body.stop;
   let stop: string[] = [];
   if (typeof stopValue === 'string') stop = [stopValue];
@@ -176,8 +256,9 @@ function contentText(content: unknown, at: string): string {
   if (Array.isArray(content)) {
     return content
       .map((part, i) => {
-        if (typeof part === 'object' && part !== null && (part as Body).type === 'text' && typeof (part as Body).text === 'string') {
-          return (part as Body).text as string;
+        if (isObject(part) && part.type === 'text' && typeof part.text === 'string') {
+          for (const key of Object.keys(part)) if (key !== 'type' && key !== 'text') throw unknownKey(`${at}[${i}].${key}`);
+          return part.text;
         }
         throw bad(`${at}[${i}]`, "a text part ({ type: 'text', text })", part);
       })
@@ -186,12 +267,27 @@ function contentText(content: unknown, at: string): string {
   throw bad(at, 'a string or an array of text parts', content);
 }
 
+// Message fields accepted when null (or an empty array): nothing to act on.
+const MESSAGE_NOTHING = new Set(['name', 'refusal', 'tool_calls', 'function_call', 'audio', 'tool_call_id', 'annotations']);
+
 export function parseChatRequest(body: Body): ChatRequest {
   const base = sampling(body, ['messages']);
   const messages = body.messages;
   if (!Array.isArray(messages) || messages.length === 0) throw bad('messages', 'a non-empty array of messages', messages);
   const parsed = messages.map((m, i): ChatMessage => {
-    if (typeof m !== 'object' || m === null || Array.isArray(m)) throw bad(`messages[${i}]`, 'an object', m);
+    if (!isObject(m)) throw bad(`messages[${i}]`, 'an object', m);
+    for (const key of Object.keys(m)) {
+      if (key === 'role' || key === 'content') continue;
+      const value = m[key];
+      // What OpenAI's own answers carry (an assistant message sent back as history): accepted when it says nothing.
+      if (MESSAGE_NOTHING.has(key) && (value === null || (Array.isArray(value) && value.length === 0))) continue;
+      if (key === 'name') {
+        throw new HttpError(400, `messages[${i}].name: participant names are not supported by this server's chat templates; leave it out.`, {
+          param: `messages[${i}].name`, code: 'unsupported_parameter',
+        });
+      }
+      throw unknownKey(`messages[${i}].${key}`);
+    }
     let role;
     try {
       role = normalizeRole((m as Body).role, `messages[${i}].role`);

@@ -1,6 +1,8 @@
 // `huozi-gguf serve` as a user starts it: the CLI process, its start-up line, a request, the request log,
 // the warning for a non-loopback host, and a clean shutdown on SIGTERM.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:http';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -70,5 +72,33 @@ describe('huozi-gguf serve', () => {
     expect((await fetch(`http://127.0.0.1:${port}/v1/models`)).status).toBe(401);
     expect((await fetch(`http://127.0.0.1:${port}/v1/models`, { headers: { Authorization: 'Bearer k1' } })).status).toBe(200);
     expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(404);
+    // Host names are not checked on 0.0.0.0 without --allowed-host: said so.
+    expect(stderr()).toMatch(/Host names are not checked .*--allowed-host/);
+  });
+
+  it('--allowed-host, --cors-origin and the connection and timeout flags reach the server', async () => {
+    const { url } = await serve([
+      '-q', '--allowed-host', 'llm.example', '--cors-origin', 'http://app.example:3000', '--cors-origin', 'http://other.example',
+      '--headers-timeout-ms', '300', '--request-timeout-ms', '600', '--max-connections', '8', '--max-connections-per-address', '8',
+    ]);
+    const port = Number(new URL(url).port);
+    const get = (headers: Record<string, string>) =>
+      new Promise<{ status: number; allowOrigin: string | undefined }>((resolve, reject) => {
+        request({ host: '127.0.0.1', port, path: '/v1/models', headers, agent: false }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode!, allowOrigin: res.headers['access-control-allow-origin'] as string | undefined }));
+        }).on('error', reject).end();
+      });
+    expect((await get({ Host: `llm.example:${port}` })).status).toBe(200);
+    expect((await get({ Host: `evil.example:${port}` })).status).toBe(403);
+    expect(await get({ Host: `localhost:${port}`, Origin: 'http://other.example' })).toEqual({ status: 200, allowOrigin: 'http://other.example' });
+    expect((await get({ Host: `localhost:${port}`, Origin: 'http://evil.example' })).status).toBe(403);
+    // --request-timeout-ms: a request that never finishes is answered 408 and closed.
+    const socket = connect({ host: '127.0.0.1', port });
+    let got = '';
+    socket.on('data', (d) => (got += d));
+    socket.write(`POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{`);
+    await new Promise((resolve) => socket.on('close', resolve));
+    expect(got).toMatch(/^HTTP\/1\.1 408/);
   });
 });

@@ -286,7 +286,7 @@ describe('bad requests', () => {
     ['temperature of the wrong type', { ...good, temperature: 'hot' }, 'invalid_value', 'temperature'],
     ['messages not an array', { ...good, messages: 'hi' }, 'invalid_value', 'messages'],
     ['an unknown role', { ...good, messages: [{ role: 'robot', content: 'x' }] }, 'invalid_value', 'messages[0].role'],
-    ['negative max_tokens', { ...good, max_tokens: -1 }, 'invalid_value', 'max_tokens'],
+    ['negative max_tokens', { ...good, max_tokens: -1 }, 'integer_below_min_value', 'max_tokens'],
     ['n = 2', { ...good, n: 2 }, 'invalid_value', 'n'],
     ['stop_token_ids outside the vocabulary', { ...good, stop_token_ids: [10_000_000] }, 'invalid_value', 'stop_token_ids'],
     ['an unknown parameter', { ...good, temprature: 0.5 }, 'unknown_parameter', 'temprature'],
@@ -353,6 +353,7 @@ describe('api key, queue bound, loopback', () => {
       const long = (max: number) =>
         fetch(`${u}/v1/completions`, {
           method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
           body: JSON.stringify({ model: 'huozi', prompt: '春', max_tokens: max, ignore_eos: true, temperature: 0 }),
         });
       const first = long(3000);

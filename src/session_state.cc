@@ -40,7 +40,7 @@ class Reader {
 
   void Skip(uint64_t bytes, const std::string &what) {
     if (bytes > left()) {
-      Fail(what + " needs " + std::to_string(bytes) + " bytes, only " + std::to_string(left()) + " are left");
+      Fail("it ends inside " + what + " (" + std::to_string(bytes) + " bytes wanted, " + std::to_string(left()) + " left)");
     }
     at_ += static_cast<size_t>(bytes);
   }

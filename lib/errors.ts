@@ -133,3 +133,22 @@ export function fromNative(error: unknown, callSite?: Error): Error {
   }
   return typed;
 }
+
+/**
+ * An output path cannot be written safely, found before any work is done: it exists and is not a regular file (a
+ * device, a FIFO, a socket, a directory), it is one of the operation's inputs (same device and inode: the same
+ * path, a symlink or a hard link), it is a symlink that points nowhere, or its directory is missing or cannot be
+ * written. Nothing is written and nothing at `path` changes. `path` is the output as given (absolute); `reason` is
+ * `'NOT_A_FILE'`, `'EISDIR'`, `'SAME_AS_INPUT'`, `'DANGLING_SYMLINK'`, `'CHANGED'` (the path led elsewhere when the
+ * finished file was to be renamed into place), or the system's error code (`'ENOENT'`, `'ENOTDIR'`, `'EACCES'`,
+ * `'EPERM'`, `'EROFS'`, `'ELOOP'`, `'ENAMETOOLONG'`, ...).
+ */
+export class OutputPathError extends HuoziError {
+  readonly path: string;
+  readonly reason: string;
+  constructor(message: string, path: string, reason: string, options?: ErrorOptions) {
+    super(message, 'ERR_HUOZI_OUTPUT_PATH', options);
+    this.path = path;
+    this.reason = reason;
+  }
+}

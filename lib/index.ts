@@ -49,3 +49,4 @@ export type { ReadGgufOptions } from './gguf/reader.js';
 export type { WriteGgufOptions } from './gguf/writer.js';
 export type { TensorPlan } from './gguf/synth.js';
 export type { TokenizeAsyncOptions } from './model.js';
+export { OutputPathError } from './errors.js';

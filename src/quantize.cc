@@ -2,6 +2,7 @@
 // process of its own: llama_model_quantize runs for minutes, can abort on a bad file, and has no progress
 // callback, so the parent watches the child instead of running it in its own process.
 #include <napi.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -66,6 +67,18 @@ Napi::Value Quantize(const Napi::CallbackInfo &info) {
   qp.output_tensor_type = TypeArg(o, "outputTensorType");
   qp.token_embedding_type = TypeArg(o, "tokenEmbeddingType");
   qp.dry_run = o.Get("dryRun").ToBoolean();
+
+  // llama.cpp opens the output with std::ofstream: it would write into a device, block on a FIFO, or follow a
+  // symlink. The caller (lib/quantize/quantize.ts, through lib/util/output.ts) creates the output as an empty
+  // temporary file, so anything but an existing regular file that is not a symlink is refused here. A dry run
+  // writes nothing and does not look at the output.
+  if (!qp.dry_run) {
+    struct stat st {};
+    if (lstat(output.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      Throw(env, code::kInvalidArgument,
+            "quantize: the output " + output + " is not a regular file (it must exist, created by the caller; not a symlink)");
+    }
+  }
 
   // Per-tensor type overrides: [{ pattern, type }], terminated by a null pattern.
   std::vector<std::string> patterns;

@@ -5,11 +5,12 @@
 // through lib/gguf/writer.ts (temporary file, fsync, rename), a bounded run of rows at a time, so memory stays
 // far below the size of the model (and of its largest tensor).
 import { endianness } from 'node:os';
-import { stat } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { readdir, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { AbortError } from '../errors.js';
 import { GgufValueType } from '../gguf/types.js';
-import { writeGguf, type WriterTensor, type WriterValue } from '../gguf/writer.js';
+import { encodeGgufHeader, writeGgufTo, type WriterTensor, type WriterValue } from '../gguf/writer.js';
+import { openOutput, type OutputFile } from '../util/output.js';
 import * as v from '../validate.js';
 import { ConvertError } from './error.js';
 import type { OutElement } from './float.js';
@@ -48,6 +49,7 @@ const OUT_TYPES = ['f32', 'f16', 'bf16', 'q8_0'] as const;
 
 /** What {@link convert} resolves to. */
 export interface ConvertResult {
+  /** Absolute path of the written file (the file a symlink pointed to, when the output was one). */
   output: string;
   outType: ConvertOutType;
   architecture: string;
@@ -258,6 +260,26 @@ function buildMetadata(
   return md;
 }
 
+/**
+ * The files of a checkpoint this converter reads besides its safetensors parts (hf.ts, vocab.ts, safetensors.ts),
+ * and the folder of extra chat templates: the output may be none of them.
+ */
+export const CHECKPOINT_FILES = [
+  'config.json', 'generation_config.json', 'tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'added_tokens.json',
+  'chat_template.jinja', 'chat_template.json', 'tekken.json', 'model.safetensors.index.json',
+] as const;
+const EXTRA_TEMPLATES = 'additional_chat_templates';
+
+/** Every file of the checkpoint in `dir` that a conversion reads: the fixed names, the parts and the extra templates. */
+async function checkpointInputs(dir: string, parts: readonly string[]): Promise<string[]> {
+  const extras = await readdir(join(dir, EXTRA_TEMPLATES)).catch(() => [] as string[]);
+  return [
+    ...CHECKPOINT_FILES.map((f) => join(dir, f)),
+    ...parts,
+    ...extras.filter((f) => f.endsWith('.jinja')).map((f) => join(dir, EXTRA_TEMPLATES, f)),
+  ];
+}
+
 async function kindOf(path: string): Promise<'file' | 'dir' | 'other' | undefined> {
   try {
     const s = await stat(path);
@@ -272,6 +294,8 @@ async function kindOf(path: string): Promise<'file' | 'dir' | 'other' | undefine
  * as the pinned llama.cpp's convert_hf_to_gguf.py would.
  *
  * @throws `TypeError` / `RangeError` for bad options.
+ * @throws {@link OutputPathError} for an output that exists and is not a regular file, that is one of the
+ * checkpoint's files (by device and inode), or whose directory is missing or not writable.
  * @throws {@link ConvertError} for an unsupported architecture, a missing or truncated file, a shape mismatch (all
  * found before anything is written).
  * @throws {@link AbortError} when `signal` aborts.
@@ -289,12 +313,24 @@ export async function convert(hfDir: string, outFile: string, options?: ConvertO
 
   const started = Date.now();
   const dir = resolve(hfDir);
-  const out = resolve(outFile);
   const dirKind = await kindOf(dir);
   if (dirKind !== 'dir') throw new ConvertError(`${dir} ${dirKind ? 'is not a directory' : 'does not exist'}`, dir);
-  if ((await kindOf(dirname(out))) !== 'dir') throw new ConvertError(`the output directory ${dirname(out)} does not exist`, dirname(out));
-  if ((await kindOf(out)) === 'dir') throw v.rangeError('a file path, not a directory', 'outFile', outFile);
+  // The output's path is checked first (its temporary file created); the checkpoint's files are compared with it
+  // once the parts are known.
+  const output = await openOutput(outFile, { inputs: CHECKPOINT_FILES.map((f) => join(dir, f)) });
+  try {
+    return await convertInto(dir, output, outType, chatTemplate, name, onProgress, signal, started);
+  } catch (error) {
+    await output.discard();
+    throw error;
+  }
+}
 
+async function convertInto(
+  dir: string, output: OutputFile, outType: ConvertOutType, chatTemplate: 'huozi' | undefined,
+  name: string | undefined, onProgress: ((done: number, total: number) => void) | undefined, signal: AbortSignal | undefined,
+  started: number,
+): Promise<ConvertResult> {
   // Read and check everything before writing anything.
   const config = await readConfig(dir);
   const hidden = intParam(config, ['hidden_size', 'n_embd', 'dim']);
@@ -321,7 +357,7 @@ export async function convert(hfDir: string, outFile: string, options?: ConvertO
     throw new ConvertError(`${config.file}: num_attention_heads (${heads}) is not a multiple of num_key_value_heads (${shape.kvHeads})`, config.file);
   }
   const checkpoint = await indexSafetensors(dir);
-  if (checkpoint.files.includes(out)) throw v.rangeError('an output path that is not one of the checkpoint\'s files', 'outFile', outFile);
+  await output.addInputs(await checkpointInputs(dir, checkpoint.files));
   const planned = planTensors(checkpoint.tensors, shape);
   const vocab = await readVocabulary(dir, shape.vocab);
   const generation = await readGenerationConfig(dir);
@@ -349,15 +385,16 @@ export async function convert(hfDir: string, outFile: string, options?: ConvertO
       }
     },
   }));
+  const { header, sizes, alignment } = encodeGgufHeader(metadata, tensors);
   try {
-    await writeGguf(out, metadata, tensors);
+    await writeGgufTo(output, header, sizes, alignment, tensors);
   } finally {
     await reader.close();
   }
   onProgress?.(total, total);
-  const bytes = (await stat(out)).size;
+  const bytes = (await stat(output.path)).size;
   return {
-    output: out,
+    output: output.path,
     outType,
     architecture: config.architecture,
     tensors: planned.length,

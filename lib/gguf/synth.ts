@@ -255,9 +255,16 @@ export function synthModel(options: Pick<SynthOptions, 'shape' | 'type' | 'layer
   return { shape, metadata, plan: synthPlan(shape, type) };
 }
 
-/** Writes a synthetic model to `output` (through a temporary file). */
+/**
+ * Writes a synthetic model to `output` (through a temporary file, as {@link writeGguf}).
+ *
+ * @throws {@link OutputPathError} for an output that exists and is not a regular file, or whose directory is
+ * missing or not writable: nothing is written.
+ */
 export async function synth(output: string, options: SynthOptions): Promise<{ bytes: bigint; tensors: number }> {
   v.string('output', output, { allowEmpty: false });
+  v.options<SynthOptions>('options', options, ['shape', 'type', 'layers', 'seed', 'onProgress', 'signal']);
+  if (options.seed !== undefined) v.integer('seed', options.seed, 0, 2 ** 32 - 1);
   const { metadata, plan } = synthModel(options);
   const rand = prng(options.seed ?? 42);
   const pools = new Map<string, Buffer>();

@@ -1,10 +1,9 @@
 // Writes GGUF v3 files, streaming: the header first, then each tensor's data as it is produced, so a model
 // of any size is written with memory for one tensor (or one chunk of it) at a time. The file appears at its
-// path only when complete (temporary file, fsync, rename).
+// path only when complete (lib/util/output.ts: the path checked first, a temporary file, fsync, rename).
 import { AbortError } from '../errors.js';
-import { randomBytes } from 'node:crypto';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { openOutput, type OutputFile } from '../util/output.js';
+import * as v from '../validate.js';
 import { GgufValueType, ggmlType, tensorBytes } from './types.js';
 import type { GgufScalar } from './reader.js';
 
@@ -118,8 +117,14 @@ export function encodeGgufHeader(metadata: ReadonlyMap<string, WriterValue>, ten
 
 /**
  * Writes a GGUF v3 file through a temporary file in the same directory; `path` appears only when complete.
- * Metadata keys are written in the Map's order. Throws a `RangeError` for a tensor whose type is unknown, whose
- * rows are not whole blocks, or whose data is not exactly its size.
+ * Metadata keys are written in the Map's order. The path is checked before anything is written
+ * (lib/util/output.ts): an existing `path` must be a regular file, or a symlink to one (written through), and its
+ * directory must take a new file.
+ *
+ * @throws {@link OutputPathError} for a path that cannot be written safely (a device, a FIFO, a socket, a
+ * directory, a missing or read-only directory): nothing is written.
+ * @throws `RangeError` for a tensor whose type is unknown, whose rows are not whole blocks, or whose data is not
+ * exactly its size; the existing file at `path` is then as it was.
  */
 export async function writeGguf(
   path: string,
@@ -127,16 +132,34 @@ export async function writeGguf(
   tensors: readonly WriterTensor[],
   options: WriteGgufOptions = {},
 ): Promise<void> {
+  v.string('path', path, { allowEmpty: false });
+  const o = v.options<WriteGgufOptions>('options', options, ['onProgress', 'signal']);
+  const checked: WriteGgufOptions = {
+    onProgress: o.onProgress === undefined ? undefined : v.func<NonNullable<WriteGgufOptions['onProgress']>>('onProgress', o.onProgress),
+    signal: o.signal === undefined ? undefined : v.signal('signal', o.signal),
+  };
   const { header, sizes, alignment } = encodeGgufHeader(metadata, tensors);
+  const out = await openOutput(path);
+  await writeGgufTo(out, header, sizes, alignment, tensors, checked);
+}
+
+/** The header from {@link encodeGgufHeader} and the tensors' data into a checked output, then commit(). */
+export async function writeGgufTo(
+  out: OutputFile,
+  header: Uint8Array,
+  sizes: readonly bigint[],
+  alignment: number,
+  tensors: readonly WriterTensor[],
+  options: WriteGgufOptions = {},
+): Promise<void> {
   const total = sizes.reduce((a, b) => a + b, 0n);
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  let fh: FileHandle | undefined = await open(tmp, 'wx', 0o644);
+  const fh = out.handle;
   try {
     let pos = 0;
     const write = async (chunk: Uint8Array) => {
       let done = 0;
       while (done < chunk.length) {
-        const { bytesWritten } = await fh!.write(chunk, done, chunk.length - done, pos);
+        const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
         done += bytesWritten;
         pos += bytesWritten;
       }
@@ -159,13 +182,10 @@ export async function writeGguf(
       if (padding) await write(Buffer.alloc(padding)); // after every tensor, the last too, as gguf.cpp and gguf-py do
       options.onProgress?.(written, total);
     }
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, path);
+    if (options.signal?.aborted) throw new AbortError();
+    await out.commit();
   } catch (error) {
-    await fh?.close().catch(() => undefined);
-    await unlink(tmp).catch(() => undefined);
+    await out.discard();
     throw error;
   }
 }

@@ -3,12 +3,13 @@
 // imatrix.datasets / chunk_count / chunk_size. computeImatrix() collects them with our own context;
 // readImatrix() turns a file into what llama_model_quantize takes, as llama-quantize does.
 import { readFile } from 'node:fs/promises';
-import { basename, resolve } from 'node:path';
+import { basename } from 'node:path';
 import type { Model } from '../model.js';
 import { GgufError, AbortError } from '../errors.js';
 import { parseGguf } from '../gguf/reader.js';
 import { GgufValueType } from '../gguf/types.js';
-import { writeGguf, type WriterValue } from '../gguf/writer.js';
+import { encodeGgufHeader, writeGgufTo, type WriterValue } from '../gguf/writer.js';
+import { openOutput, type OutputFile } from '../util/output.js';
 import * as v from '../validate.js';
 
 /** Options of {@link computeImatrix}. */
@@ -42,18 +43,35 @@ export interface ImatrixResult {
 /**
  * Runs `textFile` through the model in chunks of `contextSize` tokens and writes the importance matrix to
  * `output` (GGUF, as llama-imatrix writes it), for quantize({ imatrix }).
+ *
+ * @throws {@link OutputPathError} for an output that exists and is not a regular file, that is the text or the
+ * model's file (by device and inode), or whose directory is missing or not writable; found before any chunk runs.
  */
 export async function computeImatrix(model: Model, textFile: string, output: string, options?: ImatrixOptions): Promise<ImatrixResult> {
   v.string('textFile', textFile, { allowEmpty: false });
   v.string('output', output, { allowEmpty: false });
   const o = v.options<ImatrixOptions>('options', options, ['contextSize', 'chunks', 'threads', 'parseSpecial', 'onProgress', 'signal']);
   const contextSize = o.contextSize === undefined ? 512 : v.integer('contextSize', o.contextSize, 16, 1 << 20);
+  if (o.chunks !== undefined) v.integer('chunks', o.chunks, 1);
+  if (o.parseSpecial !== undefined) v.boolean('parseSpecial', o.parseSpecial);
+  if (o.onProgress !== undefined) v.func('onProgress', o.onProgress);
+  if (o.signal !== undefined) v.signal('signal', o.signal);
+  const out = await openOutput(output, { inputs: [textFile, model.path] });
+  try {
+    return await collect(model, textFile, out, contextSize, o);
+  } catch (error) {
+    await out.discard();
+    throw error;
+  }
+}
+
+async function collect(model: Model, textFile: string, out: OutputFile, contextSize: number, o: ImatrixOptions): Promise<ImatrixResult> {
   const text = await readFile(textFile, 'utf8');
   // As llama-imatrix: the text tokenized with BOS first (common_tokenize with add_special), then cut into chunks
   // of contextSize whose first token becomes BOS. Without it every chunk was one token off llama-imatrix's.
   const tokens = model.tokenize(text, { parseSpecial: o.parseSpecial ?? false });
   const available = Math.floor(tokens.length / contextSize);
-  const chunks = o.chunks === undefined ? available : Math.min(available, v.integer('chunks', o.chunks, 1));
+  const chunks = o.chunks === undefined ? available : Math.min(available, o.chunks);
   if (chunks < 1) {
     throw v.rangeError(`a text of at least contextSize (${contextSize}) tokens`, 'textFile', `${tokens.length} tokens`);
   }
@@ -83,8 +101,9 @@ export async function computeImatrix(model: Model, textFile: string, output: str
         { name: `${s.name}.counts`, dims: [1, rows], type: 0, data: () => [new Uint8Array(s.counts.buffer, s.counts.byteOffset, s.counts.byteLength)] },
       ];
     });
-    await writeGguf(output, meta, tensors);
-    return { path: resolve(output), chunks, entries: sorted.length, tokens: chunks * contextSize };
+    const { header, sizes, alignment } = encodeGgufHeader(meta, tensors);
+    await writeGgufTo(out, header, sizes, alignment, tensors);
+    return { path: out.path, chunks, entries: sorted.length, tokens: chunks * contextSize };
   } finally {
     await context.dispose();
   }

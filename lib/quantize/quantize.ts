@@ -1,16 +1,17 @@
 // quantize(): llama_model_quantize in a child process, writing to a temporary file next to the output that
-// is checked, fsynced and renamed only when complete. A crash, an abort, a full disk or a bad type leaves
-// any existing output untouched and no partial file behind; the caller's process is never at risk.
+// is checked, fsynced and renamed only when complete (lib/util/output.ts, which checks the output path before
+// anything starts). A crash, an abort, a full disk or a bad type leaves any existing output untouched and no
+// partial file behind; the caller's process is never at risk.
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { open, realpath, rename, stat, unlink } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { AbortError, HuoziError } from '../errors.js';
 import { readGguf } from '../gguf/reader.js';
 import { ggmlTypeByName } from '../gguf/types.js';
 import { validateForLlama } from '../gguf/validate.js';
+import { openOutput } from '../util/output.js';
 import * as v from '../validate.js';
 import { quantType, QUANT_TYPES, type QuantType } from './types.js';
 
@@ -47,7 +48,7 @@ const OPTIONS = [
 
 /** What {@link quantize} resolves to. */
 export interface QuantizeResult {
-  /** Absolute path of the written file. */
+  /** Absolute path of the written file (the file a symlink pointed to, when the output was one). */
   output: string;
   /** The type, as llama-quantize spells it (`Q4_0`). */
   type: string;
@@ -73,16 +74,6 @@ function ggmlTypeId(name: string, option: string): number {
   const t = ggmlTypeByName(v.string(option, name));
   if (!t) throw v.rangeError('a ggml type name such as q8_0, q6_K or f16', option, name);
   return t.id;
-}
-
-/** Same file (path, symlink or hard link): compares device and inode. */
-async function sameFile(a: string, b: string): Promise<boolean> {
-  try {
-    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
-    return sa.dev === sb.dev && sa.ino === sb.ino;
-  } catch {
-    return false;
-  }
 }
 
 interface ChildOutcome {
@@ -124,7 +115,10 @@ function runChild(job: object, onTensor: (i: number, n: number) => void, signal?
  * Quantizes `input` into `output` with llama.cpp's llama_model_quantize, in a child process, through a temporary
  * file that replaces `output` only when complete.
  *
- * @throws `TypeError` / `RangeError` for bad options, an unknown type, or an output that is the input.
+ * @throws `TypeError` / `RangeError` for bad options or an unknown type.
+ * @throws {@link OutputPathError} for an output that exists and is not a regular file, that is the input or the
+ * importance matrix (by device and inode: the same path, a symlink or a hard link), or whose directory is missing
+ * or not writable; found before anything starts.
  * @throws {@link GgufError} when the input is not a GGUF llama.cpp can load.
  * @throws {@link QuantizeError} when llama.cpp fails, or the type needs an importance matrix and none was given.
  * @throws {@link AbortError} when `signal` aborts.
@@ -154,33 +148,30 @@ export async function quantize(input: string, output: string, options: QuantizeO
   const imatrix = o.imatrix === undefined ? undefined : resolve(v.string('imatrix', o.imatrix, { allowEmpty: false }));
 
   const inPath = resolve(input);
-  const outPath = resolve(output);
   const started = Date.now();
-  // The input must be a file llama.cpp can load without aborting (it loads it to quantize it).
-  const inputFile = await readGguf(inPath);
-  validateForLlama(inputFile);
-  if (imatrix) await stat(imatrix);
-  if (inPath === outPath || (await sameFile(inPath, outPath)) ||
-      (await realpath(dirname(outPath)).then((d) => join(d, basename(outPath))).catch(() => outPath)) === (await realpath(inPath))) {
-    throw v.rangeError('an output that is not the input file (same path, symlink or hard link)', 'output', output);
-  }
-  if (signal?.aborted) throw new AbortError();
-
-  // A dry run first: llama.cpp says whether the type needs an importance matrix, before anything is written.
-  if (!imatrix && !qt.onlyCopy) {
-    const dry = await runChild({ input: inPath, output: '/dev/null', params: { ...params, dryRun: true } }, () => undefined, signal);
-    if (signal?.aborted) throw new AbortError('quantization was aborted');
-    if (dry.error || !dry.done) throw new QuantizeError(`Cannot quantize ${inPath}: ${dry.error?.message ?? `the worker ended (${dry.exit.signal ?? dry.exit.code})`}`);
-    if (dry.done.requiresImatrix || qt.needsImatrix) {
-      throw new QuantizeError(`${qt.name} needs an importance matrix: pass imatrix (huozi-gguf imatrix computes one)`);
-    }
-  }
-
-  const tmp = join(dirname(outPath), `.${basename(outPath)}.${randomBytes(6).toString('hex')}.tmp`);
-  let reported = 0;
+  // The output path first: a device, a FIFO, an input or a directory that cannot be written is refused before
+  // any work, and the temporary file the quantizer writes is created here.
+  const out = await openOutput(output, { inputs: [inPath, imatrix] });
   try {
+    // The input must be a file llama.cpp can load without aborting (it loads it to quantize it).
+    const inputFile = await readGguf(inPath);
+    validateForLlama(inputFile);
+    if (imatrix) await stat(imatrix);
+    if (signal?.aborted) throw new AbortError();
+
+    // A dry run first: llama.cpp says whether the type needs an importance matrix, before anything is written.
+    if (!imatrix && !qt.onlyCopy) {
+      const dry = await runChild({ input: inPath, output: '', params: { ...params, dryRun: true } }, () => undefined, signal);
+      if (signal?.aborted) throw new AbortError('quantization was aborted');
+      if (dry.error || !dry.done) throw new QuantizeError(`Cannot quantize ${inPath}: ${dry.error?.message ?? `the worker ended (${dry.exit.signal ?? dry.exit.code})`}`);
+      if (dry.done.requiresImatrix || qt.needsImatrix) {
+        throw new QuantizeError(`${qt.name} needs an importance matrix: pass imatrix (huozi-gguf imatrix computes one)`);
+      }
+    }
+
+    let reported = 0;
     const outcome = await runChild(
-      { input: inPath, output: tmp, params, imatrixFile: imatrix },
+      { input: inPath, output: out.tmp, params, imatrixFile: imatrix },
       (i, n) => {
         // Tensor i is starting: i-1 are done. The final 100% comes after the rename.
         if (i - 1 > reported && i - 1 < n) onProgress?.((reported = i - 1), n);
@@ -193,24 +184,15 @@ export async function quantize(input: string, output: string, options: QuantizeO
         (outcome.exit.signal ? `the quantizer was killed by ${outcome.exit.signal}` : `the quantizer exited with code ${outcome.exit.code}`);
       throw new QuantizeError(`Quantizing ${inPath} to ${qt.name} failed: ${why}`);
     }
-    // Check what was written before it replaces anything, then make it durable.
-    const written = await readGguf(tmp);
-    const handle = await open(tmp, 'r+');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, outPath);
-    const dirHandle = await open(dirname(outPath), 'r');
-    await dirHandle.sync().catch(() => undefined);
-    await dirHandle.close();
+    // Check what was written before it replaces anything, then make it durable and rename it into place.
+    const written = await readGguf(out.tmp);
+    await out.commit();
     const total = written.tensors.length;
     onProgress?.(total, total);
     const outputBytes = Number(written.fileSize);
     const parameters = written.tensors.reduce((a, t) => a + Number(t.elements), 0);
     return {
-      output: outPath,
+      output: out.path,
       type: qt.name,
       inputBytes: Number(inputFile.fileSize),
       outputBytes,
@@ -218,8 +200,9 @@ export async function quantize(input: string, output: string, options: QuantizeO
       bitsPerWeight: (Number(written.tensors.reduce((a, t) => a + t.bytes, 0n)) * 8) / parameters,
       seconds: (Date.now() - started) / 1000,
     };
-  } finally {
-    await unlink(tmp).catch(() => undefined);
+  } catch (error) {
+    await out.discard();
+    throw error;
   }
 }
 
@@ -229,7 +212,7 @@ export async function quantizedSize(input: string, type: string): Promise<{ mib:
   if (!qt) throw v.rangeError(`one of ${QUANT_TYPES.map((t) => t.name).join(', ')}`, 'type', type);
   const inPath = resolve(input);
   validateForLlama(await readGguf(inPath));
-  const dry = await runChild({ input: inPath, output: '/dev/null', params: { ftype: qt.ftype, onlyCopy: qt.onlyCopy === true, dryRun: true } }, () => undefined);
+  const dry = await runChild({ input: inPath, output: '', params: { ftype: qt.ftype, onlyCopy: qt.onlyCopy === true, dryRun: true } }, () => undefined);
   if (!dry.done) throw new QuantizeError(`Dry run failed: ${dry.error?.message ?? 'the worker ended'}`);
   return { mib: dry.done.quantMiB, requiresImatrix: dry.done.requiresImatrix || qt.needsImatrix };
 }

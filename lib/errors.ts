@@ -152,3 +152,20 @@ export class OutputPathError extends HuoziError {
     this.reason = reason;
   }
 }
+
+/**
+ * A model path (loadModel, inspect, readGguf, quantize's input, `chat -m`, ...) that is not a regular file: a
+ * directory, a FIFO, a socket or a device. It is refused before it is opened for reading: reading a FIFO blocks
+ * until something writes to it, and a device may never end. A {@link ModelLoadError}, with its own code
+ * `ERR_HUOZI_NOT_REGULAR_FILE`; `kind` says what the path is (e.g. `a FIFO (named pipe)`).
+ */
+export class NotRegularFileError extends ModelLoadError {
+  override readonly code: string = 'ERR_HUOZI_NOT_REGULAR_FILE';
+  readonly path: string;
+  readonly kind: string;
+  constructor(path: string, kind: string, options?: ErrorOptions) {
+    super(`${path} is ${kind}, not a regular file; a model must be a GGUF file`, options);
+    this.path = path;
+    this.kind = kind;
+  }
+}

@@ -50,3 +50,5 @@ export type { WriteGgufOptions } from './gguf/writer.js';
 export type { TensorPlan } from './gguf/synth.js';
 export type { TokenizeAsyncOptions } from './model.js';
 export { OutputPathError } from './errors.js';
+export { NotRegularFileError } from './errors.js';
+export { GgufArray } from './gguf/reader.js';

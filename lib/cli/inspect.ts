@@ -27,7 +27,8 @@ export function formatInspection(i: GgufInspection, withTensors: boolean): strin
     `context        ${show(s.contextLength)} tokens (trained)`,
     `rope           base ${show(s.ropeFreqBase)}, ${show(s.ropeDimensions)} dimensions; rms eps ${show(s.rmsNormEpsilon)}`,
     `vocabulary     ${show(i.vocabulary.size)} tokens (${show(i.vocabulary.model)}), bos ${show(i.vocabulary.bos)}, eos ${show(i.vocabulary.eos)}, add bos ${show(i.vocabulary.addBos)}`,
-    `special        ${Object.entries(i.vocabulary.special).map(([t, id]) => `${t}=${id}`).join(' ') || '-'}`,
+    `special        ${Object.entries(i.vocabulary.special).map(([t, id]) => `${t}=${id}`).join(' ') || '-'}${
+      i.vocabulary.specialCount > Object.keys(i.vocabulary.special).length ? ` (the first ${Object.keys(i.vocabulary.special).length} of ${i.vocabulary.specialCount})` : ''}`,
     `chat template  ${i.chatTemplate.present ? `yes (${i.chatTemplate.length} characters)` : 'none in the file'}`,
     'tensor types',
     ...i.quantization.map(

@@ -1,9 +1,11 @@
-import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import * as v from '../validate.js';
 import { LLAMA_FTYPES } from './ftype.js';
-import { readGguf, type GgufFile, type GgufValue } from './reader.js';
-import { ggmlType } from './types.js';
+import { readGguf, type GgufFile, type GgufMetadataEntry } from './reader.js';
+import { ggmlType, GGUF_VALUE_TYPE_NAMES, GgufValueType } from './types.js';
+
+/** Most special tokens {@link GgufInspection} lists by text (`vocabulary.specialCount` counts them all). */
+export const INSPECT_MAX_SPECIAL = 10_000;
 
 /** What {@link inspect} reports (and `huozi-gguf inspect --json` prints). `null` where the file does not say. */
 export interface GgufInspection {
@@ -35,11 +37,18 @@ export interface GgufInspection {
     size: number | null;
     bos: number | null;
     eos: number | null;
-    /** Control tokens by text, e.g. `<|endofutterance|>` → 2049. */
+    /**
+     * Control and user-defined tokens by text, e.g. `<|endofutterance|>` → 2049: the first
+     * {@link INSPECT_MAX_SPECIAL} (10,000) of them; `specialCount` counts them all.
+     */
     special: Record<string, number>;
+    /** How many control and user-defined tokens the vocabulary has. */
+    specialCount: number;
     addBos: boolean | null;
   };
   chatTemplate: { present: boolean; length: number };
+  /** Every metadata array, summarized (key, element type, element count): the elements are not decoded. */
+  arrays: { key: string; type: string; length: number }[];
   /** Parameters (tensor elements). */
   parameters: number;
   tensorBytes: number;
@@ -49,13 +58,12 @@ export interface GgufInspection {
   tensors: { name: string; type: string; dims: number[]; bytes: number; offset: number }[];
 }
 
-function num(value: GgufValue | undefined): number | null {
+function num(entry: GgufMetadataEntry | undefined): number | null {
+  // Per-layer arrays: the first layer's value (the only element decoded).
+  const value = entry?.array ? (entry.array.length > 0 ? entry.array.at(0) : undefined) : entry?.value;
   // f32 values (rms eps 1e-5 is stored as 9.99999974738e-06) print as the number they were meant to be.
   if (typeof value === 'number') return Number.isInteger(value) ? value : Number(value.toPrecision(7));
   if (typeof value === 'bigint') return Number(value);
-  if (Array.isArray(value) && value.length > 0 && (typeof value[0] === 'number' || typeof value[0] === 'bigint')) {
-    return Number(value[0]); // per-layer arrays: the first layer's value
-  }
   return null;
 }
 
@@ -67,24 +75,38 @@ export async function inspect(path: string): Promise<GgufInspection> {
   v.string('path', path, { allowEmpty: false });
   const full = resolve(path);
   const file = await readGguf(full);
-  return describe(full, file, (await stat(full)).size);
+  return describe(full, file, Number(file.fileSize));
 }
 
 export function describe(path: string, file: GgufFile, fileSize: number): GgufInspection {
-  const meta = (key: string) => file.metadata.get(key)?.value;
+  // Only scalars and the elements used below are decoded: a metadata array is read element by element.
+  const entry = (key: string) => file.metadata.get(key);
+  const meta = (key: string) => {
+    const e = entry(key);
+    return e && !e.array ? e.value : undefined;
+  };
   const str = (key: string) => {
     const x = meta(key);
     return typeof x === 'string' ? x : null;
   };
   const arch = str('general.architecture');
-  const a = (key: string) => num(meta(`${arch}.${key}`));
-  const tokens = meta('tokenizer.ggml.tokens');
-  const tokenTypes = meta('tokenizer.ggml.token_type');
+  const a = (key: string) => num(entry(`${arch}.${key}`));
+  const tokens = entry('tokenizer.ggml.tokens')?.array;
+  const tokenTypes = entry('tokenizer.ggml.token_type')?.array;
   const special: Record<string, number> = {};
-  if (Array.isArray(tokens) && Array.isArray(tokenTypes)) {
-    tokenTypes.forEach((t, i) => {
-      if ((t === 3 || t === 4) && typeof tokens[i] === 'string') special[tokens[i] as string] = i; // CONTROL, USER_DEFINED
-    });
+  let specialCount = 0;
+  if (tokens?.type === GgufValueType.STRING && tokenTypes && tokenTypes.type !== GgufValueType.STRING) {
+    const n = Math.min(tokens.length, tokenTypes.length);
+    let i = 0;
+    for (const t of tokenTypes) {
+      if (i >= n) break;
+      if (t === 3 || t === 4) {
+        // CONTROL, USER_DEFINED
+        if (specialCount < INSPECT_MAX_SPECIAL) special[tokens.at(i) as string] = i;
+        specialCount++;
+      }
+      i++;
+    }
   }
   const template = meta('tokenizer.chat_template');
   const heads = a('attention.head_count');
@@ -102,7 +124,7 @@ export function describe(path: string, file: GgufFile, fileSize: number): GgufIn
     parameters += Number(t.elements);
     bytes += Number(t.bytes);
   }
-  const ftype = num(meta('general.file_type'));
+  const ftype = num(entry('general.file_type'));
   const addBos = meta('tokenizer.ggml.add_bos_token');
   return {
     path,
@@ -129,13 +151,17 @@ export function describe(path: string, file: GgufFile, fileSize: number): GgufIn
     },
     vocabulary: {
       model: str('tokenizer.ggml.model'),
-      size: Array.isArray(tokens) ? tokens.length : null,
-      bos: num(meta('tokenizer.ggml.bos_token_id')),
-      eos: num(meta('tokenizer.ggml.eos_token_id')),
+      size: tokens ? tokens.length : null,
+      bos: num(entry('tokenizer.ggml.bos_token_id')),
+      eos: num(entry('tokenizer.ggml.eos_token_id')),
       special,
+      specialCount,
       addBos: typeof addBos === 'boolean' ? addBos : null,
     },
     chatTemplate: { present: typeof template === 'string', length: typeof template === 'string' ? template.length : 0 },
+    arrays: [...file.metadata.values()]
+      .filter((e) => e.array)
+      .map((e) => ({ key: e.key, type: GGUF_VALUE_TYPE_NAMES[e.arrayType!] ?? String(e.arrayType), length: e.array!.length })),
     parameters,
     tensorBytes: bytes,
     bitsPerWeight: parameters ? (bytes * 8) / parameters : 0,

@@ -5,6 +5,7 @@
 // with the byte offset of the offending entry or tensor.
 import { GgufError } from '../errors.js';
 import type { GgufFile, GgufMetadataEntry, GgufScalar } from './reader.js';
+import { GGUF_LIMITS } from './reader.js';
 import { GgufValueType, ggmlType } from './types.js';
 
 const MAX_LAYERS = 512; // LLAMA_MAX_LAYERS
@@ -20,6 +21,12 @@ const MATMUL_TYPES = new Set([
   'tq1_0', 'tq2_0',
 ]);
 const TOKEN_TYPE_BYTE = 6;
+/**
+ * Largest vocabulary checked (2^21 tokens; the largest real ones have about 262k). Checking a vocabulary keeps a
+ * map of every token's text, and llama.cpp builds its own: a file claiming millions of tokens is refused here
+ * instead of costing gigabytes in both.
+ */
+export const MAX_VOCABULARY = 1 << 21;
 
 function fail(message: string, at: GgufMetadataEntry | { infoOffset: number } | number): never {
   const offset = typeof at === 'number' ? at : 'infoOffset' in at ? at.infoOffset : at.offset;
@@ -33,12 +40,24 @@ const INTEGER_TYPES = new Set([
 
 /** An integer key, or a per-layer array of integers (as llama.cpp's get_key_or_arr accepts). */
 function integers(e: GgufMetadataEntry): number[] {
-  if (e.type === GgufValueType.ARRAY) {
+  if (e.array) {
     if (!INTEGER_TYPES.has(e.arrayType!)) fail(`"${e.key}" must hold integers`, e);
-    return (e.value as GgufScalar[]).map(Number);
+    // Per-layer values: one per layer at most (the layer count is checked against the block count).
+    if (e.array.length > MAX_LAYERS) fail(`"${e.key}" has ${e.array.length} values, more than llama.cpp's ${MAX_LAYERS} layers`, e);
+    return e.array.toArray().map(Number);
   }
   if (!INTEGER_TYPES.has(e.type)) fail(`"${e.key}" must be an integer`, e);
   return [Number(e.value)];
+}
+
+/** A scalar entry's value; an array's is never decoded here (undefined). */
+function scalar(e: GgufMetadataEntry): GgufScalar | undefined {
+  return e.array ? undefined : (e.value as GgufScalar);
+}
+
+/** An entry's value for a message: a scalar, or an array's type and length. */
+function shown(e: GgufMetadataEntry): string {
+  return e.array ? `an array of ${e.array.length} elements` : String(e.value);
 }
 
 /** Checks `file` for what would make llama.cpp abort. Throws GgufError; returns nothing when the file is fine. */
@@ -56,12 +75,12 @@ export function validateForLlama(file: GgufFile): void {
   const archEntry = m.get('general.architecture');
   if (!archEntry) fail('general.architecture is missing', 0);
   if (archEntry.type !== GgufValueType.STRING) fail('general.architecture must be a string', archEntry);
-  const arch = archEntry.value as string;
+  const arch = scalar(archEntry) as string;
   const key = (k: string) => m.get(`${arch}.${k}`);
 
   const split = m.get('split.count');
-  if (split && Number(split.value) > 1) {
-    fail(`this is part of a ${String(split.value)}-file split GGUF; merge it with llama-gguf-split first`, split);
+  if (split && Number(scalar(split)) > 1) {
+    fail(`this is part of a ${shown(split)}-file split GGUF; merge it with llama-gguf-split first`, split);
   }
 
   // load_hparams (llama-model.cpp)
@@ -70,7 +89,7 @@ export function validateForLlama(file: GgufFile): void {
   if (blocks) {
     layers = integers(blocks)[0];
     if (blocks.type === GgufValueType.ARRAY || layers < 1 || layers > MAX_LAYERS) {
-      fail(`${blocks.key} is ${String(blocks.value)}; llama.cpp needs a single value from 1 to ${MAX_LAYERS}`, blocks);
+      fail(`${blocks.key} is ${shown(blocks)}; llama.cpp needs a single value from 1 to ${MAX_LAYERS}`, blocks);
     }
   }
   const perLayer = (e: GgufMetadataEntry) => {
@@ -100,8 +119,8 @@ export function validateForLlama(file: GgufFile): void {
   }
 
   const scaling = key('rope.scaling.type');
-  if (scaling && !ROPE_SCALING.has(String(scaling.value))) {
-    fail(`${scaling.key} is "${String(scaling.value)}"; llama.cpp knows none, linear, yarn and longrope`, scaling);
+  if (scaling && !ROPE_SCALING.has(String(scaling.array ? '' : scaling.value))) {
+    fail(`${scaling.key} is "${shown(scaling)}"; llama.cpp knows none, linear, yarn and longrope`, scaling);
   }
   const pooling = key('pooling_type');
   if (pooling && (integers(pooling)[0] < 0 || integers(pooling)[0] > 4)) fail(`${pooling.key} is not a known pooling type`, pooling);
@@ -133,11 +152,11 @@ export function validateForLlama(file: GgufFile): void {
   // ggml_rms_norm / ggml_norm GGML_ASSERT(eps >= 0.0f) in the CPU kernels (found by scripts/fuzz.mjs).
   for (const k of ['attention.layer_norm_rms_epsilon', 'attention.layer_norm_epsilon']) {
     const e = key(k);
-    if (e && !(Number(e.value) >= 0 && Number.isFinite(Number(e.value)))) fail(`${e.key} is ${String(e.value)}; it must be a finite number >= 0`, e);
+    if (e && !(Number(scalar(e)) >= 0 && Number.isFinite(Number(scalar(e))))) fail(`${e.key} is ${shown(e)}; it must be a finite number >= 0`, e);
   }
   for (const k of ['rope.freq_base', 'rope.scaling.factor', 'rope.scale_linear']) {
     const e = key(k);
-    if (e && !Number.isFinite(Number(e.value))) fail(`${e.key} is ${String(e.value)}; it must be a finite number`, e);
+    if (e && !Number.isFinite(Number(scalar(e)))) fail(`${e.key} is ${shown(e)}; it must be a finite number`, e);
   }
   const ctx = key('context_length');
   if (ctx && integers(ctx)[0] < 1) fail(`${ctx.key} must be at least 1`, ctx);
@@ -159,7 +178,7 @@ function validateVocabulary(file: GgufFile): void {
   const m = file.metadata;
   const modelEntry = m.get('tokenizer.ggml.model');
   if (!modelEntry) return; // llama.cpp refuses the file cleanly
-  const model = String(modelEntry.value);
+  const model = String(modelEntry.array ? `an array of ${modelEntry.array.length} elements` : modelEntry.value);
   if (!TOKENIZERS.has(model)) {
     fail(`tokenizer.ggml.model "${model}" is not supported (known: ${[...TOKENIZERS].join(', ')})`, modelEntry);
   }
@@ -168,35 +187,42 @@ function validateVocabulary(file: GgufFile): void {
   if (tokensEntry.type !== GgufValueType.ARRAY || tokensEntry.arrayType !== GgufValueType.STRING) {
     fail('tokenizer.ggml.tokens must be an array of strings', tokensEntry);
   }
-  const tokens = tokensEntry.value as string[];
-  if (tokens.length === 0) fail('tokenizer.ggml.tokens is empty', tokensEntry);
+  const tokenArray = tokensEntry.array!;
+  const nTokens = tokenArray.length;
+  if (nTokens === 0) fail('tokenizer.ggml.tokens is empty', tokensEntry);
+  if (nTokens > MAX_VOCABULARY) fail(`tokenizer.ggml.tokens has ${nTokens} tokens, more than the ${MAX_VOCABULARY} checked`, tokensEntry);
   // llama.cpp reads tokens as C strings and renames empty ones "[EMPTY_<i>]": either can make two ids map to
   // one text, which GGML_ASSERT(id_to_token.size() == token_to_id.size()) turns into an abort.
   const seen = new Map<string, number>();
-  tokens.forEach((t, i) => {
+  let i = 0;
+  for (const token of tokenArray) {
+    const t = token as string;
     if (t.includes('\0')) fail(`token ${i} contains a NUL byte`, tokensEntry);
     const text = t.length === 0 ? `[EMPTY_${i}]` : t;
     const other = seen.get(text);
     if (other !== undefined) fail(`tokens ${other} and ${i} are both "${text}"`, tokensEntry);
     seen.set(text, i);
-  });
+    i++;
+  }
+  seen.clear();
   const types = m.get('tokenizer.ggml.token_type');
   if (types) {
     if (types.type !== GgufValueType.ARRAY || types.arrayType !== GgufValueType.INT32) {
       fail('tokenizer.ggml.token_type must be an array of i32', types);
     }
-    const values = types.value as number[];
-    if (values.length < tokens.length) fail(`tokenizer.ggml.token_type has ${values.length} entries for ${tokens.length} tokens`, types);
-    values.slice(0, tokens.length).forEach((type, i) => {
-      if (type !== TOKEN_TYPE_BYTE) return;
+    const values = types.array!;
+    if (values.length < nTokens) fail(`tokenizer.ggml.token_type has ${values.length} entries for ${nTokens} tokens`, types);
+    for (let i = 0; i < nTokens; i++) {
+      if (values.at(i) !== TOKEN_TYPE_BYTE) continue;
       // WPM has no byte tokens: token_to_byte GGML_ABORTs while the piece cache is built.
       if (model === 'bert') fail(`token ${i} is a byte token, which a WordPiece (bert) vocabulary cannot have`, types);
-      if (!/^<0x[0-9A-Fa-f]{2}>$/.test(tokens[i])) fail(`byte token ${i} is "${tokens[i]}", not <0xHH>`, types);
-    });
+      const text = tokenArray.at(i) as string;
+      if (!/^<0x[0-9A-Fa-f]{2}>$/.test(text)) fail(`byte token ${i} is "${text}", not <0xHH>`, types);
+    }
   }
   const scores = m.get('tokenizer.ggml.scores');
-  if (scores && (scores.type !== GgufValueType.ARRAY || (scores.value as unknown[]).length < tokens.length)) {
-    fail(`tokenizer.ggml.scores must be an array with a score for each of the ${tokens.length} tokens`, scores);
+  if (scores && (!scores.array || scores.array.length < nTokens)) {
+    fail(`tokenizer.ggml.scores must be an array with a score for each of the ${nTokens} tokens`, scores);
   }
   if (model === 'gpt2') {
     const merges = m.get('tokenizer.ggml.merges');
@@ -211,20 +237,20 @@ function validateVocabulary(file: GgufFile): void {
   };
   for (const k of ['bos_token_id', 'eos_token_id']) {
     const x = id(k);
-    if (x && (x.v < 0 || x.v >= tokens.length)) fail(`tokenizer.ggml.${k} is ${x.v}, outside the ${tokens.length} tokens`, x.e);
+    if (x && (x.v < 0 || x.v >= nTokens)) fail(`tokenizer.ggml.${k} is ${x.v}, outside the ${nTokens} tokens`, x.e);
   }
   const flag = (k: string, dflt: boolean) => {
     const e = m.get(`tokenizer.ggml.${k}`);
-    return e ? e.value === true : dflt;
+    return e ? scalar(e) === true : dflt;
   };
   const defaultBos = model === 'llama' ? 1 : model === 'bert' ? 101 : model === 'gpt2' ? 11 : -1;
   const bos = id('bos_token_id')?.v ?? defaultBos;
-  if (flag('add_bos_token', model === 'llama' || model === 'bert') && (bos < 0 || bos >= tokens.length)) {
+  if (flag('add_bos_token', model === 'llama' || model === 'bert') && (bos < 0 || bos >= nTokens)) {
     fail('the vocabulary adds a BOS token it does not have', m.get('tokenizer.ggml.add_bos_token') ?? tokensEntry);
   }
   const defaultEos = model === 'llama' ? 2 : model === 'gpt2' ? 11 : model === 't5' ? 1 : -1;
   const eos = id('eos_token_id')?.v ?? defaultEos;
-  if (flag('add_eos_token', model === 't5') && (eos < 0 || eos >= tokens.length)) {
+  if (flag('add_eos_token', model === 't5') && (eos < 0 || eos >= nTokens)) {
     fail('the vocabulary adds an EOS token it does not have', m.get('tokenizer.ggml.add_eos_token') ?? tokensEntry);
   }
 }

@@ -135,6 +135,28 @@ export function fromNative(error: unknown, callSite?: Error): Error {
 }
 
 /**
+ * A Jinja chat template failed: it does not parse (`reason` `syntax`), it called `raise_exception` (`exception`;
+ * its text is in the message), it went past one of its limits (`limit`: `steps`, `outputChars`, `timeoutMs`,
+ * `memoryMiB`, `arrayLength` or `depth`), or rendering failed otherwise (`error`, e.g. an unknown filter).
+ * `template` names the template, e.g. `tokenizer.chat_template of /models/x.gguf`.
+ */
+export class ChatTemplateError extends HuoziError {
+  readonly template: string;
+  readonly reason: 'syntax' | 'exception' | 'limit' | 'error';
+  readonly limit: string | undefined;
+  constructor(
+    message: string,
+    details: { template: string; reason: 'syntax' | 'exception' | 'limit' | 'error'; limit?: string },
+    options?: ErrorOptions,
+  ) {
+    super(message, 'ERR_HUOZI_CHAT_TEMPLATE', options);
+    this.template = details.template;
+    this.reason = details.reason;
+    this.limit = details.limit;
+  }
+}
+
+/**
  * An output path cannot be written safely, found before any work is done: it exists and is not a regular file (a
  * device, a FIFO, a socket, a directory), it is one of the operation's inputs (same device and inode: the same
  * path, a symlink or a hard link), it is a symlink that points nowhere, or its directory is missing or cannot be

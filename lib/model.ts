@@ -10,6 +10,7 @@ import { fitToMemory } from './gpu.js';
 import { createParallelContext, type ParallelContext, type ParallelContextOptions } from './parallel.js';
 import { prepareRpcServers, retainRpcServers, validateRpcServers } from './rpc.js';
 import * as v from './validate.js';
+import { checkModelChatTemplate } from './chat/detect.js';
 
 /** Options of {@link loadModel}. Unknown keys throw a `TypeError` naming the closest known one. */
 export interface LoadModelOptions {
@@ -56,6 +57,13 @@ export interface LoadModelOptions {
    * protocol is unauthenticated and unencrypted: use trusted networks only. Default: none.
    */
   rpcServers?: string[];
+  /**
+   * Check the GGUF's own `tokenizer.chat_template` (when it has one) by rendering a probe conversation under the
+   * template limits, as {@link checkChatTemplate} does; a template that fails rejects the load with a
+   * {@link ChatTemplateError}. Default: `false`: a model whose template is broken still loads (for completion,
+   * perplexity, or a chat with a template of your own), and the error comes when a chat renders it.
+   */
+  checkChatTemplate?: boolean;
   /** Called with the load progress, from 0 to 1; 1 is reported exactly once, when the model is ready. */
   onProgress?: (progress: number) => void;
   /** Stops loading; the promise then rejects with an {@link AbortError}. */
@@ -64,7 +72,7 @@ export interface LoadModelOptions {
 
 const LOAD_OPTIONS = [
   'gpuLayers', 'fit', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'rpcServers',
-  'onProgress', 'signal',
+  'onProgress', 'signal', 'checkChatTemplate',
 ] as const;
 
 /** How the model was placed on the devices when loaded with gpuLayers 'auto'. */
@@ -127,6 +135,7 @@ export interface DetokenizeOptions {
  * @throws {@link GgufError} when the file is malformed or would make llama.cpp abort.
  * @throws {@link ModelLoadError} when the file is missing or unreadable, llama.cpp refuses it, or an RPC server is unusable.
  * @throws {@link AbortError} when `signal` aborts.
+ * @throws {@link ChatTemplateError} with `checkChatTemplate`, when the GGUF's chat template fails the probe.
  */
 export async function loadModel(path: string, options?: LoadModelOptions): Promise<Model> {
   v.string('path', path, { allowEmpty: false });
@@ -153,6 +162,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     // fitToMemory measures local devices only.
     throw v.rangeError('a number or "max" with rpcServers', 'gpuLayers', o.gpuLayers);
   }
+  const checkTemplate = o.checkChatTemplate === undefined ? false : v.boolean('checkChatTemplate', o.checkChatTemplate);
   const onProgress = o.onProgress === undefined ? undefined : v.func<(p: number) => void>('onProgress', o.onProgress);
   const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
   if (signal?.aborted) throw new AbortError('model loading was aborted');
@@ -211,6 +221,14 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     const model = new Model(native, fullPath, gpuPlan, watch);
     watch = undefined;
     if (params.rpcServers) model.onDispose(retainRpcServers(params.rpcServers as string[]));
+    if (checkTemplate) {
+      try {
+        await checkModelChatTemplate(model);
+      } catch (error) {
+        await model.dispose();
+        throw error;
+      }
+    }
     try {
       onProgress?.(1);
     } catch (error) {

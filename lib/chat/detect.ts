@@ -1,9 +1,20 @@
 import type { Model } from '../model.js';
+import { ChatTemplateError } from '../errors.js';
 import * as v from '../validate.js';
-import { chatmlTemplate, huoziTemplate, jinjaTemplate, jinjaTemplateFile, type ChatTemplate } from './template.js';
+import {
+  chatmlTemplate, checkChatTemplate, huoziTemplate, jinjaTemplate, jinjaTemplateFile, type ChatTemplate, type ChatTemplateCheck,
+} from './template.js';
+import type { TemplateLimits } from './template-limits.js';
 
-/** Which chat template to use: see {@link ChatSessionOptions.template}. */
-export type TemplateOption = 'auto' | 'huozi' | 'chatml' | { jinja: string } | { file: string } | ChatTemplate;
+/**
+ * Which chat template to use: see {@link ChatSessionOptions.template}. `{ jinja }` and `{ file }` take the
+ * render limits of {@link jinjaTemplate} as `limits`.
+ */
+export type TemplateOption =
+  | 'auto' | 'huozi' | 'chatml'
+  | { jinja: string; limits?: Partial<TemplateLimits> }
+  | { file: string; limits?: Partial<TemplateLimits> }
+  | ChatTemplate;
 
 /** Picks the chat template for a model (see ChatSessionOptions.template). */
 export function detectTemplate(model: Model, option: TemplateOption): ChatTemplate {
@@ -13,20 +24,44 @@ export function detectTemplate(model: Model, option: TemplateOption): ChatTempla
     if ('render' in option && typeof option.render === 'function') return option;
     const variables = templateVariables(model);
     const stopTexts = eogTexts(model);
-    if ('jinja' in option) return jinjaTemplate(v.string('template.jinja', option.jinja), { variables, stopTexts });
-    if ('file' in option) return jinjaTemplateFile(v.string('template.file', option.file), { variables, stopTexts });
+    if ('jinja' in option) {
+      const o = v.options<{ jinja: string; limits: Partial<TemplateLimits> }>('template', option, ['jinja', 'limits']);
+      return jinjaTemplate(v.string('template.jinja', o.jinja), {
+        variables, stopTexts, label: 'template given as { jinja }', ...(o.limits === undefined ? {} : { limits: o.limits }),
+      });
+    }
+    if ('file' in option) {
+      const o = v.options<{ file: string; limits: Partial<TemplateLimits> }>('template', option, ['file', 'limits']);
+      return jinjaTemplateFile(v.string('template.file', o.file), {
+        variables, stopTexts, ...(o.limits === undefined ? {} : { limits: o.limits }),
+      });
+    }
   }
   if (option !== 'auto') {
     throw v.typeError('"auto", "huozi", "chatml", { jinja }, { file } or a ChatTemplate', 'template', option);
   }
   // Huozi's GGUFs have no tokenizer.chat_template (like the fixture); recognise them by their vocabulary.
   const special = model.specialTokens;
-  if (model.info.chatTemplate) {
-    return jinjaTemplate(model.info.chatTemplate, { variables: templateVariables(model), stopTexts: eogTexts(model) });
-  }
+  if (model.info.chatTemplate) return ggufTemplate(model, model.info.chatTemplate);
   if (special.has('<|beginofutterance|>') && special.has('<|endofutterance|>')) return huoziTemplate;
   if (special.has('<|im_start|>') && special.has('<|im_end|>')) return chatmlTemplate;
   return chatmlTemplate;
+}
+
+/** The GGUF's own tokenizer.chat_template as a Jinja template; errors name it and the file. */
+function ggufTemplate(model: Model, source: string): ChatTemplate {
+  return jinjaTemplate(source, {
+    variables: templateVariables(model), stopTexts: eogTexts(model), label: `tokenizer.chat_template of ${model.path}`,
+  });
+}
+
+/**
+ * loadModel's checkChatTemplate: renders the probe conversation with the GGUF's own template (see
+ * checkChatTemplate). Null when the file has none. Throws ChatTemplateError.
+ */
+export async function checkModelChatTemplate(model: Model): Promise<ChatTemplateCheck | null> {
+  const source = model.info.chatTemplate;
+  return source ? checkChatTemplate(ggufTemplate(model, source)) : null;
 }
 
 function templateVariables(model: Model): Record<string, unknown> {
@@ -43,4 +78,22 @@ function eogTexts(model: Model): string[] {
     }
   }
   return out;
+}
+
+/** The outcome of probing a template (inspect's `chatTemplate.check`). */
+export type ChatTemplateProbe =
+  | { ok: true; systemRole: boolean }
+  | { ok: false; reason: ChatTemplateError['reason']; limit?: string; message: string };
+
+/** Renders the probe conversation with a template's source, reporting the outcome instead of throwing it. */
+export async function probeTemplateSource(
+  source: string, options: { label: string; variables: Record<string, unknown> },
+): Promise<ChatTemplateProbe> {
+  try {
+    const check = await checkChatTemplate(jinjaTemplate(source, options));
+    return { ok: true, systemRole: check.systemRole };
+  } catch (error) {
+    if (!(error instanceof ChatTemplateError)) throw error;
+    return { ok: false, reason: error.reason, ...(error.limit === undefined ? {} : { limit: error.limit }), message: error.message };
+  }
 }

@@ -2,8 +2,12 @@
 // <|endofutterance|> becomes control tokens) and message content (never parsed for special tokens, so users
 // cannot forge control tokens by typing them). lib/chat/tokenize.ts turns segments into token ids.
 import { readFileSync } from 'node:fs';
-import { Template } from '@huggingface/jinja';
+import { ChatTemplateError } from '../errors.js';
 import * as v from '../validate.js';
+import { parseTemplate, renderBounded, TemplateFailure, templateLimits, type TemplateLimits } from './template-limits.js';
+import { renderIsolated } from './template-process.js';
+
+export { DEFAULT_TEMPLATE_LIMITS, STEPS_PER_MESSAGE, MAX_LIST_LENGTH, type TemplateLimits } from './template-limits.js';
 
 /** A message's role. {@link ChatSession.setHistory} also accepts Huozi's 系统/用户/助手. */
 export type ChatRole = 'system' | 'user' | 'assistant';
@@ -29,6 +33,12 @@ export interface ChatTemplate {
    * every message); without it, an assistant message at the end stays open.
    */
   render(messages: readonly ChatMessage[], addGenerationPrompt: boolean): Segment[];
+  /**
+   * Renders off the event loop, where the template is untrusted code ({@link jinjaTemplate}: in a separate
+   * renderer process, under its limits). Templates without it are rendered with `render`; call
+   * {@link renderChatTemplate} to use whichever the template has.
+   */
+  renderAsync?(messages: readonly ChatMessage[], addGenerationPrompt: boolean): Promise<Segment[]>;
   /** Special-token texts that end an assistant turn, e.g. `<|endofutterance|>`. */
   readonly stopTexts: readonly string[];
 }
@@ -121,47 +131,150 @@ export interface JinjaTemplateOptions {
    * Default: `huozi` when the template mentions 用户 or 助手, else `english`.
    */
   roles?: 'english' | 'huozi';
+  /**
+   * Limits on one render: steps, output size, time, and the renderer process's memory (see
+   * {@link TemplateLimits}). A render past one fails with a {@link ChatTemplateError}. Default:
+   * {@link DEFAULT_TEMPLATE_LIMITS}.
+   */
+  limits?: Partial<TemplateLimits>;
+  /** How errors name the template, e.g. `tokenizer.chat_template of /models/x.gguf`. Default: `jinja template`. */
+  label?: string;
 }
 
+const JINJA_OPTIONS = ['variables', 'stopTexts', 'roles', 'limits', 'label'] as const;
+
 /**
- * A Jinja chat template (a GGUF's `tokenizer.chat_template`, or a file), rendered by @huggingface/jinja.
- * Throws a `SyntaxError` with `code` `ERR_HUOZI_TEMPLATE` when the template does not parse.
+ * A Jinja chat template (a GGUF's `tokenizer.chat_template`, or a file), rendered by @huggingface/jinja under
+ * limits: the template is untrusted code. `render` runs in this thread (bounded by the steps, output and time
+ * limits, so it can hold the event loop up to `limits.timeoutMs`); `renderAsync` runs in a separate renderer
+ * process that also caps memory and is killed past the deadline, and never blocks the event loop.
+ *
+ * @throws {@link ChatTemplateError} (`reason` `syntax`) when the template does not parse; render and
+ * renderAsync throw it when the template raises an exception, goes past a limit or fails otherwise.
  */
 export function jinjaTemplate(source: string, options: JinjaTemplateOptions = {}): ChatTemplate {
   v.string('template', source, { allowEmpty: false });
-  let template: Template;
-  try {
-    template = new Template(source);
-  } catch (cause) {
-    throw Object.assign(new SyntaxError(`Invalid chat template: ${(cause as Error).message}`, { cause }), {
-      code: 'ERR_HUOZI_TEMPLATE',
-    });
+  const o = v.options<JinjaTemplateOptions>('options', options, JINJA_OPTIONS);
+  const label = o.label === undefined ? 'jinja template' : v.string('label', o.label);
+  const limits = templateLimits('limits', o.limits);
+  const stopTexts = o.stopTexts === undefined ? [] : v.stringArray('stopTexts', o.stopTexts);
+  const roleOption = o.roles === undefined ? undefined : v.oneOf('roles', o.roles, ['english', 'huozi'] as const);
+  if (o.variables !== undefined && (o.variables === null || typeof o.variables !== 'object' || Array.isArray(o.variables))) {
+    throw v.typeError('an object', 'variables', o.variables);
   }
-  const huoziRoles = options.roles ? options.roles === 'huozi' : /用户|助手/.test(source);
+  let variables: Record<string, unknown>;
+  try {
+    // Plain data only: renderAsync sends them to the renderer process.
+    variables = structuredClone({ ...o.variables });
+  } catch {
+    throw v.typeError('an object of plain data (strings, numbers, booleans, null, arrays, objects)', 'variables', o.variables);
+  }
+  const fail = (error: unknown): never => {
+    if (error instanceof TemplateFailure) {
+      throw new ChatTemplateError(`Chat template (${label}) ${error.info.message}`, {
+        template: label, reason: error.info.reason, limit: error.info.limit,
+      });
+    }
+    throw error;
+  };
+  let program: ReturnType<typeof parseTemplate>;
+  try {
+    program = parseTemplate(source);
+  } catch (error) {
+    return fail(error);
+  }
+  const huoziRoles = roleOption ? roleOption === 'huozi' : /用户|助手/.test(source);
   const roles = huoziRoles ? HUOZI_ROLES : { system: 'system', user: 'user', assistant: 'assistant' };
+  const items = (messages: readonly ChatMessage[], addGenerationPrompt: boolean) => ({
+    ...variables,
+    messages: messages.map((m, i) => ({ role: roles[m.role], content: `${MARK_OPEN}${i}${MARK_CLOSE}` })),
+    add_generation_prompt: addGenerationPrompt,
+  });
   return {
     name: 'jinja',
-    stopTexts: options.stopTexts ?? [],
+    stopTexts,
     render(messages, addGenerationPrompt) {
-      const rendered = template.render({
-        ...options.variables,
-        messages: messages.map((m, i) => ({ role: roles[m.role], content: `${MARK_OPEN}${i}${MARK_CLOSE}` })),
-        add_generation_prompt: addGenerationPrompt,
-      });
-      const out: Segment[] = [];
-      let at = 0;
-      for (const match of rendered.matchAll(MARK)) {
-        push(out, { kind: 'template', text: rendered.slice(at, match.index) });
-        push(out, { kind: 'content', text: messages[Number(match[1])]?.content ?? '' });
-        at = match.index! + match[0].length;
+      let rendered: string;
+      try {
+        rendered = renderBounded(program, items(messages, addGenerationPrompt), limits, messages.length);
+      } catch (error) {
+        return fail(error);
       }
-      push(out, { kind: 'template', text: rendered.slice(at) });
-      return out;
+      return split(rendered, messages);
+    },
+    async renderAsync(messages, addGenerationPrompt) {
+      let rendered: string;
+      try {
+        rendered = await renderIsolated(source, items(messages, addGenerationPrompt), limits, messages.length);
+      } catch (error) {
+        return fail(error);
+      }
+      return split(rendered, messages);
     },
   };
 }
 
-/** Reads a Jinja template file. */
+// The rendered text, cut at the content markers: template text around, each message's own content in between.
+function split(rendered: string, messages: readonly ChatMessage[]): Segment[] {
+  const out: Segment[] = [];
+  let at = 0;
+  for (const match of rendered.matchAll(MARK)) {
+    push(out, { kind: 'template', text: rendered.slice(at, match.index) });
+    push(out, { kind: 'content', text: messages[Number(match[1])]?.content ?? '' });
+    at = match.index! + match[0].length;
+  }
+  push(out, { kind: 'template', text: rendered.slice(at) });
+  return out;
+}
+
+/** Renders with the template's `renderAsync` when it has one (Jinja templates), else with `render`. */
+export async function renderChatTemplate(
+  template: ChatTemplate, messages: readonly ChatMessage[], addGenerationPrompt: boolean,
+): Promise<Segment[]> {
+  return template.renderAsync ? template.renderAsync(messages, addGenerationPrompt) : template.render(messages, addGenerationPrompt);
+}
+
+/** What {@link checkChatTemplate} found. */
+export interface ChatTemplateCheck {
+  /** Whether the template takes a system message (some, like Gemma's, raise an exception for one). */
+  systemRole: boolean;
+  /** The probe conversation as rendered (contents included). */
+  text: string;
+}
+
+/** The probe conversation of {@link checkChatTemplate}. */
+export const PROBE_CONVERSATION: readonly ChatMessage[] = Object.freeze([
+  { role: 'system', content: 'You are a helpful assistant.' },
+  { role: 'user', content: 'Hello!' },
+  { role: 'assistant', content: 'Hello! How can I help you?' },
+  { role: 'user', content: 'Tell me a story.' },
+] as const);
+
+/**
+ * Checks a template by rendering a probe conversation (system, user, assistant, user, with the generation
+ * prompt) the way a chat would: through `renderAsync` where the template has one, under its limits. When the
+ * template raises an exception for the system message, the probe is retried without it (`systemRole: false`).
+ *
+ * @throws {@link ChatTemplateError} when the template fails the probe.
+ */
+export async function checkChatTemplate(template: ChatTemplate): Promise<ChatTemplateCheck> {
+  if (template === null || typeof template !== 'object' || typeof template.render !== 'function') {
+    throw v.typeError('a ChatTemplate', 'template', template);
+  }
+  try {
+    return { systemRole: true, text: joinSegments(await renderChatTemplate(template, PROBE_CONVERSATION, true)) };
+  } catch (error) {
+    if (!(error instanceof ChatTemplateError) || error.reason !== 'exception') throw error;
+    try {
+      return { systemRole: false, text: joinSegments(await renderChatTemplate(template, PROBE_CONVERSATION.slice(1), true)) };
+    } catch {
+      throw error;
+    }
+  }
+}
+
+/** Reads a Jinja template file (errors name it `template file <path>` unless `label` says otherwise). */
 export function jinjaTemplateFile(path: string, options?: JinjaTemplateOptions): ChatTemplate {
-  return jinjaTemplate(readFileSync(path, 'utf8'), options);
+  v.string('path', path, { allowEmpty: false });
+  return jinjaTemplate(readFileSync(path, 'utf8'), { label: `template file ${path}`, ...options });
 }

@@ -11,6 +11,12 @@ function count(n: number): string {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : String(n);
 }
 
+function templateCheck(check: GgufInspection['chatTemplate']['check']): string {
+  if (!check) return '';
+  if (check.ok) return `, renders a probe conversation${check.systemRole ? '' : ' (without a system message: it refuses one)'}`;
+  return `, FAILS a probe conversation: ${check.message}`;
+}
+
 export function formatInspection(i: GgufInspection, withTensors: boolean): string {
   const s = i.shape;
   const show = (x: unknown) => (x === null || x === undefined ? '-' : String(x));
@@ -29,7 +35,7 @@ export function formatInspection(i: GgufInspection, withTensors: boolean): strin
     `vocabulary     ${show(i.vocabulary.size)} tokens (${show(i.vocabulary.model)}), bos ${show(i.vocabulary.bos)}, eos ${show(i.vocabulary.eos)}, add bos ${show(i.vocabulary.addBos)}`,
     `special        ${Object.entries(i.vocabulary.special).map(([t, id]) => `${t}=${id}`).join(' ') || '-'}${
       i.vocabulary.specialCount > Object.keys(i.vocabulary.special).length ? ` (the first ${Object.keys(i.vocabulary.special).length} of ${i.vocabulary.specialCount})` : ''}`,
-    `chat template  ${i.chatTemplate.present ? `yes (${i.chatTemplate.length} characters)` : 'none in the file'}`,
+    `chat template  ${i.chatTemplate.present ? `yes (${i.chatTemplate.length} characters)${templateCheck(i.chatTemplate.check)}` : 'none in the file'}`,
     'tensor types',
     ...i.quantization.map(
       (q) => `  ${q.type.padEnd(8)} ${String(q.tensors).padStart(5)} tensors ${count(q.parameters).padStart(10)} params ${size(q.bytes).padStart(11)}`,

@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import * as v from '../validate.js';
+import { probeTemplateSource, type ChatTemplateProbe } from '../chat/detect.js';
 import { LLAMA_FTYPES } from './ftype.js';
 import { readGguf, type GgufFile, type GgufMetadataEntry } from './reader.js';
 import { ggmlType, GGUF_VALUE_TYPE_NAMES, GgufValueType } from './types.js';
@@ -46,7 +47,15 @@ export interface GgufInspection {
     specialCount: number;
     addBos: boolean | null;
   };
-  chatTemplate: { present: boolean; length: number };
+  chatTemplate: {
+    present: boolean;
+    length: number;
+    /**
+     * What rendering a probe conversation with it did (see `checkChatTemplate`), when the file has a template and
+     * the check was not turned off: `ok` with `systemRole` (whether it takes a system message), or the failure.
+     */
+    check?: ChatTemplateProbe;
+  };
   /** Every metadata array, summarized (key, element type, element count): the elements are not decoded. */
   arrays: { key: string; type: string; length: number }[];
   /** Parameters (tensor elements). */
@@ -67,15 +76,35 @@ function num(entry: GgufMetadataEntry | undefined): number | null {
   return null;
 }
 
+/** Options of {@link inspect}. */
+export interface InspectOptions {
+  /**
+   * Render a probe conversation with the file's `tokenizer.chat_template` (in the template renderer process, under
+   * the default limits) and report the outcome as `chatTemplate.check`. Default: `true`.
+   */
+  checkChatTemplate?: boolean;
+}
+
 /**
  * The facts of a GGUF file, read from its header only (no weights are loaded). Throws {@link GgufError} for a
  * malformed file. It does not check what llama.cpp would refuse; {@link loadModel} does.
  */
-export async function inspect(path: string): Promise<GgufInspection> {
+export async function inspect(path: string, options?: InspectOptions): Promise<GgufInspection> {
   v.string('path', path, { allowEmpty: false });
+  const o = v.options<InspectOptions>('options', options, ['checkChatTemplate']);
+  const checkTemplate = o.checkChatTemplate === undefined ? true : v.boolean('checkChatTemplate', o.checkChatTemplate);
   const full = resolve(path);
   const file = await readGguf(full);
-  return describe(full, file, Number(file.fileSize));
+  const info = describe(full, file, Number(file.fileSize));
+  const template = file.metadata.get('tokenizer.chat_template')?.value;
+  if (checkTemplate && typeof template === 'string') {
+    const text = (id: number | null) => Object.entries(info.vocabulary.special).find(([, i]) => i === id)?.[0] ?? '';
+    info.chatTemplate.check = await probeTemplateSource(template, {
+      label: `tokenizer.chat_template of ${full}`,
+      variables: { bos_token: text(info.vocabulary.bos), eos_token: text(info.vocabulary.eos) },
+    });
+  }
+  return info;
 }
 
 export function describe(path: string, file: GgufFile, fileSize: number): GgufInspection {

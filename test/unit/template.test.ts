@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { describe, expect, it } from 'vitest';
-import { chatmlTemplate, huoziTemplate, jinjaTemplate, type ChatMessage } from '../../dist/index.js';
+import { ChatTemplateError, chatmlTemplate, huoziTemplate, jinjaTemplate, type ChatMessage } from '../../dist/index.js';
 import { fixtureDir, reference, root } from '../helpers.js';
 
 // Huozi's own template.jinja, byte for byte (HIT-SCIR/huozi example/openai-api/template.jinja).
@@ -77,8 +77,9 @@ describe('ChatML template', () => {
 });
 
 describe('Jinja templates', () => {
-  it('reports a broken template as a SyntaxError', () => {
-    expect(() => jinjaTemplate('{% for %}')).toThrow(SyntaxError);
+  it('reports a broken template as a ChatTemplateError', () => {
+    expect(() => jinjaTemplate('{% for %}')).toThrow(ChatTemplateError);
+    expect(() => jinjaTemplate('{% for %}')).toThrow(expect.objectContaining({ code: 'ERR_HUOZI_CHAT_TEMPLATE', reason: 'syntax' }));
   });
   it('fixture has no tokenizer.chat_template, like Huozi 3.5', () => {
     expect(readFileSync(join(fixtureDir, 'llamacpp-f16-manifest.json'), 'utf8')).not.toContain('tokenizer.chat_template');

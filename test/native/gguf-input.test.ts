@@ -60,6 +60,22 @@ console.log(JSON.stringify({ arrays: info.arrays, maxRssMb: process.resourceUsag
     expect(out.maxRssMb).toBeLessThan((k * N) / 2 ** 20 + 200);
   }, 300_000);
 
+  // llama.cpp's loader printed every metadata array into one string before logging its first 40 characters:
+  // 2^23 f64 values took over 1 GB RSS (found by the arrays fuzz target; a double near 1.4e306 prints as 314
+  // characters). scripts/patches/0002 stops the string once it is long enough to log.
+  it('loadModel of a file with a 2^20-element array of large f64 values stays under 400 MB RSS', () => {
+    const path = join(dir, 'f64-array.gguf');
+    const count = 1 << 20;
+    writeFileSync(path, withMetadata(base, [{ head: arrayEntryHead('general.tags', GgufValueType.FLOAT64, count), bodyBytes: count * 8, fill: 0x7f }]));
+    const r = child(`
+const model = await lib.loadModel(path);
+await model.dispose();
+console.log(JSON.stringify({ maxRssMb: process.resourceUsage().maxRSS / 1024 }));`, [path]);
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    expect(out.maxRssMb).toBeLessThan(400);
+  }, 300_000);
+
   it('reads arrays lazily: length without decoding, elements on demand, the same values as before', async () => {
     const file = await readGguf(one);
     const e = file.metadata.get('crafted.array.0')!;

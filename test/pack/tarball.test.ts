@@ -6,7 +6,7 @@
 // Needs the CPU prebuild (npm run prebuilds); CI makes it first (.ci/run). Without it the suite is skipped
 // locally and fails in CI.
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,7 +29,8 @@ const allowed: RegExp[] = [
   /^dist\/.+\.(js|d\.ts)$/,
   /^prebuilds\/linux-x64\/(node\.napi\.glibc\.node|lib[\w-]+\.so(\.\d+)?)$/,
   /^src\/[\w/]+\.(cc|h)$/,
-  /^scripts\/(build|install|vendor-llama|tree-lock)\.mjs$/,
+  /^scripts\/(build|install|vendor-llama|tree-lock|patch-llama)\.mjs$/,
+  /^scripts\/patches\/[\w.-]+\.patch$/,   // the llama.cpp patches every build applies
   /^models\/huozi-tiny-q4_0\.gguf$/,
   /^web\/[\w-]+\.(html|css|js)$/,   // the page `huozi-gguf serve` serves
 ];
@@ -37,7 +38,8 @@ const required = [
   'package.json', 'README.md', 'LICENSE', 'CMakeLists.txt', 'binding.gyp', 'dist/index.js', 'dist/index.d.ts',
   'dist/cli/main.js', 'prebuilds/linux-x64/node.napi.glibc.node', 'prebuilds/linux-x64/libllama.so.0',
   'prebuilds/linux-x64/libggml-base.so.0', 'src/addon.cc', 'scripts/build.mjs', 'scripts/tree-lock.mjs', 'scripts/install.mjs',
-  'scripts/vendor-llama.mjs', 'models/huozi-tiny-q4_0.gguf',
+  'scripts/vendor-llama.mjs', 'scripts/patch-llama.mjs', 'models/huozi-tiny-q4_0.gguf',
+  ...readdirSync(join(root, 'scripts', 'patches')).filter((f) => f.endsWith('.patch')).map((f) => `scripts/patches/${f}`),
 ];
 
 // npm's own JavaScript, run by this node: PATH below holds nothing else of the machine's.

@@ -18,8 +18,20 @@ constexpr const char *kDecode = "ERR_HUOZI_DECODE";
 constexpr const char *kAborted = "ERR_HUOZI_ABORTED";
 constexpr const char *kDisposed = "ERR_HUOZI_DISPOSED";
 constexpr const char *kBusy = "ERR_HUOZI_BUSY";
-constexpr const char *kNoLogits = "ERR_HUOZI_NO_LOGITS";
+constexpr const char *kQuantize = "ERR_HUOZI_QUANTIZE";
 }  // namespace code
+
+// The message of the exception being handled (inside a catch): what a thread reports instead of letting an
+// exception escape it (std::terminate would end the whole process).
+inline std::string CurrentExceptionMessage() {
+  try {
+    throw;
+  } catch (const std::exception &e) {
+    return std::string("llama.cpp: ") + e.what();
+  } catch (...) {
+    return "llama.cpp threw an exception that is not a std::exception";
+  }
+}
 
 // Thrown on worker threads (where no napi_env may be touched) and turned into a JS error on the main thread.
 class CodedError final : public std::runtime_error {

@@ -464,11 +464,25 @@ void ParallelContext::Loop() {
     while (!waiting_.empty() && busy_slots_.load() < static_cast<int64_t>(slots_.size())) {
       std::unique_ptr<Request> r = std::move(waiting_.front());
       waiting_.pop_front();
-      Assign(std::move(r));
+      const int64_t id = r->id;
+      // An exception must not leave this thread (std::terminate would end the process): it fails the request.
+      try {
+        Assign(std::move(r));
+      } catch (...) {
+        Fail(id, code::kDecode, CurrentExceptionMessage());
+      }
     }
     waiting_count_.store(static_cast<int64_t>(waiting_.size()));
     if (busy_slots_.load() == 0) continue;
-    Step();
+    try {
+      Step();
+    } catch (...) {
+      // What a step threw (llama.cpp's C++ exceptions, bad_alloc) fails the requests it was serving.
+      const std::string message = CurrentExceptionMessage();
+      for (Slot &slot : slots_) {
+        if (slot.active) FailSlot(slot, code::kDecode, message);
+      }
+    }
   }
   // Stopping (dispose or process exit): everything still open ends with a disposed error.
   for (Slot &slot : slots_) {

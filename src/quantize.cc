@@ -149,7 +149,7 @@ Napi::Value Quantize(const Napi::CallbackInfo &info) {
   SetThreadLogHook(nullptr, nullptr);
   if (status != 0) {
     const std::string why = TakeThreadErrors();
-    Throw(env, "ERR_HUOZI_QUANTIZE", "llama_model_quantize failed" + (why.empty() ? std::string() : ": " + why));
+    Throw(env, code::kQuantize, "llama_model_quantize failed" + (why.empty() ? std::string() : ": " + why));
   }
   Napi::Object result = Napi::Object::New(env);
   result.Set("quantMiB", progress.quant_mib);

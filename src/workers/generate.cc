@@ -100,6 +100,8 @@ class GenerateWorker final : public Napi::AsyncWorker {
       SetError(e.what());
     } catch (const std::exception &e) {
       SetError(std::string("llama.cpp: ") + e.what());
+    } catch (...) {
+      SetError(CurrentExceptionMessage());
     }
   }
 

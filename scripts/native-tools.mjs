@@ -173,6 +173,20 @@ function hasTarget(tree, target) {
   return new RegExp(`(^|\\s|\\.\\.\\. )${target.replace(/[-.]/g, '\\$&')}(:|\\s|$)`, 'm').test(r.stdout);
 }
 
+function sameLibrariesTree(info) {
+  return info.sameLibraries && TREES.some((t) => t.tree === info.tree);
+}
+
+/** Reconfigures one of our trees with HUOZI_NATIVE_TOOLS=ON, refusing if that changed any of its libraries. */
+function enableTools(tree) {
+  withTreeLock(tree, () => {
+    const before = new Map(librariesIn(tree).map((lib) => [lib, statSync(lib).mtimeMs]));
+    sh('cmake', ['-B', tree, '-DHUOZI_NATIVE_TOOLS=ON']);
+    const changed = [...before].filter(([lib, t]) => !existsSync(lib) || statSync(lib).mtimeMs !== t);
+    if (changed.length > 0) throw new Error(`native-tools: configuring ${tree} with its tools changed ${changed.map(([l]) => l).join(', ')}`);
+  });
+}
+
 /** One build at a time in a tree (scripts/tree-lock.mjs; build.mjs takes the same lock for .build/cmake). */
 function withTreeLock(tree, fn) {
   const unlock = lockTree(tree, (line) => console.error(`native-tools: ${line}`));
@@ -235,6 +249,10 @@ function buildInFallback(tools, gpu) {
     '-DLLAMA_BUILD_TOOLS=ON', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_SERVER=ON',
     '-DLLAMA_OPENSSL=OFF', '-DLLAMA_BUILD_APP=OFF',
   ];
+  // As CMakeLists.txt does for the source build: no half-precision accumulation on AVX512-FP16 CPUs (see
+  // docs/cpu-builds.md), so that even these tools compute as the addon's kind of build does.
+  const takesFlag = () => spawnSync(process.env.CXX || 'c++', ['-mno-avx512fp16', '-E', '-x', 'c++', '/dev/null'], { stdio: 'ignore' }).status === 0;
+  if (process.arch === 'x64' && !process.env.HUOZI_FP16_ARITH && takesFlag()) defs.push('-DCMAKE_C_FLAGS=-mno-avx512fp16', '-DCMAKE_CXX_FLAGS=-mno-avx512fp16');
   if (gpu === 'cuda') defs.push('-DGGML_CUDA=ON');
   if (process.env.HUOZI_CUDA_ARCHITECTURES) defs.push(`-DCMAKE_CUDA_ARCHITECTURES=${process.env.HUOZI_CUDA_ARCHITECTURES}`);
   withTreeLock(nativeDir, () => {
@@ -255,6 +273,12 @@ export function buildNativeTools(tools = ['llama-bench', 'llama-quantize'], { gp
   for (const t of tools) if (!missing.includes(t)) placed.set(t, join(info.bin, t));
   const fallback = [];
   if (missing.length > 0 && info.tree && info.tree !== nativeDir) {
+    // A tree of ours configured without llama.cpp's tools (the README's `npm install` builds the addon alone):
+    // switch them on there rather than fall back to .build/native, whose libraries are compiled with other flags
+    // (llama.cpp's defaults: with AVX512-FP16 on a Sapphire Rapids, llama-imatrix then differed from ours by 0.29
+    // where the addon's own tree agrees to 1.2e-5). Only targets are added: the addon's libraries stay as they
+    // are, which is checked below.
+    if (sameLibrariesTree(info) && !missing.every((t) => hasTarget(info.tree, t))) enableTools(info.tree);
     const buildable = missing.filter((t) => hasTarget(info.tree, t));
     if (buildable.length > 0) {
       withTreeLock(info.tree, () => sh('cmake', ['--build', info.tree, '--parallel', String(availableParallelism()), '--target', ...buildable]));

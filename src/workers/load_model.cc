@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ggml-backend.h"
@@ -160,15 +161,28 @@ class LoadModelWorker final : public Napi::AsyncWorker {
     mp.check_tensors = params_.check_tensors;
     mp.progress_callback = &LoadModelWorker::OnProgress;
     mp.progress_callback_user_data = this;
-    TakeThreadErrors();
-    model_ = llama_model_load_from_file(params_.path.c_str(), mp);
+    // The load runs on a thread of its own that ends with it. ggml converts weights for its extra buffer types
+    // (AMX, repacking) inside `#pragma omp parallel` on the calling thread, and libgomp keeps that thread's team
+    // of workers as long as the thread lives: a libuv pool thread lives forever, and with more OpenMP threads
+    // alive than cores libgomp throttles the spin-waits of every team, the decoding one included (q4_0 on an AMX
+    // CPU, 2 threads: generation at 0.37x llama-bench). A thread that exits takes its team with it.
+    std::string why;
+    std::thread loader([&] {
+      try {
+        TakeThreadErrors();
+        model_ = llama_model_load_from_file(params_.path.c_str(), mp);
+        if (model_ == nullptr) why = TakeThreadErrors();
+      } catch (...) {
+        why = CurrentExceptionMessage();
+      }
+    });
+    loader.join();
     if (model_ == nullptr) {
       if (cancelled_->load()) {
         code_ = code::kAborted;
         SetError("model loading was aborted");
         return;
       }
-      std::string why = TakeThreadErrors();
       SetError("failed to load model from " + params_.path + (why.empty() ? "" : ": " + why));
     }
   }

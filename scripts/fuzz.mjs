@@ -258,7 +258,7 @@ bound. test/native/fuzz.test.ts runs 2,000 cases of each target in CI.
 ${values.raw ? '' : `
 ${RESIDUAL}
 
-What the fuzzing and the tests do not cover, and what a user should know (each helper of issue #14 adds its own):
+What the fuzzing and the tests do not cover, and what a user should know:
 
 <!-- residual-risks -->
 `}`;

@@ -38,7 +38,7 @@ export const classes = {
   'rejected: SessionFileError': '`SessionFileError` (`ERR_HUOZI_SESSION_FILE`); the session and its context unchanged',
   loaded: 'the file loads (a mutation that kept it valid, e.g. a message text edit) and the session answers',
   'loaded, turn too long: ContextOverflowError':
-    "the file loads, but its (edited) system prompt alone does not fit the context, so the next turn is refused with `ContextOverflowError`, as for any session with that history",
+    "the file loads, but an (edited) message of its history is longer than the context holds, so the next turn is refused with `ContextOverflowError`, as for any session with that history",
 };
 
 const sha256 = (...chunks) => {
@@ -248,7 +248,7 @@ async function worker() {
 }
 
 export async function runCase(path) {
-  const { context } = await worker();
+  const { model, context } = await worker();
   const session = new ChatSession(context, { systemPrompt: 'untouched' });
   const tokensBefore = context.tokens;
   try {
@@ -269,7 +269,7 @@ export async function runCase(path) {
     await session.prompt('继续', { temperature: 0, maxTokens: 2 });
     return clean('loaded');
   } catch (error) {
-    if (error instanceof ContextOverflowError && session.history[0]?.role === 'system' && session.history[0].content.length > 1000) {
+    if (error instanceof ContextOverflowError && session.history.some((m) => model.tokenize(m.content).length >= context.contextSize - 2)) {
       return clean('loaded, turn too long: ContextOverflowError', error.message);
     }
     return unexpected(error, 'run');

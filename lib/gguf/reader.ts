@@ -79,6 +79,12 @@ export const GGUF_LIMITS = {
   maxDecodedElements: 1 << 22,
   /** Largest array whose bytes readGguf keeps in memory; larger ones are read from the file when used. */
   maxRetainedArrayBytes: 16 << 20,
+  /**
+   * Most strings all metadata arrays may hold together: twice the largest vocabulary the validator accepts (its
+   * tokens and merges). llama.cpp's loader keeps every string of every array as a std::string (about 32 bytes and
+   * up each): 2^23 one-byte strings, a 72 MiB file, took about 1 GB to load.
+   */
+  maxMetadataStrings: 1 << 22,
 } as const;
 
 const MAGIC = 0x46554747; // "GGUF" little-endian
@@ -391,6 +397,7 @@ function parse(c: Cursor, fileSize: bigint): GgufFile {
   }
 
   const metadata = new Map<string, GgufMetadataEntry>();
+  let strings = 0;
   for (let i = 0; i < Number(kvCount); i++) {
     const offset = c.pos;
     const key = c.string(`the key of metadata entry ${i}`, GGUF_LIMITS.maxKeyBytes);
@@ -407,6 +414,14 @@ function parse(c: Cursor, fileSize: bigint): GgufFile {
       const count = c.u64(`the length of "${key}"`);
       if (count > BigInt(GGUF_LIMITS.maxArrayElements)) {
         throw new GgufError(`"${key}" claims ${count} elements, more than the limit of ${GGUF_LIMITS.maxArrayElements}`, at + 4);
+      }
+      if (arrayType === GgufValueType.STRING) {
+        strings += Number(count);
+        if (strings > GGUF_LIMITS.maxMetadataStrings) {
+          throw new GgufError(
+            `"${key}" brings the metadata to ${strings} strings, more than the limit of ${GGUF_LIMITS.maxMetadataStrings} (a vocabulary and its merges need far fewer)`, at + 4,
+          );
+        }
       }
       const array = readArray(c, key, arrayType, Number(count));
       metadata.set(key, new Entry(key, type, offset, undefined, arrayType, array));

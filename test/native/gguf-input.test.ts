@@ -114,6 +114,40 @@ console.log(JSON.stringify({ maxRssMb: process.resourceUsage().maxRSS / 1024 }))
     expect(() => parseGguf(raw)).toThrow(/"x\.arr"\[1\] is 1099511627776 bytes long/);
   });
 
+  // llama.cpp's loader keeps every metadata string as a std::string: 2^23 one-byte strings (a 72 MiB file) took
+  // about 1 GB to load (found by the arrays fuzz target, close to its 1 GiB bound). The reader now refuses more
+  // than GGUF_LIMITS.maxMetadataStrings strings in all arrays together, before llama.cpp sees the file.
+  it('more metadata strings than GGUF_LIMITS.maxMetadataStrings, across arrays, are a GgufError; at the limit the load stays bounded', () => {
+    const strings = (count: number) => {
+      const body = Buffer.alloc(count * 9);
+      for (let j = 0; j < count; j++) body[j * 9] = 1, body[j * 9 + 8] = 0x61 + (j % 26);
+      return body;
+    };
+    const half = GGUF_LIMITS.maxMetadataStrings / 2;
+    const over = join(dir, 'strings-over.gguf');
+    // The demo model's own 2050 tokens push two arrays of exactly half the limit over it.
+    writeFileSync(over, withMetadata(base, [0, 1].map((i) => Buffer.concat([arrayEntryHead(`crafted.strings.${i}`, GgufValueType.STRING, half), strings(half)]))));
+    const refused = child(`
+for (const f of [() => lib.inspect(path), () => lib.loadModel(path)]) {
+  try { await f(); console.log('accepted'); } catch (e) { console.log(e.name, e.message); }
+}
+console.log(JSON.stringify({ maxRssMb: process.resourceUsage().maxRSS / 1024 }));`, [over]);
+    expect(refused.status, refused.stderr).toBe(0);
+    const lines = refused.stdout.trim().split('\n');
+    for (const line of lines.slice(0, 2)) expect(line).toMatch(/^GgufError "crafted\.strings\.1" brings the metadata to \d+ strings, more than the limit of 4194304/);
+    const at = join(dir, 'strings-at.gguf');
+    const count = GGUF_LIMITS.maxMetadataStrings - 4096;
+    writeFileSync(at, withMetadata(base, [Buffer.concat([arrayEntryHead('crafted.strings', GgufValueType.STRING, count), strings(count)])]));
+    const loaded = child(`
+const model = await lib.loadModel(path);
+await model.dispose();
+console.log(JSON.stringify({ maxRssMb: process.resourceUsage().maxRSS / 1024 }));`, [at]);
+    expect(loaded.status, loaded.stderr).toBe(0);
+    const { maxRssMb } = JSON.parse(loaded.stdout.trim().split('\n').at(-1)!);
+    console.log(`loadModel with ${count} metadata strings: peak RSS ${maxRssMb.toFixed(0)} MiB`);
+    expect(maxRssMb).toBeLessThan(800);
+  }, 300_000);
+
   it('a vocabulary of millions of tokens is refused by the validator instead of costing gigabytes', async () => {
     const count = (1 << 21) + 1;
     const body = Buffer.alloc(count * 9);

@@ -62,7 +62,7 @@ export const description = `Each case is the demo model with one to three metada
 arrays replaced), seeded: every element type (u8 to f64, bool, strings, nested arrays and unknown types),
 element counts at the boundaries (0, 1, 2^8, 2^16, 2^26 - 1, 2^26, 2^32, 2^62, 2^64 - 1), counts the file cannot
 hold, strings with lengths beyond the file, and one case in 100 a huge but truthful array (up to 2^26 u8
-elements or 2^23 strings: files up to ~64 MiB). Each file goes through \`inspect()\` and then \`loadModel()\`
+elements or about 2^22 strings, at the reader's limit: files up to ~64 MiB). Each file goes through \`inspect()\` and then \`loadModel()\`
 (then a context and two generated tokens when it loads). Clean outcomes: \`GgufError\` from \`inspect\` (the
 same file is then refused by \`loadModel\` too) or from \`loadModel\`'s validation, llama.cpp's \`ModelLoadError\`,
 or a model that loads and generates.`;
@@ -102,10 +102,12 @@ export function makeCase(state, seed, index) {
     const r = rand();
     const type = r < 0.04 ? 9 : r < 0.07 ? 13 + pick(1000) : TYPES[pick(TYPES.length)];
     if (huge) {
-      // A truthful array as large as the reader's limit allows (u8: 2^26 elements, 64 MiB; strings: 2^23
+      // A truthful array as large as the reader's limit allows (u8: 2^26 elements, 64 MiB; strings: about 2^22
       // empty or one-byte strings), or just under.
       if (type === 8 || type === 9 || type > 12) {
-        const count = (1 << 23) - pick(2);
+        // At the reader's limit on metadata strings (GGUF_LIMITS.maxMetadataStrings, with the vocabulary's own
+        // strings dropped or counted: one over is refused), or one over it.
+        const count = (1 << 22) - 4096 + pick(2) * 8192;
         const oneByte = rand() < 0.5;
         const body = Buffer.alloc(count * (oneByte ? 9 : 8));
         if (oneByte) for (let j = 0; j < count; j++) body[j * 9] = 1, body[j * 9 + 8] = 0x61 + (j % 26);

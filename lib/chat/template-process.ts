@@ -26,7 +26,7 @@ class Renderer {
   #child: ChildProcess | undefined;
   #ready = false;
   #queue: Job[] = [];
-  #active: { job: Job; id: number; timer: NodeJS.Timeout; killedForTime: boolean } | undefined;
+  #active: { job: Job; id: number; timer: NodeJS.Timeout } | undefined;
   #nextId = 1;
   #stderr = '';
   #startTimer: NodeJS.Timeout | undefined;
@@ -76,10 +76,7 @@ class Renderer {
     });
     child.on('exit', (code, signal) => {
       if (child !== this.#child) return;
-      const active = this.#active;
-      if (active?.killedForTime) {
-        this.#fail(child, '', { reason: 'limit', limit: 'timeoutMs', message: `took longer than ${active.job.limits.timeoutMs} ms` });
-      } else if (/heap out of memory|heap limit/i.test(this.#stderr)) {
+      if (/heap out of memory|heap limit/i.test(this.#stderr)) {
         this.#fail(child, '', { reason: 'limit', limit: 'memoryMiB', message: `ran out of its ${this.#memoryMiB} MiB of memory (limits.memoryMiB)` });
       } else {
         this.#fail(child, `the template renderer process exited (${signal ?? `code ${code}`}) while rendering it`);
@@ -131,10 +128,12 @@ class Renderer {
     const id = this.#nextId++;
     const timer = setTimeout(() => {
       if (this.#active?.id !== id) return;
-      this.#active.killedForTime = true;
-      child.kill('SIGKILL');
+      // The render fails now and the process is dropped at once (#fail kills it): a result it may still have in
+      // the pipe is then ignored, and the next render goes to a fresh process. Waiting for the exit instead let a
+      // late result settle this render and hand the next one to the dying process ("could not be reached").
+      this.#fail(child, '', { reason: 'limit', limit: 'timeoutMs', message: `took longer than ${job.limits.timeoutMs} ms` });
     }, job.limits.timeoutMs + KILL_GRACE_MS);
-    this.#active = { job, id, timer, killedForTime: false };
+    this.#active = { job, id, timer };
     child.send({ id, source: job.source, variables: job.variables, limits: job.limits, messages: job.messages }, (error) => {
       if (error && this.#active?.id === id) this.#fail(child, `the template renderer process could not be reached: ${error.message}`);
     });

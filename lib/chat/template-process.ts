@@ -15,6 +15,8 @@ interface Job {
   variables: Record<string, unknown>;
   limits: TemplateLimits;
   messages: number;
+  /** Sent once already to a process that died before it got it. */
+  resent?: boolean;
   resolve(text: string): void;
   reject(error: Error): void;
 }
@@ -135,7 +137,18 @@ class Renderer {
     }, job.limits.timeoutMs + KILL_GRACE_MS);
     this.#active = { job, id, timer };
     child.send({ id, source: job.source, variables: job.variables, limits: job.limits, messages: job.messages }, (error) => {
-      if (error && this.#active?.id === id) this.#fail(child, `the template renderer process could not be reached: ${error.message}`);
+      if (!error || this.#active?.id !== id) return;
+      // The process died before it got the render (after answering the previous one): the render never ran, so
+      // it goes once more, to a fresh process.
+      if (!job.resent) {
+        clearTimeout(timer);
+        this.#active = undefined;
+        job.resent = true;
+        this.#queue.unshift(job);
+        this.#fail(child, `the template renderer process could not be reached: ${error.message}`);
+        return;
+      }
+      this.#fail(child, `the template renderer process could not be reached: ${error.message}`);
     });
   }
 }

@@ -1,3 +1,4 @@
+import { endOfTurn, type EndOfTurn } from './end-of-turn.js';
 import { createHash } from 'node:crypto';
 import type { Context, GenerationResult, SamplingOptions } from '../context.js';
 import { BusyError, ContextOverflowError, DecodeError } from '../errors.js';
@@ -82,7 +83,7 @@ export class ChatSession {
   /** What happens when a turn would not fit: see {@link ChatSessionOptions.contextOverflow}. */
   readonly contextOverflow: 'dropOldest' | 'error';
   #messages: ChatMessage[] = [];
-  #stopTokens: number[];
+  readonly #endOfTurn: EndOfTurn;
   #committed: Committed | undefined;
   #busy = false;
 
@@ -92,7 +93,7 @@ export class ChatSession {
     this.template = detectTemplate(context.model, o.template ?? 'auto');
     this.contextOverflow =
       o.contextOverflow === undefined ? 'dropOldest' : v.oneOf('contextOverflow', o.contextOverflow, ['dropOldest', 'error'] as const);
-    this.#stopTokens = stopTokensFor(context.model, this.template);
+    this.#endOfTurn = endOfTurn(context.model, this.template);
     if (o.systemPrompt !== undefined) this.#messages.push({ role: 'system', content: v.string('systemPrompt', o.systemPrompt) });
   }
 
@@ -155,7 +156,8 @@ export class ChatSession {
     const reserve = maxTokens ?? Math.floor(this.context.contextSize / 4);
     const { tokens, kept, dropped, rendered } = this.#fit(messages, reserve);
     const generation = this.context.generate(tokens, {
-      ...sampling, maxTokens, stopStrings, signal, stopTokens: this.#stopTokens, reuseCache: true,
+      ...sampling, maxTokens, signal, reuseCache: true,
+      stopStrings: [...(stopStrings ?? []), ...this.#endOfTurn.stopStrings], stopTokens: this.#endOfTurn.stopTokens,
     });
     this.#busy = true;
     const result = generation.result.then(
@@ -340,7 +342,7 @@ export class ChatSession {
       // What the context holds is the committed tokens, less the stop token that ended the last answer (sampled,
       // never evaluated).
       const holds =
-        (ct.length === tokens.length || (ct.length === tokens.length + 1 && this.#stopTokens.includes(ct[ct.length - 1]))) &&
+        (ct.length === tokens.length || (ct.length === tokens.length + 1 && this.#endOfTurn.stopTokens.includes(ct[ct.length - 1]))) &&
         tokens.every((t, i) => ct[i] === t);
       if (!holds) throw bad('the committed tokens are not the tokens the KV state holds');
       // Saved with another template, the committed text is not how this session renders the conversation: the
@@ -386,15 +388,6 @@ function sliceSegments(segments: Segment[], prefix: string): Segment[] | null {
     return [{ ...seg, text: seg.text.slice(inside) } as Segment, ...segments.slice(i + 1)];
   }
   return offset === prefix.length ? [] : null;
-}
-
-function stopTokensFor(model: Model, template: ChatTemplate): number[] {
-  const ids = new Set<number>();
-  for (const text of template.stopTexts) {
-    const id = model.specialTokens.get(text);
-    if (id !== undefined) ids.add(id);
-  }
-  return [...ids];
 }
 
 function modelFingerprint(model: Model): Record<string, unknown> {

@@ -11,6 +11,7 @@ import { isIP, type AddressInfo, type Socket } from 'node:net';
 import { packageRoot } from '../binding.js';
 import { detectTemplate, type TemplateOption } from '../chat/detect.js';
 import type { ChatMessage, ChatTemplate, Segment } from '../chat/template.js';
+import { endOfTurn, type EndOfTurn } from '../chat/end-of-turn.js';
 import { segmentsToPieces } from '../chat/tokenize.js';
 import type { GenerationResult, StopReason } from '../context.js';
 import { AbortError, DisposedError, HuoziError } from '../errors.js';
@@ -192,6 +193,7 @@ export class HuoziServer {
   /** Streaming requests' default text interval in ms (0: one SSE event per token). */
   readonly streamIntervalMs: number;
   readonly #s: Settings;
+  readonly #endOfTurn: EndOfTurn;
   readonly #http: Server;
   readonly #metrics: Metrics;
   readonly #created = Math.floor(Date.now() / 1000);
@@ -211,6 +213,7 @@ export class HuoziServer {
   /** @internal Use {@link createServer}. */
   constructor(settings: Settings) {
     this.#s = settings;
+    this.#endOfTurn = endOfTurn(settings.model, settings.template);
     this.model = settings.model;
     this.context = settings.context;
     this.servedModelName = settings.name;
@@ -674,8 +677,8 @@ export class HuoziServer {
       });
     }
     const o: ParallelGenerateOptions = {
-      stopStrings: chat ? [...r.stop, ...this.#s.template.stopTexts] : r.stop,
-      stopTokens: r.stopTokenIds,
+      stopStrings: chat ? [...r.stop, ...this.#endOfTurn.stopStrings] : r.stop,
+      stopTokens: chat ? [...r.stopTokenIds, ...this.#endOfTurn.stopTokens] : r.stopTokenIds,
       stopAtEog: !r.ignoreEos,
       reuseCache: r.cachePrompt,
       // A non-streaming answer is sent whole: its text need not wake the JS thread before the end.

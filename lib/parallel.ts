@@ -36,7 +36,8 @@ export interface ParallelContextOptions {
   flashAttention?: boolean | 'auto';
 }
 
-const OPTIONS = ['parallel', 'contextSize', 'unifiedCache', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention'] as const;
+/** @internal The keys of ParallelContextOptions (the server passes them through as they are). */
+export const PARALLEL_CONTEXT_OPTIONS = ['parallel', 'contextSize', 'unifiedCache', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention'] as const;
 
 /**
  * Options of {@link ParallelContext.generate}: those of Context.generate. `reuseCache` (default true) starts from
@@ -101,7 +102,7 @@ interface Pending {
 
 /** @internal */
 export async function createParallelContext(model: Model, options?: ParallelContextOptions): Promise<ParallelContext> {
-  const o = v.options<ParallelContextOptions>('options', options, OPTIONS);
+  const o = v.options<ParallelContextOptions>('options', options, PARALLEL_CONTEXT_OPTIONS);
   const parallel = o.parallel === undefined ? 4 : v.integer('parallel', o.parallel, 1, 256);
   const unifiedCache = o.unifiedCache === undefined ? false : v.boolean('unifiedCache', o.unifiedCache);
   const perSlot = Math.min(model.info.trainContextSize || 4096, 4096);

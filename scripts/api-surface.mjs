@@ -32,4 +32,6 @@ for (let sym of checker.getExportsOfModule(module)) {
     lines.push(`${kind} ${name}: ${show(sym, decl)}`);
   }
 }
-console.log(lines.sort().join('\n'));
+// Worktree paths and the checker's internal symbol numbers are not part of the API.
+const root = fileURLToPath(new URL('../dist/', import.meta.url));
+console.log(lines.map((l) => l.split(root).join('dist/').replace(/import\("[^"]*"\)\./g, '').replace(/__@(\w+)@\d+/g, '[Symbol.$1]')).sort().join('\n'));

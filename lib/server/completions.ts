@@ -1,0 +1,272 @@
+// The two generation endpoints, from a parsed JSON body to the answer: the request is checked, waits its turn
+// in the server's queue, becomes prompt tokens (chat: through the template), and is generated on the
+// ParallelContext, answered whole or streamed as SSE in the endpoint's shape. What differs between chat and
+// text completions is one Endpoint object each; the path through here is the same for both.
+import type { ServerResponse } from 'node:http';
+import type { ChatMessage, ChatTemplate, Segment } from '../chat/template.js';
+import { endOfTurn } from '../chat/end-of-turn.js';
+import { segmentsToPieces } from '../chat/tokenize.js';
+import { AbortError, HuoziError } from '../errors.js';
+import type { Model } from '../model.js';
+import type { ParallelContext, ParallelGenerateOptions } from '../parallel.js';
+import { isChatTemplateError, sendJson, toHttpError } from './http.js';
+import type { Metrics } from './metrics.js';
+import {
+  HttpError, parseChatRequest, parseCompletionRequest, type ChatRequest, type CompletionRequest, type SamplingRequest,
+} from './openai.js';
+import { ChatShape, CompletionShape, usageOf, type ResponseShape, type Usage } from './shape.js';
+
+/** What one generation endpoint does its own way. */
+export interface Endpoint<R extends SamplingRequest = SamplingRequest> {
+  /** The request field holding the prompt, named in errors about its length. */
+  readonly param: 'messages' | 'prompt';
+  parse(body: Record<string, unknown>): R;
+  /** Stops added to the request's own (chat: the template's end of turn). */
+  readonly stops: { readonly stopStrings: readonly string[]; readonly stopTokens: readonly number[] };
+  /** The prompt's tokens; `signal` aborts when the client leaves meanwhile. */
+  prompt(request: R, signal: AbortSignal): Promise<number[]>;
+  /** The answer's bodies, made just before the generation starts. */
+  shape(request: R): ResponseShape;
+}
+
+export interface CompletionSettings {
+  model: Model;
+  context: ParallelContext;
+  template: ChatTemplate;
+  /** The served model name and its aliases: the names a request's `model` may give. */
+  name: string;
+  aliases: string[];
+  responseRole: string;
+  streamIntervalMs: number;
+  maxQueue: number;
+  metrics: Metrics;
+}
+
+export class Completions {
+  /** /v1/chat/completions. */
+  readonly chat: Endpoint<ChatRequest>;
+  /** /v1/completions. */
+  readonly text: Endpoint<CompletionRequest>;
+  readonly #s: CompletionSettings;
+  readonly #model: Model;
+  readonly #context: ParallelContext;
+  #active = 0;
+
+  constructor(settings: CompletionSettings) {
+    this.#s = settings;
+    this.#model = settings.model;
+    this.#context = settings.context;
+    this.chat = {
+      param: 'messages',
+      parse: parseChatRequest,
+      stops: endOfTurn(settings.model, settings.template),
+      prompt: (r, signal) => this.#chatPrompt(r.messages, signal),
+      shape: (r) => new ChatShape(r.model, settings.responseRole),
+    };
+    this.text = {
+      param: 'prompt',
+      parse: parseCompletionRequest,
+      stops: { stopStrings: [], stopTokens: [] },
+      prompt: (r, signal) => this.#completionPrompt(r.prompt, signal),
+      shape: (r) => new CompletionShape(r.model, !r.echo ? '' : typeof r.prompt === 'string' ? r.prompt : this.#model.detokenize(r.prompt)),
+    };
+  }
+
+  /** Requests being generated or waiting for a slot. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** Answers `body` on `res`; the usage when an answer was generated (undefined when the client left). */
+  async serve<R extends SamplingRequest>(res: ServerResponse, body: Record<string, unknown>, endpoint: Endpoint<R>): Promise<Usage | undefined> {
+    const request = endpoint.parse(body);
+    this.#checkModel(request.model);
+    // Checked before the prompt is rendered or tokenized: a refused request costs nothing more.
+    const options = this.#generateOptions(request, endpoint.stops);
+    if (this.#active >= this.#context.parallel + this.#s.maxQueue) {
+      this.#s.metrics.rejected++;
+      throw new HttpError(503, `The server is busy: ${this.#active} requests are running or waiting. Try again shortly.`, {
+        type: 'server_error', code: 'server_busy', headers: { 'Retry-After': '1' },
+      });
+    }
+    this.#active++;
+    try {
+      // A client that leaves while its prompt is rendered or tokenized stops that work.
+      const left = new AbortController();
+      const onClose = () => {
+        if (!res.writableFinished) left.abort();
+      };
+      res.on('close', onClose);
+      let prompt: number[];
+      try {
+        prompt = await endpoint.prompt(request, left.signal);
+      } finally {
+        res.off('close', onClose);
+      }
+      this.#checkLength(prompt.length, endpoint.param, 'resulted in');
+      return await this.#generate(res, request, prompt, options, endpoint.shape(request));
+    } finally {
+      this.#active--;
+    }
+  }
+
+  #checkModel(name: string): void {
+    if (name !== this.#s.name && !this.#s.aliases.includes(name)) {
+      throw new HttpError(404, `The model '${name}' does not exist; this server serves '${this.#s.name}'.`, {
+        param: 'model', code: 'model_not_found',
+      });
+    }
+  }
+
+  /** 400 when `tokens` (a count, or the fewest the prompt can be) leaves no room in a slot. */
+  #checkLength(tokens: number, param: Endpoint['param'], how: string): void {
+    const limit = this.#context.slotContextSize;
+    if (tokens >= limit) {
+      throw new HttpError(
+        400,
+        `This model's maximum context length is ${limit} tokens. However, your ${param} ` +
+          `${how} ${tokens} tokens, which leaves no room for a completion. Please shorten it.`,
+        { param, code: 'context_length_exceeded' },
+      );
+    }
+  }
+
+  async #chatPrompt(messages: ChatMessage[], signal: AbortSignal): Promise<number[]> {
+    let segments: Segment[];
+    const template = this.#s.template;
+    try {
+      // Off the event loop where the template has renderAsync (Jinja templates: a separate renderer under limits).
+      const t = template as ChatTemplate & { renderAsync?: (m: readonly ChatMessage[], g: boolean) => Promise<Segment[]> };
+      segments = t.renderAsync ? await t.renderAsync(messages, true) : t.render(messages, true);
+    } catch (error) {
+      if (isChatTemplateError(error)) {
+        throw new HttpError(400, error.message, { param: 'messages', code: 'chat_template_error' });
+      }
+      if (error instanceof HuoziError) throw error;
+      // A template object of the caller's own that threw.
+      throw new HttpError(400, `The chat template '${template.name}' failed: ${(error as Error)?.message ?? String(error)}`, {
+        param: 'messages', code: 'chat_template_error',
+      });
+    }
+    const model = this.#model;
+    const pieces = segmentsToPieces(model, segments);
+    // The fewest tokens this can be, from its length alone: one that cannot fit is refused before tokenizing.
+    let least = 0;
+    for (const piece of pieces) least += 'special' in piece ? 1 : model.minTokens(piece.text);
+    this.#checkLength(least, 'messages', 'would be at least');
+    const out: number[] = [];
+    for (const piece of pieces) {
+      if ('special' in piece) out.push(piece.special);
+      else for (const id of await model.tokenizeToArrayAsync(piece.text, { addBos: false, parseSpecial: false, signal })) out.push(id);
+    }
+    const bos = model.tokens.bos;
+    if (model.tokens.addBos && bos !== null && out[0] !== bos) out.unshift(bos);
+    return out;
+  }
+
+  async #completionPrompt(prompt: string | number[], signal: AbortSignal): Promise<number[]> {
+    const model = this.#model;
+    if (typeof prompt === 'string') {
+      this.#checkLength(model.minTokens(prompt), 'prompt', 'would be at least');
+      return Array.from(await model.tokenizeToArrayAsync(prompt, { signal }));
+    }
+    const bad = prompt.findIndex((t) => t >= model.vocabularySize);
+    if (bad >= 0) {
+      throw new HttpError(400, `prompt[${bad}] = ${prompt[bad]} is not a token id of this model (0..${model.vocabularySize - 1}).`, {
+        param: 'prompt', code: 'invalid_value',
+      });
+    }
+    return prompt;
+  }
+
+  #generateOptions(r: SamplingRequest, stops: Endpoint['stops']): ParallelGenerateOptions {
+    const vocab = this.#model.vocabularySize;
+    const badId = r.stopTokenIds.find((t) => t >= vocab);
+    if (badId !== undefined) {
+      throw new HttpError(400, `stop_token_ids contains ${badId}, not a token id of this model (0..${vocab - 1}).`, {
+        param: 'stop_token_ids', code: 'invalid_value',
+      });
+    }
+    const o: ParallelGenerateOptions = {
+      stopStrings: [...r.stop, ...stops.stopStrings],
+      stopTokens: [...r.stopTokenIds, ...stops.stopTokens],
+      stopAtEog: !r.ignoreEos,
+      reuseCache: r.cachePrompt,
+      // A non-streaming answer is sent whole: its text need not wake the JS thread before the end.
+      streamIntervalMs: r.stream ? (r.streamIntervalMs ?? this.#s.streamIntervalMs) : 60_000,
+    };
+    if (r.maxTokens !== undefined) o.maxTokens = r.maxTokens;
+    if (r.temperature !== undefined) o.temperature = r.temperature;
+    if (r.topP !== undefined) o.topP = r.topP;
+    if (r.topK !== undefined) o.topK = Math.max(0, r.topK);
+    if (r.minP !== undefined) o.minP = r.minP;
+    // Any integer, folded into the library's 0 .. 2^32-2 (2^32-1 would mean "random" to llama.cpp).
+    if (r.seed !== undefined) o.seed = ((r.seed % (2 ** 32 - 1)) + (2 ** 32 - 1)) % (2 ** 32 - 1);
+    if (r.presencePenalty !== undefined) o.presencePenalty = r.presencePenalty;
+    if (r.frequencyPenalty !== undefined) o.frequencyPenalty = r.frequencyPenalty;
+    if (r.repetitionPenalty !== undefined) o.repeatPenalty = r.repetitionPenalty;
+    return o;
+  }
+
+  async #generate(
+    res: ServerResponse,
+    request: SamplingRequest,
+    prompt: number[],
+    options: ParallelGenerateOptions,
+    shape: ResponseShape,
+  ): Promise<Usage | undefined> {
+    if (res.destroyed) throw new AbortError('The client left before its generation started');
+    const generation = this.#context.generate(prompt, options);
+    // The client going away (closed socket, aborted fetch) stops the generation at the next step.
+    const onClose = () => {
+      if (!res.writableFinished) generation.stop();
+    };
+    res.on('close', onClose);
+    try {
+      if (!request.stream) {
+        const result = await generation.result;
+        const usage = usageOf(result);
+        sendJson(res, 200, shape.response(result, usage));
+        return usage;
+      }
+      res.writeHead(200, {
+        'Content-Type': 'text/event-stream; charset=utf-8',
+        'Cache-Control': 'no-cache',
+        Connection: 'keep-alive',
+        'X-Accel-Buffering': 'no',
+      });
+      res.flushHeaders();
+      const send = (data: unknown) => {
+        if (!res.writableEnded && !res.destroyed) res.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
+      };
+      for (const event of shape.opening()) send(event);
+      for await (const text of generation) send(shape.chunk(text));
+      const result = await generation.result;
+      const usage = usageOf(result);
+      send(shape.final(result.stopReason));
+      if (request.includeUsage) send(shape.usage(usage));
+      send('[DONE]');
+      res.end();
+      return usage;
+    } catch (error) {
+      if (error instanceof AbortError) {
+        // The client left: nobody to answer.
+        if (!res.headersSent) res.destroy();
+        else res.end();
+        return undefined;
+      }
+      if (res.headersSent) {
+        // Mid-stream: report the failure in the stream itself, as OpenAI does, then end it.
+        const e = toHttpError(error);
+        if (!res.writableEnded) {
+          res.write(`data: ${JSON.stringify(e.body())}\n\n`);
+          res.end();
+        }
+        return undefined;
+      }
+      throw error;
+    } finally {
+      res.off('close', onClose);
+    }
+  }
+}

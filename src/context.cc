@@ -11,7 +11,7 @@
 #include "model.h"
 #include "session_state.h"
 #include "tokens.h"
-#include "workers/promise_worker.h"
+#include "promise_worker.h"
 
 namespace huozi {
 

@@ -14,7 +14,7 @@
 #include "ggml-backend.h"
 #include "llama.h"
 #include "log.h"
-#include "workers/promise_worker.h"
+#include "promise_worker.h"
 
 namespace huozi {
 namespace {

@@ -11,7 +11,7 @@
 #include "parallel.h"
 #include "errors.h"
 #include "tokens.h"
-#include "workers/promise_worker.h"
+#include "promise_worker.h"
 
 namespace huozi {
 

@@ -8,7 +8,7 @@
 #include "log.h"
 #include "model.h"
 #include "tokens.h"
-#include "workers/promise_worker.h"
+#include "promise_worker.h"
 
 namespace huozi {
 

@@ -8,7 +8,7 @@
 #include <functional>
 #include <string>
 
-#include "../errors.h"
+#include "errors.h"
 
 namespace huozi {
 

@@ -86,12 +86,12 @@ Napi::Value ParallelContext::Create(Napi::Env env, std::shared_ptr<ModelHandle> 
         self->vocab_ = llama_model_get_vocab(model->model);
         self->n_vocab_ = llama_vocab_n_tokens(self->vocab_);
         self->on_events_ = std::move(*callback);
-        // The wrapper stays alive until the thread-safe function is finalized (after dispose), so that no
-        // queued delivery can reach a collected object.
+        // The wrapper stays alive until the outbox is closed and its last wake has run (after dispose), so
+        // that no queued delivery can reach a collected object.
         self->Ref();
-        self->tsfn_ = Napi::ThreadSafeFunction::New(env, self->on_events_.Value(), "huozi-gguf:parallel", 0, 1,
-                                                    [self](Napi::Env) { self->Unref(); });
-        self->tsfn_.Unref(env);  // idle: do not keep the process alive
+        self->outbox_.Open(env, self->on_events_.Value(), "huozi-gguf:parallel", [self](Napi::Env env) { self->Deliver(env); },
+                           [self] { self->Unref(); });
+        self->outbox_.Unref(env);  // idle: do not keep the process alive
         self->cleanup_ = env.AddCleanupHook(std::function<void()>([self] { self->StopThread(); }));
         self->has_cleanup_ = true;
         self->thread_ = std::thread([self] { self->Loop(); });
@@ -175,7 +175,7 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   request->stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
   request->stream_interval = StreamIntervalFromJs(p);
-  if (outstanding_++ == 0) tsfn_.Ref(env);
+  if (outstanding_++ == 0) outbox_.Ref(env);
   {
     std::lock_guard<std::mutex> lock(mu_);
     inbox_.push_back(std::move(request));
@@ -249,7 +249,7 @@ Napi::Value ParallelContext::Dispose(const Napi::CallbackInfo &info) {
       },
       [this](Napi::Env env, bool &) -> Napi::Value {
         Deliver(env);
-        tsfn_.Release();
+        outbox_.Close();
         model_.reset();
         return env.Undefined();
       });
@@ -260,27 +260,20 @@ Napi::Value ParallelContext::Disposed(const Napi::CallbackInfo &info) { return N
 // Hands queued text and outcomes to JS in one call: [{ id, text }] first, then [{ id, result } | { id, code,
 // message }].
 void ParallelContext::Deliver(Napi::Env env) {
-  std::map<int64_t, std::vector<std::string>> texts;
-  std::vector<Event> events;
-  {
-    std::lock_guard<std::mutex> lock(out_mu_);
-    texts.swap(pending_text_);
-    events.swap(pending_events_);
-    call_scheduled_ = false;
-  }
-  if (texts.empty() && events.empty()) return;
+  Outgoing out = outbox_.Take();
+  if (out.text.empty() && out.events.empty()) return;
   Napi::HandleScope scope(env);
-  Napi::Array out = Napi::Array::New(env);
+  Napi::Array batch = Napi::Array::New(env);
   uint32_t n = 0;
-  for (auto &[id, pieces] : texts) {
+  for (auto &[id, pieces] : out.text) {
     for (const std::string &text : pieces) {
       Napi::Object e = Napi::Object::New(env);
       e.Set("id", Napi::Number::New(env, static_cast<double>(id)));
       e.Set("text", Napi::String::New(env, text));
-      out.Set(n++, e);
+      batch.Set(n++, e);
     }
   }
-  for (Event &event : events) {
+  for (Event &event : out.events) {
     Napi::Object e = Napi::Object::New(env);
     e.Set("id", Napi::Number::New(env, static_cast<double>(event.id)));
     if (event.result) {
@@ -293,45 +286,25 @@ void ParallelContext::Deliver(Napi::Env env) {
       e.Set("code", event.code);
       e.Set("message", event.message);
     }
-    out.Set(n++, e);
-    if (--outstanding_ == 0 && !disposed_) tsfn_.Unref(env);
+    batch.Set(n++, e);
+    if (--outstanding_ == 0 && !disposed_) outbox_.Unref(env);
   }
-  if (!on_events_.IsEmpty()) on_events_.Call({out});
+  if (!on_events_.IsEmpty()) on_events_.Call({batch});
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Loop thread
 
-void ParallelContext::ScheduleDelivery(std::chrono::milliseconds interval) {
-  // Called with out_mu_ held. As in generate.cc, text wakes the main thread at most every `interval` (the
-  // request's streamIntervalMs); outcomes go at once (0). A delivery takes every request's queued text, so
-  // a request with a longer interval can have its text go sooner with another's.
-  if (call_scheduled_) return;
-  const auto t = Clock::now();
-  if (t - last_delivery_ < interval) return;
-  last_delivery_ = t;
-  call_scheduled_ = true;
-  tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function, ParallelContext *self) {
-    if (env != nullptr) self->Deliver(env);
-  });
-}
-
 void ParallelContext::Text(const Request &request, const std::string &text) {
   if (text.empty()) return;
-  std::lock_guard<std::mutex> lock(out_mu_);
-  std::vector<std::string> &pieces = pending_text_[request.id];
-  if (pieces.empty() || request.stream_interval.count() == 0) {
-    pieces.push_back(text);
-  } else {
-    pieces.back() += text;
-  }
-  ScheduleDelivery(request.stream_interval);
+  const std::chrono::milliseconds interval = request.stream_interval;
+  // A delivery takes every request's queued text, so a request with a longer interval can have its text go
+  // sooner with another's.
+  outbox_.Put(interval, [&](Outgoing &out) { JoinText(out.text[request.id], text, interval); });
 }
 
 void ParallelContext::Post(Event event) {
-  std::lock_guard<std::mutex> lock(out_mu_);
-  pending_events_.push_back(std::move(event));
-  ScheduleDelivery(std::chrono::milliseconds(0));
+  outbox_.Put(std::chrono::milliseconds(0), [&](Outgoing &out) { out.events.push_back(std::move(event)); });
 }
 
 void ParallelContext::Fail(int64_t id, const char *code, const std::string &message) {

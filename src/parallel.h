@@ -6,8 +6,8 @@
 // (a multi-turn chat then re-evaluates only the new turn).
 //
 // JS talks to it through submit()/cancel() and one event callback (text, done, error), delivered in batches
-// through one thread-safe function: text at most every streamIntervalMs of the request (16 ms by default; 0:
-// every token's text as an event of its own, at once), done and error events at once.
+// through the outbox (outbox.h): text at most every streamIntervalMs of the request (0: every token's text as
+// an event of its own, at once), done and error events at once.
 #pragma once
 #include <napi.h>
 
@@ -28,6 +28,7 @@
 #include "llama.h"
 #include "sampler.h"
 #include "generation.h"
+#include "outbox.h"
 #include "text_stream.h"
 
 namespace huozi {
@@ -77,6 +78,11 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     const char *code = nullptr;      // error
     std::string message;
   };
+  // What the loop thread has for JS and JS has not taken yet.
+  struct Outgoing {
+    std::map<int64_t, std::vector<std::string>> text;  // per request: one piece, or one per token
+    std::vector<Event> events;
+  };
 
   Napi::Value Info(const Napi::CallbackInfo &info);
   Napi::Value Submit(const Napi::CallbackInfo &info);
@@ -101,7 +107,6 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   void Fail(int64_t id, const char *code, const std::string &message);
   void Text(const Request &request, const std::string &text);
   void Post(Event event);
-  void ScheduleDelivery(std::chrono::milliseconds interval);
   void StopThread();
   static bool AbortCallback(void *data);
 
@@ -131,13 +136,8 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   std::atomic<bool> abort_{false};
   std::thread thread_;
 
-  // Outgoing events.
-  std::mutex out_mu_;
-  std::map<int64_t, std::vector<std::string>> pending_text_;  // per request: one piece, or one per token
-  std::vector<Event> pending_events_;
-  bool call_scheduled_ = false;
-  std::chrono::steady_clock::time_point last_delivery_{};
-  Napi::ThreadSafeFunction tsfn_;
+  // Outgoing events. The outbox's wakes keep the event loop alive only while requests are outstanding.
+  Outbox<Outgoing> outbox_;
   Napi::FunctionReference on_events_;
   int64_t outstanding_ = 0;  // main thread: submitted and not yet reported done/error
   bool disposed_ = false;

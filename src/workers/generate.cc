@@ -1,10 +1,8 @@
-// The hot loop: prefill the prompt (reusing the cached prefix), then sample, check stops, detokenize and
-// decode one token at a time, all on the libuv pool. Text goes to JS through one thread-safe function, at most
-// every streamIntervalMs (generation.h); while JS has not taken the previous text, new text joins it, so a
-// fast model never queues one N-API call per token behind a slow consumer. With streamIntervalMs 0 every
-// token's text stays a piece of its own, and JS gets the pieces one by one.
+// Context::Generate: prefill the prompt (reusing the cached prefix), then sample, check stops, detokenize and
+// decode one token at a time. The worker is queued on the libuv pool, but its body runs on the context's own
+// thread (Context::RunOnThread, executor.h says why). Text goes to JS through the outbox (outbox.h): joined
+// into one chunk per streamIntervalMs, or with 0 every token's text a chunk of its own.
 #include <chrono>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -12,6 +10,7 @@
 #include "../errors.h"
 #include "../sampler.h"
 #include "../generation.h"
+#include "../outbox.h"
 #include "../text_stream.h"
 #include "../tokens.h"
 
@@ -41,51 +40,40 @@ class GenerateWorker final : public Napi::AsyncWorker {
         stream_(params_.stops.stop_strings) {
     if (!on_text.IsEmpty()) {
       on_text_ = Napi::Persistent(on_text);
-      tsfn_ = Napi::ThreadSafeFunction::New(env, on_text, "huozi-gguf:text", 0, 1);
-      has_tsfn_ = true;
+      // A wake still queued when the generation ends is dispatched after OnOK, and calls Deliver: the worker
+      // lives until the outbox is closed as well as until its work is complete (Destroy).
+      ++holds_;
+      outbox_.Open(env, on_text, "huozi-gguf:text", [this](Napi::Env env) { Deliver(env); }, [this] { Destroy(); });
     }
   }
 
-  ~GenerateWorker() override {
-    if (has_tsfn_) tsfn_.Release();
+  // Main thread: called once the work is complete, and once the outbox is closed; the last deletes.
+  void Destroy() override {
+    if (--holds_ == 0) delete this;
   }
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
  private:
-  // Worker thread: queue text for JS.
+  // Worker thread: keep the text for the result and queue it for JS.
   void Emit(const std::string &text) {
     if (text.empty()) return;
     result_.text += text;
-    if (!has_tsfn_) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (pending_.empty() || params_.stream_interval.count() == 0) {
-      pending_.push_back(text);
-    } else {
-      pending_.back() += text;
-    }
-    if (call_scheduled_) return;
-    // At most one wake of the main thread per interval (generation.h says why); text that is not due yet goes
-    // with the next token or at the end.
-    const auto now = Clock::now();
-    if (now - last_delivery_ < params_.stream_interval) return;
-    last_delivery_ = now;
-    call_scheduled_ = true;
-    tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function, GenerateWorker *self) {
-      if (env != nullptr) self->Deliver(env);
-    });
+    const std::chrono::milliseconds interval = params_.stream_interval;
+    outbox_.Put(interval, [&](std::vector<std::string> &pieces) { JoinText(pieces, text, interval); });
   }
 
   // Main thread: hand all queued text to JS (one piece, or one per token with streamIntervalMs 0).
   void Deliver(Napi::Env env) {
-    std::vector<std::string> pieces;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      pieces.swap(pending_);
-      call_scheduled_ = false;
-    }
+    std::vector<std::string> pieces = outbox_.Take();
     if (on_text_.IsEmpty()) return;
     for (const std::string &text : pieces) on_text_.Call({Napi::String::New(env, text)});
+  }
+
+  // Main thread, once Execute is over: the text still queued goes out before the outcome, then no more wakes.
+  void Flush(Napi::Env env) {
+    Deliver(env);
+    outbox_.Close();
   }
 
   void Execute() override {
@@ -183,7 +171,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     context_->End();
-    Deliver(env);  // text still queued goes out before the result
+    Flush(env);
     deferred_.Resolve(result_.ToJs(env));
   }
 
@@ -191,7 +179,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     context_->End();
-    Deliver(env);
+    Flush(env);
     deferred_.Reject(MakeError(env, code_, error.Message()).Value());
   }
 
@@ -204,12 +192,8 @@ class GenerateWorker final : public Napi::AsyncWorker {
   const char *code_ = code::kDecode;
 
   Napi::FunctionReference on_text_;
-  Napi::ThreadSafeFunction tsfn_;
-  bool has_tsfn_ = false;
-  std::mutex mu_;
-  std::vector<std::string> pending_;
-  bool call_scheduled_ = false;
-  Clock::time_point last_delivery_{};
+  Outbox<std::vector<std::string>> outbox_;  // open only with an onText callback
+  int holds_ = 1;                             // the work, and the outbox while open (Destroy)
 };
 
 

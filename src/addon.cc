@@ -160,6 +160,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->model_ctor = Napi::Persistent(Model::Init(env));
   data->context_ctor = Napi::Persistent(Context::Init(env));
   data->parallel_ctor = Napi::Persistent(ParallelContext::Init(env));
+  data->life = std::make_shared<EnvLife>();
+  data->life->env = env;
+  data->life->js_thread = std::this_thread::get_id();
+  // At teardown N-API finalizes the objects still wrapped after the addon's cleanup hooks have run (Node's own
+  // test_cleanup_hook checks that order): a model collected then is freed there and then (model.cc), not
+  // queued on a loop that no longer runs.
+  env.AddCleanupHook([life = data->life] { life->closing.store(true); });
   env.SetInstanceData(data);
   exports.Set("loadModel", Napi::Function::New(env, Model::Load));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));

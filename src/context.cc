@@ -135,7 +135,7 @@ void Context::Free() {
   llama_free(ctx_);
   ctx_ = nullptr;
   tokens_.clear();
-  model_.reset();
+  model_.reset();  // if this was the model's last holder, its weights are freed on the pool (model.h)
 }
 
 bool Context::AbortCallback(void *data) { return static_cast<Context *>(data)->abort_.load(std::memory_order_relaxed); }

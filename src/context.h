@@ -1,6 +1,7 @@
 // Context: owns a llama_context and the list of tokens whose keys/values are in its memory (sequence 0).
 // One operation at a time: lib/context.ts queues calls; the native busy flag is the last line of defence.
-// Workers (evaluate, generate) run on the libuv pool and touch the context only between Begin() and End().
+// Workers (evaluate, generate, save/loadState) are queued on the libuv pool, run their body on the context's
+// own thread (RunOnThread) and touch the context only between Begin() and End().
 #pragma once
 #include <napi.h>
 
@@ -37,7 +38,7 @@ class Context final : public Napi::ObjectWrap<Context> {
   explicit Context(const Napi::CallbackInfo &info);
   ~Context() override;
 
-  // --- used by workers, on the worker thread, while the context is marked busy ---
+  // --- used by workers, on the context's thread (RunOnThread), while the context is marked busy ---
   llama_context *handle() const { return ctx_; }
   const llama_vocab *vocab() const { return vocab_; }
   int32_t n_vocab() const { return n_vocab_; }

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "addon_data.h"
@@ -14,6 +15,47 @@
 #include "promise_worker.h"
 
 namespace huozi {
+
+namespace {
+
+// Queues llama_model_free(model) on the libuv pool; false when N-API refuses (the caller frees it then). Called
+// on the environment's JS thread, also from finalizers: nothing here runs JavaScript.
+bool FreeOnPool(napi_env env, llama_model *model) {
+  struct Job {
+    llama_model *model;
+    napi_async_work work = nullptr;
+  };
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
+  auto *job = new Job{model};
+  napi_value name;
+  bool queued = napi_create_string_utf8(env, "huozi-gguf:free-model", NAPI_AUTO_LENGTH, &name) == napi_ok &&
+                napi_create_async_work(
+                    env, nullptr, name, [](napi_env, void *data) { llama_model_free(static_cast<Job *>(data)->model); },
+                    [](napi_env env, napi_status, void *data) {
+                      auto *job = static_cast<Job *>(data);
+                      napi_delete_async_work(env, job->work);
+                      delete job;
+                    },
+                    job, &job->work) == napi_ok &&
+                napi_queue_async_work(env, job->work) == napi_ok;
+  if (!queued) {
+    if (job->work != nullptr) napi_delete_async_work(env, job->work);
+    delete job;
+  }
+  napi_close_handle_scope(env, scope);
+  return queued;
+}
+
+}  // namespace
+
+ModelHandle::~ModelHandle() {
+  if (life_ != nullptr && !life_->closing.load() && std::this_thread::get_id() == life_->js_thread &&
+      FreeOnPool(life_->env, model)) {
+    return;
+  }
+  llama_model_free(model);
+}
 
 Napi::Function Model::Init(Napi::Env env) {
   return DefineClass(env, "NativeModel",
@@ -40,7 +82,7 @@ Model::Model(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Model>(info) {
     Throw(env, code::kInvalidArgument, "NativeModel cannot be constructed directly; use loadModel()");
   }
   model_ = info[0].As<Napi::External<llama_model>>().Data();
-  handle_ = std::make_shared<ModelHandle>(model_);
+  handle_ = std::make_shared<ModelHandle>(model_, Data(env).life);
   vocab_ = llama_model_get_vocab(model_);
   n_vocab_ = llama_vocab_n_tokens(vocab_);
   // Tell V8 about the weights we hold, so that it weighs collecting an undisposed model correctly.
@@ -56,19 +98,31 @@ void Model::CheckAlive(Napi::Env env) const {
 
 Napi::Value Model::Disposed(const Napi::CallbackInfo &info) { return Napi::Boolean::New(info.Env(), model_ == nullptr); }
 
+// dispose() -> Promise<void>: the model is disposed at once (or this throws ERR_HUOZI_BUSY while contexts hold
+// it); the promise resolves once the weights are freed, on the libuv pool (ModelHandle says why).
 Napi::Value Model::Dispose(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (handle_ == nullptr) return env.Undefined();
+  if (handle_ == nullptr) {
+    auto done = Napi::Promise::Deferred::New(env);
+    done.Resolve(env.Undefined());
+    return done.Promise();
+  }
   if (handle_.use_count() > 1) {
     Throw(env, code::kBusy, "the model still has " + std::to_string(handle_.use_count() - 1) +
                                 " live context(s); dispose them first");
   }
-  handle_.reset();
   model_ = nullptr;
   vocab_ = nullptr;
   Napi::MemoryManagement::AdjustExternalMemory(env, -external_bytes_);
   external_bytes_ = 0;
-  return env.Undefined();
+  // The last reference is dropped on a pool thread, where ~ModelHandle frees the weights itself.
+  return PromiseWorker<bool>::Start(
+      env, Napi::Object::New(env), code::kDecode,
+      [handle = std::move(handle_)]() mutable {
+        handle.reset();
+        return true;
+      },
+      [](Napi::Env env, bool &) -> Napi::Value { return env.Undefined(); });
 }
 
 namespace {

@@ -1,22 +1,32 @@
 // Model: owns a llama_model. Loaded off the main thread by workers/load_model.cc; tokenization is synchronous
-// (tokenize) or on the libuv pool (tokenizeAsync, for text of any size: the worker holds the ModelHandle). The llama_model lives in a shared ModelHandle that every context (and a context
-// being created) also holds, so it is freed after the last of them, whatever order GC or process teardown
-// finalizes the JS objects in; dispose() refuses while others hold it (lib/model.ts disposes contexts first).
+// (tokenize) or on the libuv pool (tokenizeAsync, for text of any size: the worker holds the ModelHandle). The
+// llama_model lives in a shared ModelHandle that every context (and a context being created) also holds, so it
+// is freed after the last of them, whatever order GC or process teardown finalizes the JS objects in; dispose()
+// refuses while others hold it (lib/model.ts disposes contexts first).
 #pragma once
 #include <napi.h>
 
 #include <memory>
 
+#include "addon_data.h"
 #include "llama.h"
 
 namespace huozi {
 
+// The last reference frees the weights, never on the JS thread while its event loop runs: llama_model_free
+// unmaps the file or frees host and device buffers, which for a 26 GB model blocks for seconds. Dropped on the
+// JS thread, the handle queues the free on the libuv pool (the pending work keeps the process alive until it
+// is done); dropped on any other thread, or while the environment is being torn down (its loop will not run
+// the work), it frees there and then.
 struct ModelHandle {
-  explicit ModelHandle(llama_model *m) : model(m) {}
-  ~ModelHandle() { llama_model_free(model); }
+  ModelHandle(llama_model *m, std::shared_ptr<EnvLife> life) : model(m), life_(std::move(life)) {}
+  ~ModelHandle();
   ModelHandle(const ModelHandle &) = delete;
   ModelHandle &operator=(const ModelHandle &) = delete;
   llama_model *const model;
+
+ private:
+  std::shared_ptr<EnvLife> life_;
 };
 
 class Model final : public Napi::ObjectWrap<Model> {

@@ -245,12 +245,14 @@ Napi::Value ParallelContext::Dispose(const Napi::CallbackInfo &info) {
         if (thread_.joinable()) thread_.join();
         llama_free(ctx_);
         ctx_ = nullptr;
+        // When this context holds the model's last reference (its Model was collected undisposed), the weights
+        // are freed here, off the main thread, before dispose() resolves.
+        model_.reset();
         return true;
       },
       [this](Napi::Env env, bool &) -> Napi::Value {
         Deliver(env);
         outbox_.Close();
-        model_.reset();
         return env.Undefined();
       });
 }

@@ -1,7 +1,8 @@
 // loadModel(path, params, onProgress?) -> { promise, cancel }
-// Loads on the libuv pool. llama.cpp reports progress through progress_callback on this thread; we forward
-// it to JS through a thread-safe function (at most once per percent) and return false from the callback to
-// stop the load when cancel() was called (llama_model_load_from_file then returns NULL).
+// The worker is queued on the libuv pool and loads on a thread of its own (Execute says why). llama.cpp reports
+// progress through progress_callback on that thread; we forward it to JS through a thread-safe function (at
+// most once per percent) and return false from the callback to stop the load when cancel() was called
+// (llama_model_load_from_file then returns NULL).
 #include <atomic>
 #include <memory>
 #include <string>
@@ -195,7 +196,7 @@ class LoadModelWorker final : public Napi::AsyncWorker {
       model_ = nullptr;  // owned by the JS object now
       deferred_.Resolve(model);
     } catch (const Napi::Error &e) {
-      llama_model_free(model_);
+      { ModelHandle unowned(model_, Data(env).life); }  // frees it off this thread
       model_ = nullptr;
       deferred_.Reject(e.Value());
     }

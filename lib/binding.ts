@@ -7,7 +7,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BindingError } from './errors.js';
 
-export interface NativeSystemInfo {
+// The addon's contract: every export of src/addon.cc (with src/fit.cc and src/rpc.cc) and every method of its
+// objects (src/model.cc, src/context.cc, src/parallel.cc), declared once, with the shapes the C++ side builds.
+// The rest of lib/ calls the addon only through these types.
+
+/** Which backend the loaded addon was built for, and what llama.cpp detected on this machine ({@link systemInfo}). */
+export interface SystemInfo {
   backend: 'cpu' | 'cuda' | 'metal';
   llamaCpp: string;
   /** A local GPU (RPC devices do not count). */
@@ -30,7 +35,8 @@ export interface NativeSystemInfo {
   addon?: AddonOrigin;
 }
 
-export interface NativeModelInfo {
+/** Shape and facts llama.cpp reports about a loaded model ({@link Model.info}). */
+export interface ModelInfo {
   description: string;
   size: number;
   parameters: number;
@@ -42,8 +48,31 @@ export interface NativeModelInfo {
   vocabularySize: number;
   fileType: string;
   chatTemplate: string | null;
+}
+
+/** NativeModel.info(): ModelInfo, with the special tokens and every metadata key. */
+export interface NativeModelInfo extends ModelInfo {
   tokens: { bos: number | null; eos: number | null; eot: number | null; nl: number | null; addBos: boolean; addEos: boolean };
   metadata: Record<string, string>;
+}
+
+/** The parameters of a generation, as lib/generation.ts checked them (src/sampler.cc, src/generation.h). */
+export interface NativeGenerateParams {
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repeatPenalty?: number;
+  repeatLastN?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  seed?: number;
+  maxTokens?: number;
+  stopTokens?: Int32Array;
+  stopStrings?: string[];
+  stopAtEog?: boolean;
+  reuseCache?: boolean;
+  streamIntervalMs?: number;
 }
 
 export interface NativeGenerateResult {
@@ -58,19 +87,64 @@ export interface NativeGenerateResult {
   generateMs: number;
 }
 
+/** What llama.cpp allocated for a context and its model on one device (Context.memory, ParallelContext.memory). */
+export interface NativeMemoryRow {
+  device: string;
+  model: number;
+  context: number;
+  compute: number;
+}
+
+/** The parameters of both kinds of context (src/context.cc, ContextParamsFromJs), as lib/context-options.ts checked them. */
+export interface NativeContextParams {
+  contextSize: number;
+  batchSize: number;
+  ubatchSize: number;
+  threads: number;
+  batchThreads: number;
+  /** -1: auto, 0: off, 1: on. */
+  flashAttention: -1 | 0 | 1;
+}
+
 export interface NativeContext {
   info(): { contextSize: number; batchSize: number; ubatchSize: number; threads: number; batchThreads: number };
   tokens(): Int32Array;
   evaluate(tokens: Int32Array, logits: 0 | 1 | 2 | 3): Promise<Float32Array | undefined>;
-  generate(prompt: Int32Array, params: object, onText?: (text: string) => void): Promise<NativeGenerateResult>;
+  generate(prompt: Int32Array, params: NativeGenerateParams, onText?: (text: string) => void): Promise<NativeGenerateResult>;
   eraseFrom(position: number): void;
   saveState(): Promise<{ data: Buffer; tokens: Int32Array }>;
   imatrix(): { name: string; values: Float32Array; counts: Float32Array }[];
-  memory(): { device: string; model: number; context: number; compute: number }[];
+  memory(): NativeMemoryRow[];
   loadState(data: Buffer, tokens: Int32Array): Promise<void>;
   abort(): void;
   setThreads(threads: number, batchThreads: number): void;
   dispose(): void;
+  readonly disposed: boolean;
+}
+
+/** A finished request of a parallel context: a generation's result, with its slot and its wait for one. */
+export interface NativeParallelResult extends NativeGenerateResult {
+  queueMs: number;
+  slot: number;
+}
+
+/** What a parallel context's loop hands to JS (src/parallel.cc, Deliver): text, then results or failures. */
+export type NativeEvent = { id: number; text: string } | { id: number; result: NativeParallelResult } | { id: number; code: string; message: string };
+
+export interface NativeParallelContext {
+  /** ubatchSize, threads and batchThreads are absent once the context is disposed. */
+  info(): {
+    contextSize: number; slotContextSize: number; parallel: number; batchSize: number; ubatchSize?: number; threads?: number;
+    batchThreads?: number;
+  };
+  submit(id: number, prompt: Int32Array, params: NativeGenerateParams): void;
+  cancel(id: number): void;
+  stats(): {
+    busySlots: number; waiting: number; outstanding: number; promptTokens: number; generatedTokens: number; reusedTokens: number;
+    decodeCalls: number; completed: number; cancelled: number; failed: number;
+  };
+  memory(): NativeMemoryRow[];
+  dispose(): Promise<void>;
   readonly disposed: boolean;
 }
 
@@ -83,19 +157,82 @@ export interface NativeModel {
   tokenPieces(tokens: Int32Array, special: boolean): Buffer[];
   isEog(token: number): boolean;
   specialTokens(): { ids: Int32Array; texts: string[] };
-  createContext(params: object): Promise<NativeContext>;
+  createContext(params: NativeContextParams & { collectImatrix: boolean }): Promise<NativeContext>;
+  createParallelContext(
+    params: NativeContextParams & { parallel: number; unifiedCache: boolean },
+    onEvents: (events: NativeEvent[]) => void,
+  ): Promise<NativeParallelContext>;
   dispose(): void;
   readonly disposed: boolean;
+}
+
+/** loadModel's parameters (src/workers/load_model.cc), as lib/model.ts checked them. */
+export interface NativeLoadParams {
+  /** -1: every layer. */
+  gpuLayers?: number;
+  mainGpu?: number;
+  /** 0: none, 1: layer, 2: row. */
+  splitMode?: number;
+  tensorSplit?: number[];
+  useMmap?: boolean;
+  useMlock?: boolean;
+  vocabOnly?: boolean;
+  checkTensors?: boolean;
+  rpcServers?: string[];
+  overrides?: { pattern: string; buffer: string }[];
+}
+
+/** The parameters of estimateMemory and fitParams (src/fit.cc, ParseFitArgs). */
+export interface NativeFitParams {
+  gpuLayers?: number;
+  contextSize?: number;
+  batchSize?: number;
+  ubatchSize?: number;
+  flashAttention?: number;
+  marginBytes?: number;
+  minContextSize?: number;
+}
+
+/** llama_model_quantize's parameters (src/quantize.cc), as lib/quantize/quantize.ts and child.ts build them. */
+export interface NativeQuantizeParams {
+  ftype: number;
+  threads?: number;
+  allowRequantize?: boolean;
+  leaveOutputTensor?: boolean;
+  onlyCopy?: boolean;
+  pure?: boolean;
+  outputTensorType?: number;
+  tokenEmbeddingType?: number;
+  dryRun?: boolean;
+  tensorTypes?: { pattern: string; type: number }[];
+  imatrix?: { name: string; data: Float32Array }[];
+  metadata?: { key: string; value: string | number }[];
+  /** The file descriptor that gets one `{"tensor":i,"of":n}` line per tensor. */
+  progressFd?: number;
 }
 
 export interface NativeBinding {
   loadModel(
     path: string,
-    params: object,
+    params: NativeLoadParams,
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; cancel(): void };
-  systemInfo(): NativeSystemInfo;
+  systemInfo(): SystemInfo;
   ggmlTypes(): { id: number; name: string; blockSize: number; typeSize: number }[];
+  /** Runs llama_model_quantize on the calling thread (lib/quantize/child.ts, in a process of its own). */
+  quantize(input: string, output: string, params: NativeQuantizeParams): { quantMiB: number; requiresImatrix: boolean };
+  devices(): { index: number; name: string; description: string; type: 'cpu' | 'gpu' | 'igpu' | 'accel'; free: number; total: number }[];
+  estimateMemory(
+    path: string,
+    params: NativeFitParams,
+  ): Promise<{ name: string; free: number; total: number; model: number; context: number; compute: number }[]>;
+  fitParams(
+    path: string,
+    params: NativeFitParams,
+  ): Promise<{
+    status: 'fits' | 'doesNotFit' | 'error'; gpuLayers: number; contextSize: number; tensorSplit: number[];
+    overrides: { pattern: string; buffer: string }[];
+  }>;
   /** Starts ggml_backend_rpc_start_server on a thread of its own; onExit only if it ever returns. */
   rpcStartServer(
     endpoint: string,

@@ -2,7 +2,7 @@
 // src/fit.cc): the model is "loaded" with no_alloc, which reads metadata and measures what every device would
 // hold without allocating anything.
 import { resolve } from 'node:path';
-import { binding } from './binding.js';
+import { binding, type NativeFitParams } from './binding.js';
 import { fromNative } from './errors.js';
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
@@ -21,7 +21,7 @@ export interface Device {
 
 /** The devices llama.cpp can use in this build (the CPU build lists only the CPU). */
 export function devices(): Device[] {
-  return (binding() as unknown as { devices(): Device[] }).devices();
+  return binding().devices();
 }
 
 /** Options of {@link estimateMemory}. */
@@ -50,11 +50,6 @@ export interface DeviceMemory {
   deviceTotal: number;
 }
 
-interface NativeFit {
-  estimateMemory(path: string, params: object): Promise<{ name: string; free: number; total: number; model: number; context: number; compute: number }[]>;
-  fitParams(path: string, params: object): Promise<FitResult>;
-}
-
 /** What llama.cpp's fit chose (see {@link GpuPlan}, which {@link Model.gpuPlan} reports). */
 export interface FitResult {
   /** `fits`, or `doesNotFit` when even the smallest choice exceeds free memory. */
@@ -66,8 +61,8 @@ export interface FitResult {
   overrides: { pattern: string; buffer: string }[];
 }
 
-function fitParams(o: MemoryEstimateOptions): Record<string, unknown> {
-  const p: Record<string, unknown> = {};
+function fitParams(o: MemoryEstimateOptions): NativeFitParams {
+  const p: NativeFitParams = {};
   if (o.gpuLayers !== undefined) p.gpuLayers = o.gpuLayers === 'max' ? -1 : v.integer('gpuLayers', o.gpuLayers, 0, 100_000);
   p.contextSize = o.contextSize === undefined ? 4096 : v.integer('contextSize', o.contextSize, 1, 1 << 24);
   p.batchSize = o.batchSize === undefined ? Math.min(512, p.contextSize as number) : v.integer('batchSize', o.batchSize, 1, 1 << 24);
@@ -89,7 +84,7 @@ export async function estimateMemory(path: string, options?: MemoryEstimateOptio
   const full = resolve(path);
   validateForLlama(await readGguf(full));
   try {
-    const rows = await (binding() as unknown as NativeFit).estimateMemory(full, fitParams(o));
+    const rows = await binding().estimateMemory(full, fitParams(o));
     return rows.map((r) => ({
       name: r.name, model: r.model, context: r.context, compute: r.compute, total: r.model + r.context + r.compute,
       deviceFree: r.free, deviceTotal: r.total,
@@ -102,7 +97,7 @@ export async function estimateMemory(path: string, options?: MemoryEstimateOptio
 /** @internal The most layers (and the MoE experts to keep on the CPU) that fit free device memory. */
 export async function fitToMemory(path: string, options: { contextSize: number; marginBytes: number }): Promise<FitResult> {
   try {
-    return await (binding() as unknown as NativeFit).fitParams(path, {
+    return await binding().fitParams(path, {
       contextSize: options.contextSize, marginBytes: options.marginBytes, minContextSize: options.contextSize,
     });
   } catch (error) {

@@ -1,13 +1,16 @@
 export { loadModel, Model } from './model.js';
-export type { LoadModelOptions, SpecialTokens, TokenizeOptions, DetokenizeOptions, GpuPlan } from './model.js';
-export { Context, Generation } from './context.js';
-export type {
-  ContextOptions, SamplingOptions, GenerateOptions, GenerationResult, StopReason, EvaluateOptions, DeviceMemoryUse,
-} from './context.js';
+export type { SpecialTokens, TokenizeOptions, DetokenizeOptions, GpuPlan } from './model.js';
+export type { LoadModelOptions } from './load-options.js';
+export { Context } from './context.js';
+export type { EvaluateOptions } from './context.js';
+export type { ContextOptions, ParallelContextOptions } from './context-options.js';
+export { Generation } from './generation.js';
+export type { SamplingOptions, GenerateOptions, GenerationResult, StopReason } from './generation.js';
+export type { DeviceMemoryUse } from './memory.js';
 export { ParallelContext } from './parallel.js';
 export { createServer, HuoziServer } from './server/server.js';
 export type { ServerOptions } from './server/server.js';
-export type { ParallelContextOptions, ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';
+export type { ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';
 export {
   HuoziError, ModelLoadError, ContextCreateError, ContextOverflowError, DecodeError, DisposedError, AbortError,
   BusyError, BindingError, GgufError, InsufficientMemoryError,
@@ -42,7 +45,7 @@ export { startRpcServer, RpcServerError, RPC_DEFAULT_PORT } from './rpc.js';
 export type { RpcServer, RpcServerOptions, RpcDevice } from './rpc.js';
 export { convert, ConvertError, HUOZI_CHAT_TEMPLATE } from './convert/convert.js';
 export type { ConvertOptions, ConvertResult, ConvertOutType } from './convert/convert.js';
-export type { NativeModelInfo, NativeSystemInfo, AddonOrigin } from './binding.js';
+export type { ModelInfo, SystemInfo, AddonOrigin } from './binding.js';
 export type { OutElement } from './convert/float.js';
 export type { GgmlType } from './gguf/types.js';
 export type { ReadGgufOptions } from './gguf/reader.js';

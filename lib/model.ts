@@ -1,79 +1,18 @@
-import { closeSync, fstatSync, openSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
-import { binding, type NativeModel, type NativeModelInfo, type NativeSystemInfo } from './binding.js';
-import { Context, createContext, type ContextOptions } from './context.js';
-import { AbortError, DisposedError, fromNative, GgufError, ModelLoadError } from './errors.js';
+import { binding, type ModelInfo, type NativeModel, type SystemInfo } from './binding.js';
+import { checkModelChatTemplate } from './chat/detect.js';
+import { createContext, type Context } from './context.js';
+import type { ContextOptions, ParallelContextOptions } from './context-options.js';
+import { AbortError, fromNative, GgufError, ModelLoadError } from './errors.js';
+import { checkIdentity, closeIdentity, openIdentity, type FileIdentity } from './file-identity.js';
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
 import { fitToMemory } from './gpu.js';
-import { createParallelContext, type ParallelContext, type ParallelContextOptions } from './parallel.js';
-import { prepareRpcServers, retainRpcServers, validateRpcServers } from './rpc.js';
+import { Lifecycle, registerModel } from './lifecycle.js';
+import { checkLoadOptions, type LoadModelOptions } from './load-options.js';
+import { createParallelContext, type ParallelContext } from './parallel.js';
+import { prepareRpcServers, retainRpcServers } from './rpc.js';
 import * as v from './validate.js';
-import { checkModelChatTemplate } from './chat/detect.js';
-
-/** Options of {@link loadModel}. Unknown keys throw a `TypeError` naming the closest known one. */
-export interface LoadModelOptions {
-  /**
-   * Layers to offload to the GPU (llama.cpp `-ngl`): a number, `'max'` for all of them, or `'auto'`: the
-   * most layers (and, for MoE models, which expert tensors stay on the CPU, like llama.cpp's `--n-cpu-moe`)
-   * that fit the free GPU memory with a context of `fit.contextSize` and a safety margin, measured by
-   * llama.cpp's own fit (no out-of-memory abort); the choice is in `model.gpuPlan`. Ignored by the CPU
-   * build, except with `rpcServers`: then it counts the layers on the RPC servers ('auto' is not supported
-   * with them). Default: `'max'`.
-   */
-  gpuLayers?: number | 'max' | 'auto';
-  /** For gpuLayers 'auto': the context to leave room for (default 4096) and the margin per GPU (default 1024 MiB). */
-  fit?: {
-    /** Tokens of context to leave room for. Default: 4096. */
-    contextSize?: number;
-    /** Free memory to leave on each GPU, in MiB. Default: 1024. */
-    marginMiB?: number;
-  };
-  /** The GPU for the whole model with splitMode 'none' (llama.cpp `-mg`). Default: 0. */
-  mainGpu?: number;
-  /** How to use several GPUs (llama.cpp `-sm`): 'none', 'layer' (default) or 'row'. */
-  splitMode?: 'none' | 'layer' | 'row';
-  /** Share of the model per GPU (llama.cpp `-ts`), e.g. [3, 1]. Default: by free memory. */
-  tensorSplit?: number[];
-  /**
-   * Memory-map the file instead of reading it (llama.cpp `--mmap`). Default: llama.cpp's own choice (map it,
-   * unless a device in use cannot work from mapped memory), as llama-cli and llama-bench do.
-   */
-  useMmap?: boolean;
-  /** Lock the weights in RAM so the OS cannot swap them out (llama.cpp `--mlock`). Default: `false`. */
-  useMlock?: boolean;
-  /** Load only the vocabulary: enough to tokenize, nothing to generate with. Default: `false`. */
-  vocabOnly?: boolean;
-  /** Check tensor data for NaN/inf while loading (llama.cpp `--check-tensors`). Default: `false`. */
-  checkTensors?: boolean;
-  /**
-   * llama.cpp RPC servers (`huozi-gguf rpc-server`, llama.cpp's ggml-rpc-server) whose devices take layers,
-   * as `"host:port"` (llama.cpp `--rpc`), e.g. `['192.168.1.10:50052']`. Layers are spread over the servers'
-   * devices (first, in this order) and the local GPUs by free memory, or by `tensorSplit`; what gpuLayers
-   * leaves stays on the local CPU. Each server is checked with the protocol's handshake first (a
-   * {@link ModelLoadError} naming it when it is unreachable, busy or incompatible). A server that dies while
-   * the model is in use aborts this process: llama.cpp's RPC client cannot recover (docs/gpu.md). The
-   * protocol is unauthenticated and unencrypted: use trusted networks only. Default: none.
-   */
-  rpcServers?: string[];
-  /**
-   * Check the GGUF's own `tokenizer.chat_template` (when it has one) by rendering a probe conversation under the
-   * template limits, as {@link checkChatTemplate} does; a template that fails rejects the load with a
-   * {@link ChatTemplateError}. Default: `false`: a model whose template is broken still loads (for completion,
-   * perplexity, or a chat with a template of your own), and the error comes when a chat renders it.
-   */
-  checkChatTemplate?: boolean;
-  /** Called with the load progress, from 0 to 1; 1 is reported exactly once, when the model is ready. */
-  onProgress?: (progress: number) => void;
-  /** Stops loading; the promise then rejects with an {@link AbortError}. */
-  signal?: AbortSignal;
-}
-
-const LOAD_OPTIONS = [
-  'gpuLayers', 'fit', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'rpcServers',
-  'onProgress', 'signal', 'checkChatTemplate',
-] as const;
 
 /** How the model was placed on the devices when loaded with gpuLayers 'auto'. */
 export interface GpuPlan {
@@ -139,32 +78,7 @@ export interface DetokenizeOptions {
  */
 export async function loadModel(path: string, options?: LoadModelOptions): Promise<Model> {
   v.string('path', path, { allowEmpty: false });
-  const o = v.options<LoadModelOptions>('options', options, LOAD_OPTIONS);
-  const params: Record<string, unknown> = {};
-  if (o.gpuLayers !== undefined && o.gpuLayers !== 'auto') {
-    params.gpuLayers = o.gpuLayers === 'max' ? -1 : v.integer('gpuLayers', o.gpuLayers, 0, 100_000);
-  }
-  if (o.mainGpu !== undefined) params.mainGpu = v.integer('mainGpu', o.mainGpu, 0, 127);
-  if (o.splitMode !== undefined) params.splitMode = { none: 0, layer: 1, row: 2 }[v.oneOf('splitMode', o.splitMode, ['none', 'layer', 'row'] as const)];
-  if (o.tensorSplit !== undefined) {
-    if (!Array.isArray(o.tensorSplit)) throw v.typeError('array of numbers', 'tensorSplit', o.tensorSplit);
-    params.tensorSplit = o.tensorSplit.map((x, i) => v.number(`tensorSplit[${i}]`, x, 0));
-  }
-  const fitOptions = v.options<{ contextSize: number; marginMiB: number }>('fit', o.fit, ['contextSize', 'marginMiB']);
-  const fitContext = fitOptions.contextSize === undefined ? 4096 : v.integer('fit.contextSize', fitOptions.contextSize, 1, 1 << 24);
-  const fitMargin = fitOptions.marginMiB === undefined ? 1024 : v.number('fit.marginMiB', fitOptions.marginMiB, 0);
-  if (o.useMmap !== undefined) params.useMmap = v.boolean('useMmap', o.useMmap);
-  if (o.useMlock !== undefined) params.useMlock = v.boolean('useMlock', o.useMlock);
-  if (o.vocabOnly !== undefined) params.vocabOnly = v.boolean('vocabOnly', o.vocabOnly);
-  if (o.checkTensors !== undefined) params.checkTensors = v.boolean('checkTensors', o.checkTensors);
-  const rpcServers = o.rpcServers === undefined ? undefined : validateRpcServers(o.rpcServers);
-  if (rpcServers?.length && o.gpuLayers === 'auto') {
-    // fitToMemory measures local devices only.
-    throw v.rangeError('a number or "max" with rpcServers', 'gpuLayers', o.gpuLayers);
-  }
-  const checkTemplate = o.checkChatTemplate === undefined ? false : v.boolean('checkChatTemplate', o.checkChatTemplate);
-  const onProgress = o.onProgress === undefined ? undefined : v.func<(p: number) => void>('onProgress', o.onProgress);
-  const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+  const { o, params, fitContext, fitMargin, rpcServers, checkTemplate, onProgress, signal } = checkLoadOptions(options);
   if (signal?.aborted) throw new AbortError('model loading was aborted');
 
   const fullPath = resolve(path);
@@ -220,7 +134,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     }
     const model = new Model(native, fullPath, gpuPlan, watch);
     watch = undefined;
-    if (params.rpcServers) model.onDispose(retainRpcServers(params.rpcServers as string[]));
+    if (params.rpcServers) model.onDispose(retainRpcServers(params.rpcServers));
     if (checkTemplate) {
       try {
         await checkModelChatTemplate(model);
@@ -251,34 +165,6 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   }
 }
 
-/** The identity of an open model file: what changes when the file is truncated or written over in place. */
-interface FileIdentity {
-  fd: number;
-  size: bigint;
-  mtimeNs: bigint;
-}
-
-function openIdentity(path: string): FileIdentity | undefined {
-  let fd: number | undefined;
-  try {
-    fd = openSync(path, 'r');
-    const st = fstatSync(fd, { bigint: true });
-    return { fd, size: st.size, mtimeNs: st.mtimeNs };
-  } catch {
-    // Unreadable or gone: llama.cpp's load reports it.
-    if (fd !== undefined) closeSync(fd);
-    return undefined;
-  }
-}
-
-function closeIdentity(id: FileIdentity): void {
-  try {
-    closeSync(id.fd);
-  } catch {
-    // already closed
-  }
-}
-
 // Closes the descriptor of a model that is collected without dispose().
 const identityCloser = new FinalizationRegistry<FileIdentity>(closeIdentity);
 
@@ -287,7 +173,7 @@ export class Model {
   /** Absolute path of the GGUF file. */
   readonly path: string;
   /** Shape and facts llama.cpp reports about the model. */
-  readonly info: Readonly<Omit<NativeModelInfo, 'metadata' | 'tokens'>>;
+  readonly info: Readonly<ModelInfo>;
   /** Every GGUF metadata key, with llama.cpp's string rendering of its value. */
   readonly metadata: Readonly<Record<string, string>>;
   /** The vocabulary's special tokens. */
@@ -295,12 +181,10 @@ export class Model {
   /** Number of tokens in the vocabulary. */
   readonly vocabularySize: number;
 
-  #native: NativeModel | undefined;
-  #systemInfo: NativeSystemInfo | undefined;
+  readonly #life: Lifecycle<NativeModel>;
+  #systemInfo: SystemInfo | undefined;
   #special: Map<string, number> | undefined;
   #specialText: Map<number, string> | undefined;
-  readonly #contexts = new Set<{ dispose(): Promise<void> }>();
-  readonly #disposeListeners = new Set<() => void>();
   readonly #tokenizing = new Set<Promise<unknown>>();
   #identity: FileIdentity | undefined;
   #limits: { type: string; maxTokenBytes: number } | undefined;
@@ -310,7 +194,9 @@ export class Model {
 
   /** @internal Use {@link loadModel}. */
   constructor(native: NativeModel, path: string, gpuPlan?: GpuPlan, identity?: FileIdentity) {
-    this.#native = native;
+    // A parent: its contexts are disposed before its weights are freed.
+    this.#life = new Lifecycle(native, 'This model has been disposed', { parent: true });
+    registerModel(this, this.#life);
     this.#identity = identity;
     if (identity) identityCloser.register(this, identity, this);
     this.path = path;
@@ -323,19 +209,13 @@ export class Model {
   }
 
   /** @internal What the loaded addon supports (cached). */
-  get systemInfo(): NativeSystemInfo {
+  get systemInfo(): SystemInfo {
     return (this.#systemInfo ??= binding().systemInfo());
-  }
-
-  /** @internal */
-  get native(): NativeModel {
-    if (!this.#native) throw new DisposedError('This model has been disposed');
-    return this.#native;
   }
 
   /** Whether {@link Model.dispose} has run. */
   get disposed(): boolean {
-    return this.#native === undefined;
+    return this.#life.disposed;
   }
 
   /** Text to token ids. Throws {@link DisposedError} after dispose(). */
@@ -349,7 +229,7 @@ export class Model {
     const o = v.options<TokenizeOptions>('options', options, ['addBos', 'parseSpecial']);
     const addBos = o.addBos === undefined ? this.tokens.addBos : v.boolean('addBos', o.addBos);
     const parseSpecial = o.parseSpecial === undefined ? false : v.boolean('parseSpecial', o.parseSpecial);
-    return this.native.tokenize(text, addBos, parseSpecial);
+    return this.#life.alive().tokenize(text, addBos, parseSpecial);
   }
 
   /**
@@ -370,7 +250,7 @@ export class Model {
     const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
     if (signal?.aborted) return Promise.reject(new AbortError('tokenization was aborted'));
     const callSite = new Error();
-    const work = this.native.tokenizeAsync(text, addBos, parseSpecial);
+    const work = this.#life.alive().tokenizeAsync(text, addBos, parseSpecial);
     const tracked = work.catch(() => undefined).finally(() => this.#tokenizing.delete(tracked));
     this.#tokenizing.add(tracked);
     const result = work.catch((error: unknown) => {
@@ -390,7 +270,7 @@ export class Model {
    * lets a prompt that cannot fit be refused before it is tokenized.
    */
   minTokens(text: string): number {
-    this.#limits ??= this.native.tokenizerLimits();
+    this.#limits ??= this.#life.alive().tokenizerLimits();
     const { type, maxTokenBytes } = this.#limits;
     if ((type !== 'spm' && type !== 'bpe') || maxTokenBytes <= 0) return 0;
     return Math.ceil(Buffer.byteLength(text, 'utf8') / maxTokenBytes);
@@ -402,23 +282,7 @@ export class Model {
    * dies) or weights that are not the model's. One fstat; called before every evaluation.
    */
   checkFile(): void {
-    const id = this.#identity;
-    if (!id) return;
-    let st: { size: bigint; mtimeNs: bigint };
-    try {
-      st = fstatSync(id.fd, { bigint: true });
-    } catch (error) {
-      throw new ModelLoadError(`Cannot check the model file ${this.path}: ${(error as Error).message}`, { cause: error });
-    }
-    if (st.size !== id.size || st.mtimeNs !== id.mtimeNs) {
-      throw new ModelLoadError(
-        `The model file ${this.path} changed on disk after it was loaded (size ${id.size} -> ${st.size} bytes` +
-          `${st.mtimeNs !== id.mtimeNs ? ', modified' : ''}); its memory-mapped weights are no longer valid. ` +
-          'Dispose this model and load it again. To replace a model that is in use, write the new file next to ' +
-          'it and rename it into place (the loaded model keeps the old file) instead of copying over it, or load ' +
-          'with useMmap: false.',
-      );
-    }
+    if (this.#identity) checkIdentity(this.#identity, this.path);
   }
 
   /** Token ids to text. */
@@ -426,13 +290,13 @@ export class Model {
     const ids = v.tokens('tokens', tokens, this.vocabularySize);
     const o = v.options<DetokenizeOptions>('options', options, ['special']);
     const special = o.special === undefined ? false : v.boolean('special', o.special);
-    return this.native.detokenize(ids, false, special);
+    return this.#life.alive().detokenize(ids, false, special);
   }
 
   /** The vocabulary's control and user-defined tokens by their text (`<|endofutterance|>` → 2049). */
   get specialTokens(): ReadonlyMap<string, number> {
     if (!this.#special) {
-      const { ids, texts } = this.native.specialTokens();
+      const { ids, texts } = this.#life.alive().specialTokens();
       this.#special = new Map(texts.map((t, i) => [t, ids[i]]));
       this.#specialText = new Map(texts.map((t, i) => [ids[i], t]));
     }
@@ -448,14 +312,13 @@ export class Model {
   /** Whether the token ends generation by llama.cpp's rules (eos, eot and the like). */
   isEndOfGeneration(token: number): boolean {
     v.integer('token', token, 0, this.vocabularySize - 1);
-    return this.native.isEog(token);
+    return this.#life.alive().isEog(token);
   }
 
   /** Creates an inference context (KV cache and compute buffers) on this model. */
   async createContext(options?: ContextOptions): Promise<Context> {
     const context = await createContext(this, options);
-    this.#contexts.add(context);
-    context.onDispose(() => this.#contexts.delete(context));
+    this.#life.adopt(context);
     return context;
   }
 
@@ -465,42 +328,35 @@ export class Model {
    */
   async createParallelContext(options?: ParallelContextOptions): Promise<ParallelContext> {
     const context = await createParallelContext(this, options);
-    this.#contexts.add(context);
-    context.onDispose(() => this.#contexts.delete(context));
+    this.#life.adopt(context);
     return context;
   }
 
   /** Runs `listener` once when the model is disposed. */
   onDispose(listener: () => void): void {
-    this.#disposeListeners.add(listener);
+    this.#life.onDispose(listener);
   }
 
   /** Disposes the model's contexts (stopping what they run), then frees the weights. Safe to call twice. */
   async dispose(): Promise<void> {
-    if (!this.#native) return;
-    await Promise.all([...this.#contexts].map((c) => c.dispose()));
-    // Tokenizations on worker threads hold the model; they are short (linear in their text).
-    while (this.#tokenizing.size > 0) await Promise.all([...this.#tokenizing]);
-    const native = this.#native;
-    if (!native) return;
-    this.#native = undefined;
-    native.dispose();
-    if (this.#identity) {
-      identityCloser.unregister(this);
-      closeIdentity(this.#identity);
-      this.#identity = undefined;
-    }
-    for (const listener of this.#disposeListeners) listener();
-    this.#disposeListeners.clear();
+    await this.#life.dispose(
+      (native) => {
+        native.dispose();
+        if (this.#identity) {
+          identityCloser.unregister(this);
+          closeIdentity(this.#identity);
+          this.#identity = undefined;
+        }
+      },
+      // Tokenizations on worker threads hold the model; they are short (linear in their text).
+      async () => {
+        while (this.#tokenizing.size > 0) await Promise.all([...this.#tokenizing]);
+      },
+    );
   }
 
   /** `await using model = await loadModel(...)` disposes it at the end of the scope. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }
-}
-
-/** The default thread count: every core this process may run on (not node-llama-cpp's fixed minimum of 4). */
-export function defaultThreads(): number {
-  return Math.max(1, availableParallelism());
 }

@@ -1,4 +1,3 @@
-import type { Model } from '../model.js';
 import { ChatTemplateError } from '../errors.js';
 import * as v from '../validate.js';
 import {
@@ -16,8 +15,21 @@ export type TemplateOption =
   | { file: string; limits?: Partial<TemplateLimits> }
   | ChatTemplate;
 
+/**
+ * What template detection reads of a model: a Model has all of it. Declared here because lib/model.ts imports
+ * this file (loadModel's checkChatTemplate), so this file takes nothing from lib/model.ts.
+ */
+export interface TemplateModel {
+  readonly path: string;
+  readonly info: { readonly chatTemplate: string | null };
+  readonly tokens: { readonly bos: number | null; readonly eos: number | null };
+  readonly specialTokens: ReadonlyMap<string, number>;
+  specialTokenText(token: number): string | undefined;
+  isEndOfGeneration(token: number): boolean;
+}
+
 /** Picks the chat template for a model (see ChatSessionOptions.template). */
-export function detectTemplate(model: Model, option: TemplateOption): ChatTemplate {
+export function detectTemplate(model: TemplateModel, option: TemplateOption): ChatTemplate {
   if (option === 'huozi') return huoziTemplate;
   if (option === 'chatml') return chatmlTemplate;
   if (typeof option === 'object' && option !== null) {
@@ -49,7 +61,7 @@ export function detectTemplate(model: Model, option: TemplateOption): ChatTempla
 }
 
 /** The GGUF's own tokenizer.chat_template as a Jinja template; errors name it and the file. */
-function ggufTemplate(model: Model, source: string): ChatTemplate {
+function ggufTemplate(model: TemplateModel, source: string): ChatTemplate {
   return jinjaTemplate(source, {
     variables: templateVariables(model), stopTexts: eogTexts(model), label: `tokenizer.chat_template of ${model.path}`,
   });
@@ -59,18 +71,18 @@ function ggufTemplate(model: Model, source: string): ChatTemplate {
  * loadModel's checkChatTemplate: renders the probe conversation with the GGUF's own template (see
  * checkChatTemplate). Null when the file has none. Throws ChatTemplateError.
  */
-export async function checkModelChatTemplate(model: Model): Promise<ChatTemplateCheck | null> {
+export async function checkModelChatTemplate(model: TemplateModel): Promise<ChatTemplateCheck | null> {
   const source = model.info.chatTemplate;
   return source ? checkChatTemplate(ggufTemplate(model, source)) : null;
 }
 
-function templateVariables(model: Model): Record<string, unknown> {
+function templateVariables(model: TemplateModel): Record<string, unknown> {
   const text = (id: number | null) => (id === null ? '' : model.specialTokenText(id) ?? '');
   return { bos_token: text(model.tokens.bos), eos_token: text(model.tokens.eos) };
 }
 
 /** The texts of the model's end-of-generation special tokens, and the well-known end-of-turn markers it has. */
-function eogTexts(model: Model): string[] {
+function eogTexts(model: TemplateModel): string[] {
   const out: string[] = [];
   for (const [text, id] of model.specialTokens) {
     if (model.isEndOfGeneration(id) || ['<|im_end|>', '<|endofutterance|>', '<|eot_id|>', '<end_of_turn>'].includes(text)) {

@@ -1,7 +1,8 @@
 import { endOfTurn, type EndOfTurn } from './end-of-turn.js';
 import { createHash } from 'node:crypto';
-import type { Context, GenerationResult, SamplingOptions } from '../context.js';
+import type { Context } from '../context.js';
 import { BusyError, ContextOverflowError, DecodeError } from '../errors.js';
+import { SAMPLING_OPTIONS, type GenerationResult, type SamplingOptions } from '../generation.js';
 import type { Model } from '../model.js';
 import * as v from '../validate.js';
 import { detectTemplate, type TemplateOption } from './detect.js';
@@ -43,10 +44,7 @@ export interface ChatPromptOptions extends SamplingOptions {
 }
 
 const SESSION_OPTIONS = ['systemPrompt', 'template', 'contextOverflow'] as const;
-const PROMPT_OPTIONS = [
-  'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'frequencyPenalty', 'presencePenalty',
-  'seed', 'maxTokens', 'stopStrings', 'signal',
-] as const;
+const PROMPT_OPTIONS = [...SAMPLING_OPTIONS, 'maxTokens', 'stopStrings', 'signal'] as const satisfies readonly (keyof ChatPromptOptions)[];
 
 /** What {@link ChatSession.prompt} resolves to. */
 export interface ChatAnswer {

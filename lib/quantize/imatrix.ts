@@ -75,7 +75,7 @@ async function collect(model: Model, textFile: string, out: OutputFile, contextS
   if (chunks < 1) {
     throw v.rangeError(`a text of at least contextSize (${contextSize}) tokens`, 'textFile', `${tokens.length} tokens`);
   }
-  const context = await model.createContext({ contextSize, batchSize: contextSize, threads: o.threads, collectImatrix: true } as never);
+  const context = await model.createContext({ contextSize, batchSize: contextSize, threads: o.threads, collectImatrix: true });
   try {
     const bos = model.tokens.addBos ? model.tokens.bos : null;
     for (let c = 0; c < chunks; c++) {

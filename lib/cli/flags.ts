@@ -48,8 +48,8 @@ export class Flag<K extends string, V> {
   }
 
   /** The same flag with a default, which `--help` shows; the action always receives a value. */
-  default<D extends Exclude<V, undefined>>(value: D, description?: string): Flag<K, Exclude<V, undefined>> {
-    return new Flag(this.key, () => this.make().default(value, description));
+  default<D extends Exclude<V, undefined>>(value: D): Flag<K, Exclude<V, undefined>> {
+    return new Flag(this.key, () => this.make().default(value));
   }
 
   /** The same flag with another help text, for a command where it means something narrower. */
@@ -80,6 +80,11 @@ export function stringFlag<K extends string>(key: K, flags: string, description:
 
 /** `--name <value...>`: the values given, or undefined when not given. */
 export function listFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string[] | undefined> {
+  return new Flag(key, () => new Option(flags, description));
+}
+
+/** `--name [value]`: the value; true when given without one; undefined when not given. */
+export function optionalValueFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string | true | undefined> {
   return new Flag(key, () => new Option(flags, description));
 }
 

@@ -1,18 +1,15 @@
 // huozi-gguf rpc-server: llama.cpp's ggml-rpc-server (tools/rpc) from the addon. This process is the server:
 // ggml-rpc has no way to stop it, so it runs until SIGINT/SIGTERM (or, started by startRpcServer(), until
 // its parent goes away).
-import { Option, type Command } from 'commander';
-import { addFlags, Flag, intFlag, stringFlag, threadsFlag, type FlagValues } from './flags.js';
+import type { Command } from 'commander';
+import { addFlags, intFlag, optionalValueFlag, stringFlag, threadsFlag, type FlagValues } from './flags.js';
 
 const RPC_SERVER_FLAGS = [
   stringFlag('host', '-H, --host <address>', 'IPv4 address to listen on; anything but loopback is reachable by anyone on the network').default('127.0.0.1'),
   intFlag('port', '-p, --port <n>', 'port').default(50052),
   threadsFlag.describe('threads for the CPU device (default: half the cores)'),
   // --cache alone: true (llama.cpp's folder); --cache <dir>: that folder.
-  new Flag<'cache', string | true | undefined>(
-    'cache',
-    () => new Option('-c, --cache [dir]', 'cache large tensors on disk (default folder: $LLAMA_CACHE or ~/.cache/llama.cpp, then rpc/)'),
-  ),
+  optionalValueFlag('cache', '-c, --cache [dir]', 'cache large tensors on disk (default folder: $LLAMA_CACHE or ~/.cache/llama.cpp, then rpc/)'),
   stringFlag('device', '-d, --device <names>', 'devices to serve, comma-separated (default: every GPU, else the CPU)'),
 ] as const;
 

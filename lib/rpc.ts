@@ -16,6 +16,7 @@ import { isIPv4, connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { binding, packageRoot } from './binding.js';
 import { HuoziError, ModelLoadError } from './errors.js';
+import { isLoopback } from './util/net.js';
 import * as v from './validate.js';
 
 /** llama.cpp's default port for rpc-server. */
@@ -128,10 +129,6 @@ export function defaultRpcCacheDir(): string {
   else if (process.platform === 'win32') base = join(env.LOCALAPPDATA ?? homedir(), 'llama.cpp');
   else base = join(env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'llama.cpp');
   return join(base, 'rpc');
-}
-
-export function isLoopback(host: string): boolean {
-  return /^127\./.test(host);
 }
 
 /**

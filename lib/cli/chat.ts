@@ -1,15 +1,33 @@
 // huozi-gguf chat: an interactive chat in a terminal, or a scripted one through a pipe.
-import { createInterface, type Interface } from 'node:readline';
-import { ChatSession, type ChatPromptOptions } from '../chat/session.js';
+import type { Command } from 'commander';
+// node:readline is loaded where it is used: at the top it would cost `--help` a few milliseconds.
+import type { Interface } from 'node:readline';
+import type { ChatPromptOptions, ChatSession } from '../chat/session.js';
 import type { TemplateOption } from '../chat/detect.js';
-import { cliSampling, loadCliModel, readStdin, type ModelCliOptions } from './shared.js';
+import {
+  addFlags, cliSampling, loadCliModel, maxTokensFlag, negatedFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag, type FlagValues,
+} from './flags.js';
+import { readStdin } from './stdin.js';
 
-export interface ChatCliOptions extends ModelCliOptions {
-  system?: string;
-  template: string;
-  maxTokens?: number;
-  color: boolean;
-  whole: boolean;
+const CHAT_FLAGS = [
+  stringFlag('system', '--system <text>', 'system prompt'),
+  stringFlag('template', '--template <name>', 'chat template: auto, huozi, chatml, or a Jinja file').default('auto'),
+  maxTokensFlag.describe('most tokens per answer'),
+  switchFlag('whole', '--whole', 'with piped input: send all of standard input as one message'),
+  negatedFlag('color', '--no-color', 'plain output'),
+  ...RUN_FLAGS,
+  ...SAMPLING_FLAGS,
+] as const;
+
+export type ChatCliOptions = FlagValues<typeof CHAT_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(
+    program
+      .command('chat', { isDefault: true })
+      .description("chat with a model in Huozi's format (or the GGUF's own template); pipes: one message per line"),
+    CHAT_FLAGS,
+  ).action((opts: ChatCliOptions) => chat(opts));
 }
 
 const HELP = `commands:
@@ -27,6 +45,7 @@ function templateOption(name: string): TemplateOption {
 }
 
 export async function chat(opts: ChatCliOptions): Promise<void> {
+  const { ChatSession } = await import('../chat/session.js');
   const model = await loadCliModel(opts);
   const context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
   const session = new ChatSession(context, { systemPrompt: opts.system, template: templateOption(opts.template) });
@@ -50,6 +69,7 @@ async function scripted(session: ChatSession, turn: ChatPromptOptions, whole: bo
     if (text) await answer(text);
     return;
   }
+  const { createInterface } = await import('node:readline');
   const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
   for await (const line of lines) {
     if (line.trim()) await answer(line);
@@ -62,6 +82,7 @@ async function interactive(session: ChatSession, turn: ChatPromptOptions, color:
   const user = paint('1;32');
   const answerColor = color ? '\x1b[36m' : '';
   const reset = color ? '\x1b[0m' : '';
+  const { createInterface } = await import('node:readline');
   const rl: Interface = createInterface({ input: process.stdin, output: process.stdout, terminal: true });
   let current: { stop(): void } | undefined;
   let interruptedAt = 0;

@@ -1,11 +1,25 @@
-import { cliSampling, loadCliModel, readStdin, type ModelCliOptions } from './shared.js';
+// huozi-gguf complete: a raw prompt (no chat template) in, its continuation out.
+import type { Command } from 'commander';
+import {
+  addFlags, cliSampling, listFlag, loadCliModel, maxTokensFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag, type FlagValues,
+} from './flags.js';
+import { readStdin } from './stdin.js';
 
-interface CompleteOptions extends ModelCliOptions {
-  prompt?: string;
-  maxTokens: number;
-  special: boolean;
-  stop?: string[];
-  timings: boolean;
+const COMPLETE_FLAGS = [
+  stringFlag('prompt', '-p, --prompt <text>', 'the prompt (default: read standard input)'),
+  maxTokensFlag.default(256),
+  switchFlag('special', '--special', 'parse special-token text such as <|endofutterance|> in the prompt'),
+  listFlag('stop', '--stop <text...>', 'stop strings'),
+  switchFlag('timings', '--timings', 'print speed figures to standard error'),
+  ...RUN_FLAGS,
+  ...SAMPLING_FLAGS,
+] as const;
+
+type CompleteOptions = FlagValues<typeof COMPLETE_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(program.command('complete').description('complete a raw prompt (no chat template) and print the text'), COMPLETE_FLAGS)
+    .action((opts: CompleteOptions) => complete(opts));
 }
 
 export async function complete(opts: CompleteOptions): Promise<void> {

@@ -1,4 +1,27 @@
-import { inspect, type GgufInspection } from '../gguf/inspect.js';
+// huozi-gguf inspect: what a GGUF holds, from its header alone; with --memory, what loading it would take.
+import type { Command } from 'commander';
+import type { GgufInspection } from '../gguf/inspect.js';
+import { addFlags, ctxSizeFlag, gpuLayersFlag, switchFlag, type FlagValues } from './flags.js';
+
+const INSPECT_FLAGS = [
+  switchFlag('json', '--json', 'machine-readable output'),
+  switchFlag('tensors', '--tensors', 'list every tensor'),
+  switchFlag('memory', '--memory', 'estimate memory per device (weights, KV cache, compute) without loading'),
+  gpuLayersFlag.describe('with --memory: layers on the GPU, or "max" (also -ngl)'),
+  ctxSizeFlag.describe('with --memory: context size').default(4096),
+] as const;
+
+type InspectOptions = FlagValues<typeof INSPECT_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(
+    program
+      .command('inspect')
+      .description('show what a GGUF file holds (shape, vocabulary, tensor types), reading only its header')
+      .argument('<model>', 'GGUF file'),
+    INSPECT_FLAGS,
+  ).action((path: string, opts: InspectOptions) => inspectCommand(path, opts));
+}
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -48,10 +71,7 @@ export function formatInspection(i: GgufInspection, withTensors: boolean): strin
   return `${lines.join('\n')}\n`;
 }
 
-export async function inspectCommand(
-  path: string,
-  opts: { json: boolean; tensors: boolean; memory: boolean; gpuLayers?: string; ctxSize: number },
-): Promise<void> {
+export async function inspectCommand(path: string, opts: InspectOptions): Promise<void> {
   if (opts.memory) {
     const { estimateMemory } = await import('../gpu.js');
     const gpuLayers = opts.gpuLayers === undefined || opts.gpuLayers === 'max' ? 'max' : Number(opts.gpuLayers);
@@ -69,6 +89,7 @@ export async function inspectCommand(
     process.stdout.write(`${lines.join('\n')}\n`);
     return;
   }
+  const { inspect } = await import('../gguf/inspect.js');
   const info = await inspect(path);
   if (opts.json) {
     const { tensors, ...rest } = info;

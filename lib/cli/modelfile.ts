@@ -1,6 +1,19 @@
 // huozi-gguf modelfile: an Ollama Modelfile for the same GGUF, so Ollama users can `ollama create` it.
+import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import { demoModelPath } from '../demo.js';
+import { addFlags, modelFlag, stringFlag, type FlagValues } from './flags.js';
+
+const MODELFILE_FLAGS = [
+  modelFlag.describe('GGUF model (default: the embedded demo model)'),
+  stringFlag('system', '--system <text>', 'system prompt to bake in'),
+] as const;
+
+type ModelfileOptions = FlagValues<typeof MODELFILE_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(program.command('modelfile').description("print an Ollama Modelfile for a GGUF, with Huozi's template and stop token"), MODELFILE_FLAGS)
+    .action((opts: ModelfileOptions) => modelfile(opts));
+}
 
 /**
  * Huozi's template (template.jinja) in Ollama's Go-template syntax: each message as
@@ -35,6 +48,7 @@ export function renderModelfile(modelPath: string, system?: string): string {
   return lines.join('\n');
 }
 
-export async function modelfile(opts: { model?: string; system?: string }): Promise<void> {
+export async function modelfile(opts: ModelfileOptions): Promise<void> {
+  const { demoModelPath } = await import('../demo.js');
   process.stdout.write(renderModelfile(resolve(opts.model ?? demoModelPath), opts.system));
 }

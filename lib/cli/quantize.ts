@@ -1,22 +1,40 @@
-import { quantize, quantizedSize } from '../quantize/quantize.js';
-import { QUANT_TYPES } from '../quantize/types.js';
+// huozi-gguf quantize: llama.cpp's quantizer (in a child process, lib/quantize/), and --list of its types.
+import type { Command } from 'commander';
+import { addFlags, intFlag, listFlag, stringFlag, switchFlag, type FlagValues } from './flags.js';
 import { progressBar } from './progress.js';
 
-interface QuantizeCliOptions {
-  list: boolean;
-  threads?: number;
-  imatrix?: string;
-  allowRequantize: boolean;
-  leaveOutputTensor: boolean;
-  pure: boolean;
-  outputTensorType?: string;
-  tokenEmbeddingType?: string;
-  tensorType?: string[];
+const QUANTIZE_FLAGS = [
+  switchFlag('list', '--list', 'list the types (with a model: the size each would have)'),
+  intFlag('threads', '--threads <n>', 'threads'),
+  stringFlag('imatrix', '--imatrix <file>', 'importance matrix (GGUF) from huozi-gguf imatrix or llama-imatrix'),
+  switchFlag('allowRequantize', '--allow-requantize', 'allow quantizing tensors that are already quantized'),
+  switchFlag('leaveOutputTensor', '--leave-output-tensor', 'keep output.weight unquantized'),
+  switchFlag('pure', '--pure', 'every tensor in the target type'),
+  stringFlag('outputTensorType', '--output-tensor-type <type>', 'ggml type for output.weight'),
+  stringFlag('tokenEmbeddingType', '--token-embedding-type <type>', 'ggml type for token_embd.weight'),
+  listFlag('tensorType', '--tensor-type <pattern=type...>', 'ggml type for tensors whose names match pattern'),
+] as const;
+
+type QuantizeCliOptions = FlagValues<typeof QUANTIZE_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(
+    program
+      .command('quantize')
+      .description('quantize a GGUF with llama.cpp (q4_0, q2_k, q4_k_m, ... as llama-quantize spells them)')
+      .argument('[input]', 'GGUF to quantize')
+      .argument('[output]', 'where to write the result')
+      .argument('[type]', 'target type, e.g. q4_0 (see --list)'),
+    QUANTIZE_FLAGS,
+  ).action((input: string | undefined, output: string | undefined, type: string | undefined, opts: QuantizeCliOptions) =>
+    quantizeCommand(input, output, type, opts));
 }
 
 const MiB = 2 ** 20;
 
 export async function quantizeCommand(input: string | undefined, output: string | undefined, type: string | undefined, opts: QuantizeCliOptions): Promise<void> {
+  const { quantize, quantizedSize } = await import('../quantize/quantize.js');
+  const { QUANT_TYPES } = await import('../quantize/types.js');
   if (opts.list) {
     // With a model, llama.cpp's dry run gives each type's exact size for it.
     const rows = [];
@@ -60,15 +78,4 @@ export async function quantizeCommand(input: string | undefined, output: string 
     `${r.output}: ${(r.inputBytes / MiB).toFixed(2)} MiB -> ${(r.outputBytes / MiB).toFixed(2)} MiB ` +
       `(${((r.outputBytes / r.inputBytes) * 100).toFixed(1)}%), ${r.bitsPerWeight.toFixed(2)} bits per weight, ${r.type}, ${r.seconds.toFixed(1)} s\n`,
   );
-}
-
-export async function imatrixCommand(model: string, text: string, opts: { output: string; ctxSize: number; chunks?: number; threads?: number }): Promise<void> {
-  const { loadModel } = await import('../model.js');
-  const { computeImatrix } = await import('../quantize/imatrix.js');
-  await using m = await loadModel(model);
-  const bar = progressBar('imatrix');
-  const r = await computeImatrix(m, text, opts.output, {
-    contextSize: opts.ctxSize, chunks: opts.chunks, threads: opts.threads, onProgress: (c, n) => bar.update(c, n),
-  });
-  bar.finish(`${r.entries} weights, ${r.chunks} chunks of ${opts.ctxSize} tokens -> ${r.path}`);
 }

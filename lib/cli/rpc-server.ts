@@ -1,17 +1,32 @@
 // huozi-gguf rpc-server: llama.cpp's ggml-rpc-server (tools/rpc) from the addon. This process is the server:
 // ggml-rpc has no way to stop it, so it runs until SIGINT/SIGTERM (or, started by startRpcServer(), until
 // its parent goes away).
-import { isLoopback, rpcSecurityWarning, serveRpc } from '../rpc.js';
+import type { Command } from 'commander';
+import { addFlags, intFlag, optionalValueFlag, stringFlag, threadsFlag, type FlagValues } from './flags.js';
 
-export interface RpcServerCliOptions {
-  host: string;
-  port: number;
-  threads?: number;
-  cache?: string | boolean;
-  device?: string;
+const RPC_SERVER_FLAGS = [
+  stringFlag('host', '-H, --host <address>', 'IPv4 address to listen on; anything but loopback is reachable by anyone on the network').default('127.0.0.1'),
+  intFlag('port', '-p, --port <n>', 'port').default(50052),
+  threadsFlag.describe('threads for the CPU device (default: half the cores)'),
+  // --cache alone: true (llama.cpp's folder); --cache <dir>: that folder.
+  optionalValueFlag('cache', '-c, --cache [dir]', 'cache large tensors on disk (default folder: $LLAMA_CACHE or ~/.cache/llama.cpp, then rpc/)'),
+  stringFlag('device', '-d, --device <names>', 'devices to serve, comma-separated (default: every GPU, else the CPU)'),
+] as const;
+
+export type RpcServerCliOptions = FlagValues<typeof RPC_SERVER_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(
+    program
+      .command('rpc-server')
+      .description("llama.cpp's RPC server: lend this machine's devices to loadModel({ rpcServers }) or llama.cpp's --rpc (no authentication: trusted networks only)"),
+    RPC_SERVER_FLAGS,
+  ).action((opts: RpcServerCliOptions) => rpcServerCommand(opts));
 }
 
 export async function rpcServerCommand(opts: RpcServerCliOptions): Promise<void> {
+  const { rpcSecurityWarning, serveRpc } = await import('../rpc.js');
+  const { isLoopback } = await import('../util/net.js');
   if (!isLoopback(opts.host)) process.stderr.write(`\n${rpcSecurityWarning(opts.host)}\n\n`);
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(0));
   // Started by startRpcServer(): the parent's end of the IPC channel closes when it exits, however it exits.

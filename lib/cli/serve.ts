@@ -1,40 +1,64 @@
-import { isIP } from 'node:net';
-import { createServer } from '../server/server.js';
-import { loadCliModel } from './shared.js';
+// huozi-gguf serve: the OpenAI-compatible server (lib/server/) on a model from the command line.
+import type { Command } from 'commander';
+import {
+  addFlags, ctxSizeFlag, gpuLayersFlag, intFlag, loadCliModel, modelFlag, negatedFlag, repeatableFlag, rpcFlag, stringFlag, switchFlag,
+  threadsFlag, type FlagValues,
+} from './flags.js';
 
-interface ServeOptions {
-  model?: string;
-  host: string;
-  port: number;
-  parallel: number;
-  ctxSize?: number;
-  threads?: number;
-  gpuLayers: string;
-  rpc?: string;
-  servedModelName?: string;
-  apiKey?: string;
-  chatTemplate?: string;
-  responseRole: string;
-  streamIntervalMs: number;
-  maxQueue: number;
-  web: boolean;
-  allowedHost: string[];
-  corsOrigin: string[];
-  headersTimeoutMs: number;
-  requestTimeoutMs: number;
-  keepAliveTimeoutMs: number;
-  maxConnections: number;
-  maxConnectionsPerAddress?: number;
-  quiet: boolean;
-}
+const SERVE_FLAGS = [
+  modelFlag,
+  stringFlag('host', '-H, --host <address>', 'address to listen on (loopback by default: other machines cannot connect)').default('127.0.0.1'),
+  intFlag('port', '-p, --port <n>', 'port').default(8000),
+  intFlag('parallel', '--parallel <n>', 'requests generated at once, slots (also -np)').default(4),
+  ctxSizeFlag.describe('KV cache tokens in all, shared out among the slots (default: 4096 per slot)'),
+  threadsFlag,
+  gpuLayersFlag.default('max'),
+  rpcFlag.describe('RPC servers for layers, comma-separated host:port'),
+  stringFlag('servedModelName', '--served-model-name <name>', "the model id clients use (default: the file's name)"),
+  stringFlag('apiKey', '--api-key <key>', 'require Authorization: Bearer <key> (or set HUOZI_API_KEY)'),
+  stringFlag('chatTemplate', '--chat-template <file>', 'chat template: auto, huozi, chatml, or a Jinja file (default: auto)'),
+  stringFlag('responseRole', '--response-role <role>', "role name in chat answers (Huozi's README: 助手)").default('assistant'),
+  intFlag('maxQueue', '--max-queue <n>', 'requests that may wait for a slot; beyond it, 503').default(64),
+  intFlag(
+    'streamIntervalMs',
+    '--stream-interval-ms <ms>',
+    "streaming: send new text at most every <ms> ms; 0 = one event per token (llama-server's way)",
+  ).default(16),
+  negatedFlag('web', '--no-web', 'do not serve the web chat page at /'),
+  repeatableFlag(
+    'allowedHost',
+    '--allowed-host <name>',
+    'a Host name clients use besides localhost and IP addresses (repeatable; .example.com for a domain; * = no check)',
+  ),
+  repeatableFlag('corsOrigin', '--cors-origin <origin>', 'let web pages from this origin call the API, e.g. http://localhost:3000 (repeatable; * = any)'),
+  intFlag('headersTimeoutMs', '--headers-timeout-ms <ms>', 'time a client has to send the request headers').default(20_000),
+  intFlag('requestTimeoutMs', '--request-timeout-ms <ms>', 'time a client has to send a whole request (answers may stream longer)').default(60_000),
+  intFlag('keepAliveTimeoutMs', '--keep-alive-timeout-ms <ms>', 'idle keep-alive connections are closed after this').default(5000),
+  intFlag('maxConnections', '--max-connections <n>', 'open connections in all; more get 503').default(512),
+  intFlag(
+    'maxConnectionsPerAddress',
+    '--max-connections-per-address <n>',
+    'open connections from one address; more get 503 (default: min(128, --max-connections))',
+  ),
+  switchFlag('quiet', '-q, --quiet', 'no request log'),
+] as const;
 
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+type ServeOptions = FlagValues<typeof SERVE_FLAGS>;
+
+export function register(program: Command): void {
+  addFlags(
+    program
+      .command('serve')
+      .description('an OpenAI-compatible server (chat/completions, completions, models) with parallel slots and a web chat page'),
+    SERVE_FLAGS,
+  ).action((opts: ServeOptions) => serveCommand(opts));
 }
 
 export async function serveCommand(opts: ServeOptions): Promise<void> {
   const apiKey = opts.apiKey ?? process.env.HUOZI_API_KEY;
-  const model = await loadCliModel({ ...opts, ctxSize: opts.ctxSize ?? 0, temp: 0, topK: 0, topP: 1, minP: 0, repeatPenalty: 1 });
+  const { createServer } = await import('../server/server.js');
+  const { isLoopback } = await import('../util/net.js');
+  const model = await loadCliModel(opts);
   const template = opts.chatTemplate === undefined || ['auto', 'huozi', 'chatml'].includes(opts.chatTemplate)
     ? ((opts.chatTemplate ?? 'auto') as 'auto' | 'huozi' | 'chatml')
     : { file: opts.chatTemplate };

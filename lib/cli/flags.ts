@@ -1,0 +1,177 @@
+// The command line's flags. A flag is defined once, with the type of the value commander hands the action, so a
+// command's options type is read off the list of flags it registers instead of being written out again beside
+// its handler. The flags several commands take (loading a model, the context, sampling, -o) live here; a
+// command's own flags live in its file. Only commander and types are imported: `--help` loads this file.
+import { Option, type Command } from 'commander';
+import type { Model } from '../model.js';
+import type { SamplingOptions } from '../context.js';
+
+// The parsers only turn text into numbers: ranges and their messages come from the library's validation.
+export function intArg(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new Error(`expected an integer, got "${value}"`);
+  return n;
+}
+
+export function floatArg(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new Error(`expected a number, got "${value}"`);
+  return n;
+}
+
+/** For flags that may be given more than once. */
+export function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/**
+ * One flag: `key` is the property commander stores its value under (the long name in camelCase, without `no-`)
+ * and `V` the type of that value as the action receives it (`| undefined` while the flag has no default).
+ */
+export class Flag<K extends string, V> {
+  /** Type only: what the action receives under `key`. */
+  declare readonly value: V;
+
+  constructor(
+    readonly key: K,
+    private readonly make: () => Option,
+  ) {}
+
+  /** A fresh commander Option (commander keeps parse state on it, so each command needs its own). */
+  option(): Option {
+    const option = this.make();
+    // The key is written out for the type; a typo would hand the action its value under another name.
+    if (option.attributeName() !== this.key) {
+      throw new Error(`flag ${option.flags}: commander names its value "${option.attributeName()}", not "${this.key}"`);
+    }
+    return option;
+  }
+
+  /** The same flag with a default, which `--help` shows; the action always receives a value. */
+  default<D extends Exclude<V, undefined>>(value: D): Flag<K, Exclude<V, undefined>> {
+    return new Flag(this.key, () => this.make().default(value));
+  }
+
+  /** The same flag with another help text, for a command where it means something narrower. */
+  describe(description: string): Flag<K, V> {
+    return new Flag(this.key, () => {
+      const option = this.make();
+      option.description = description;
+      return option;
+    });
+  }
+}
+
+type AnyFlag = Flag<string, unknown>;
+
+/** The options object an action receives from a list of flags. */
+export type FlagValues<F extends readonly AnyFlag[]> = { [E in F[number] as E['key']]: E['value'] };
+
+/** Registers the flags on a command, in order (the order `--help` lists them in). */
+export function addFlags(command: Command, flags: readonly AnyFlag[]): Command {
+  for (const f of flags) command.addOption(f.option());
+  return command;
+}
+
+/** `--name <value>`: a string, or undefined when not given. */
+export function stringFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string | undefined> {
+  return new Flag(key, () => new Option(flags, description));
+}
+
+/** `--name <value...>`: the values given, or undefined when not given. */
+export function listFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string[] | undefined> {
+  return new Flag(key, () => new Option(flags, description));
+}
+
+/** `--name [value]`: the value; true when given without one; undefined when not given. */
+export function optionalValueFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string | true | undefined> {
+  return new Flag(key, () => new Option(flags, description));
+}
+
+/** A flag that may be given more than once: every value, in order ([] when not given). */
+export function repeatableFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string[]> {
+  return new Flag(key, () => new Option(flags, description).argParser(collect).default([]));
+}
+
+export function intFlag<K extends string>(key: K, flags: string, description: string): Flag<K, number | undefined> {
+  return new Flag(key, () => new Option(flags, description).argParser(intArg));
+}
+
+export function floatFlag<K extends string>(key: K, flags: string, description: string): Flag<K, number | undefined> {
+  return new Flag(key, () => new Option(flags, description).argParser(floatArg));
+}
+
+/** `--name`: true when given, else false (shown as the default). */
+export function switchFlag<K extends string>(key: K, flags: string, description: string): Flag<K, boolean> {
+  return new Flag(key, () => new Option(flags, description).default(false));
+}
+
+/** `--no-name`: false when given, else true (commander's negation; `key` is `name`). */
+export function negatedFlag<K extends string>(key: K, flags: string, description: string): Flag<K, boolean> {
+  return new Flag(key, () => new Option(flags, description));
+}
+
+/** A flag the command cannot run without: commander refuses the command line when it is missing. */
+export function requiredFlag<K extends string>(key: K, flags: string, description: string): Flag<K, string> {
+  return new Flag(key, () => new Option(flags, description).makeOptionMandatory());
+}
+
+// Loading a model: chat, complete and serve (modelfile names the model only; inspect --memory places layers).
+export const modelFlag = stringFlag('model', '-m, --model <file>', 'GGUF model (default: the embedded huozi-tiny demo model)');
+export const gpuLayersFlag = stringFlag('gpuLayers', '--ngl, --gpu-layers <n>', 'layers to offload to the GPU, or "max" (also -ngl)');
+export const rpcFlag = stringFlag(
+  'rpc',
+  '--rpc <servers>',
+  'RPC servers for layers, comma-separated host:port (huozi-gguf rpc-server; llama.cpp --rpc)',
+);
+/** The flags loadCliModel() reads; every command that loads a model registers them. */
+export type ModelFlags = FlagValues<[typeof modelFlag, Flag<'gpuLayers', string>, typeof rpcFlag]>;
+
+// The context: its size (each command says what it sizes) and the CPU threads that run it.
+export const ctxSizeFlag = intFlag('ctxSize', '-c, --ctx-size <n>', 'context size in tokens');
+export const threadsFlag = intFlag('threads', '-t, --threads <n>', 'CPU threads (default: available cores)');
+
+/** chat and complete: a model and a context on it; -c 2048 as Huozi's README runs it. */
+export const RUN_FLAGS = [modelFlag, ctxSizeFlag.default(2048), threadsFlag, gpuLayersFlag.default('max'), rpcFlag] as const;
+export type RunFlags = FlagValues<typeof RUN_FLAGS>;
+
+export const maxTokensFlag = intFlag('maxTokens', '-n, --max-tokens <n>', 'most tokens to generate');
+export const seedFlag = intFlag('seed', '--seed <n>', 'random seed');
+
+/** Sampling, with Huozi's README settings as defaults (not the library's: temperature 0.8, repeat penalty 1). */
+export const SAMPLING_FLAGS = [
+  floatFlag('temp', '--temp <x>', 'temperature (0 = greedy)').default(0.2),
+  intFlag('topK', '--top-k <n>', 'top-k sampling').default(40),
+  floatFlag('topP', '--top-p <x>', 'top-p sampling').default(0.95),
+  floatFlag('minP', '--min-p <x>', 'min-p sampling').default(0.05),
+  floatFlag('repeatPenalty', '--repeat-penalty <x>', 'repetition penalty').default(1.1),
+  seedFlag,
+] as const;
+export type SamplingFlags = FlagValues<typeof SAMPLING_FLAGS>;
+
+/** Commands that write a file (convert, imatrix, synth); the file is checked before any work (lib/util/output.ts). */
+export const outputFlag = requiredFlag('output', '-o, --output <file>', 'where to write the GGUF');
+
+/** The model -m names (the demo model when none), loaded with --ngl and --rpc. */
+export async function loadCliModel(opts: ModelFlags): Promise<Model> {
+  const { demoModelPath } = await import('../demo.js');
+  const { loadModel } = await import('../model.js');
+  const path = opts.model ?? demoModelPath;
+  if (!opts.model) {
+    process.stderr.write('note: no -m given; using the embedded demo model huozi-tiny (6.6M parameters, q4_0)\n');
+  }
+  const gpuLayers = opts.gpuLayers === 'max' ? 'max' : Number(opts.gpuLayers);
+  const rpcServers = opts.rpc?.split(',').map((s) => s.trim()).filter(Boolean);
+  return loadModel(path, { gpuLayers, ...(rpcServers?.length ? { rpcServers } : {}) });
+}
+
+export function cliSampling(opts: SamplingFlags): SamplingOptions {
+  return {
+    temperature: opts.temp,
+    topK: opts.topK,
+    topP: opts.topP,
+    minP: opts.minP,
+    repeatPenalty: opts.repeatPenalty,
+    ...(opts.seed === undefined ? {} : { seed: opts.seed }),
+  };
+}

@@ -7,9 +7,6 @@ import { memoryUse, type DeviceMemoryUse } from './memory.js';
 import type { Model } from './model.js';
 import * as v from './validate.js';
 
-// For lib/cli/shared.ts and lib/server/server.ts, which import these from here until they import lib/generation.ts.
-export type { GenerationResult, SamplingOptions, StopReason } from './generation.js';
-
 /** Options of {@link Context.evaluate}. */
 export interface EvaluateOptions {
   /**

@@ -8,9 +8,6 @@ import { Lifecycle, nativeModel } from './lifecycle.js';
 import { memoryUse, type DeviceMemoryUse } from './memory.js';
 import type { Model } from './model.js';
 
-// For lib/server/server.ts, which imports these from here until it imports lib/context-options.ts.
-export { PARALLEL_CONTEXT_OPTIONS, type ParallelContextOptions } from './context-options.js';
-
 /**
  * Options of {@link ParallelContext.generate}: those of Context.generate. `reuseCache` (default true) starts from
  * the slot's cached prefix; false evaluates the whole prompt, so that the same request gives bit-identical

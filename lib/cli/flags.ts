@@ -4,7 +4,7 @@
 // command's own flags live in its file. Only commander and types are imported: `--help` loads this file.
 import { Option, type Command } from 'commander';
 import type { Model } from '../model.js';
-import type { SamplingOptions } from '../context.js';
+import type { SamplingOptions } from '../generation.js';
 
 // The parsers only turn text into numbers: ranges and their messages come from the library's validation.
 export function intArg(value: string): number {

@@ -3,7 +3,7 @@
 // names and id prefixes); each endpoint kind is one object here behind the same interface, so that the code
 // streaming a generation never asks which endpoint it serves.
 import { randomBytes } from 'node:crypto';
-import type { GenerationResult, StopReason } from '../context.js';
+import type { GenerationResult, StopReason } from '../generation.js';
 
 /** OpenAI's `usage`, with the prompt tokens a slot's cache held as `cached_tokens`. */
 export interface Usage {

@@ -1,5 +1,5 @@
 // Sampling parameters copied from JS before a generation is queued, and the llama_sampler chain built
-// from them on the worker thread.
+// from them on the thread that generates (the context's own thread, or a ParallelContext's loop).
 #pragma once
 #include <napi.h>
 

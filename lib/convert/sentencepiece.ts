@@ -1,204 +1,175 @@
-// SentencePiece's tokenizer.model without the sentencepiece library: a small schema-driven protobuf (proto2
-// wire format) decoder and the part of sentencepiece_model.proto a converter needs. Unknown fields are
-// skipped by wire type, as protobuf does, so models from newer trainers still read; a malformed or truncated
-// file gets a ConvertError that says where.
+// SentencePiece's tokenizer.model without the sentencepiece library: upstream's sentencepiece_model.proto (proto2,
+// next to this file) compiled by protoc-gen-es into sentencepiece_model_pb.ts, and decoded by @bufbuild/protobuf.
+// To regenerate after updating the .proto (from lib/convert/, with @bufbuild/buf and @bufbuild/protoc-gen-es of
+// the same version as @bufbuild/protobuf on PATH):
+//   buf generate . --path sentencepiece_model.proto \
+//     --template '{"version":"v2","plugins":[{"local":"protoc-gen-es","out":".","opt":["target=ts","import_extension=js"]}]}'
+//
+// The library decodes well-formed files, but it trusts the framing of a hostile one: a field with the wrong wire
+// type is read as if it had the right one, a length with bits above 32 is cut to its low 32 bits, a sub-message
+// may run past its parent, and proto2 strings that are not UTF-8 become U+FFFD. So WireChecker walks the file
+// first with the library's reader and the generated descriptors, and a malformed or truncated file gets a
+// ConvertError that says where instead of a garbled vocabulary. Unknown fields are skipped by wire type, as
+// protobuf does, so models from newer trainers still read.
+import { isUtf8 } from 'node:buffer';
+import { create, fromBinary, isFieldSet, ScalarType, type DescField, type DescMessage, type Message } from '@bufbuild/protobuf';
+import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
 import { ConvertError } from './error.js';
+import {
+  ModelProto_SentencePiece_Type as PieceType,
+  ModelProto_SentencePieceSchema,
+  ModelProtoSchema,
+  NormalizerSpecSchema,
+  TrainerSpec_ModelType as SentencePieceModelType,
+  TrainerSpecSchema,
+  type ModelProto,
+} from './sentencepiece_model_pb.js';
 
-type Scalar = 'string' | 'bytes' | 'float' | 'int32' | 'bool' | 'enum';
+/** SentencePiece.Type and TrainerSpec.ModelType, as sentencepiece_model.proto declares them. */
+export { PieceType, SentencePieceModelType };
 
-interface Field {
-  name: string;
-  type: Scalar | Schema;
-  repeated?: boolean;
+/**
+ * The strings this module hands on, which end up as GGUF strings: they must be valid UTF-8. proto2 does not ask
+ * that of a string field, and the others (corpus paths and the like) are never read, so they may be anything.
+ */
+const UTF8_CHECKED: ReadonlySet<DescField> = new Set([
+  ModelProto_SentencePieceSchema.field.piece,
+  TrainerSpecSchema.field.unkPiece,
+  TrainerSpecSchema.field.bosPiece,
+  TrainerSpecSchema.field.eosPiece,
+  TrainerSpecSchema.field.padPiece,
+  NormalizerSpecSchema.field.name,
+]);
+
+function scalarWireType(scalar: ScalarType): WireType {
+  switch (scalar) {
+    case ScalarType.STRING:
+    case ScalarType.BYTES:
+      return WireType.LengthDelimited;
+    case ScalarType.FLOAT:
+    case ScalarType.FIXED32:
+    case ScalarType.SFIXED32:
+      return WireType.Bit32;
+    case ScalarType.DOUBLE:
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return WireType.Bit64;
+    default:
+      return WireType.Varint;
+  }
 }
 
-/** Field number → field. */
-interface Schema {
-  readonly name: string;
-  readonly fields: Readonly<Record<number, Field>>;
+/** The wire type a field is written with (a packed repeated number is length-delimited as well). */
+function wireTypeOf(field: DescField): WireType {
+  switch (field.fieldKind) {
+    case 'scalar':
+      return scalarWireType(field.scalar);
+    case 'enum':
+      return WireType.Varint;
+    case 'list':
+      return field.listKind === 'scalar' ? scalarWireType(field.scalar) : field.listKind === 'enum' ? WireType.Varint : WireType.LengthDelimited;
+    default:
+      return WireType.LengthDelimited;
+  }
 }
 
-type Decoded = Record<string, unknown>;
+const fieldsByNumber = new WeakMap<DescMessage, Map<number, DescField>>();
+function fieldByNumber(desc: DescMessage, no: number): DescField | undefined {
+  let fields = fieldsByNumber.get(desc);
+  if (!fields) fieldsByNumber.set(desc, (fields = new Map(desc.fields.map((f) => [f.number, f]))));
+  return fields.get(no);
+}
 
-const WIRE_VARINT = 0;
-const WIRE_FIXED64 = 1;
-const WIRE_LEN = 2;
-const WIRE_FIXED32 = 5;
-
-const WIRE_OF: Record<Scalar, number> = {
-  string: WIRE_LEN, bytes: WIRE_LEN, float: WIRE_FIXED32, int32: WIRE_VARINT, bool: WIRE_VARINT, enum: WIRE_VARINT,
-};
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
-class Reader {
-  pos: number;
+/** Walks the wire format against the schema without building anything; throws where it is malformed. */
+class WireChecker {
+  private readonly r: BinaryReader;
   constructor(
-    readonly buf: Uint8Array,
-    start: number,
-    readonly end: number,
-    readonly file: string,
+    private readonly bytes: Uint8Array,
+    private readonly file: string,
   ) {
-    this.pos = start;
+    this.r = new BinaryReader(bytes);
   }
 
-  fail(what: string): never {
-    throw new ConvertError(`${this.file} is not a valid SentencePiece model: ${what} (at byte ${this.pos})`, this.file);
+  private fail(what: string, at = this.r.pos): never {
+    throw new ConvertError(`${this.file} is not a valid SentencePiece model: ${what} (at byte ${at})`, this.file);
   }
 
-  /** A varint's low 32 bits (as an unsigned number) and whether any higher bit is set. */
-  varint(): { lo: number; high: boolean } {
-    let lo = 0;
-    let high = false;
-    for (let i = 0; i < 10; i++) {
-      if (this.pos >= this.end) this.fail('it ends inside a number');
-      const b = this.buf[this.pos++];
-      if (i < 4) lo |= (b & 0x7f) << (7 * i);
-      else if (i === 4) {
-        lo |= (b & 0x0f) << 28;
-        if (b & 0x70) high = true;
-      } else if (b & 0x7f) high = true;
-      if ((b & 0x80) === 0) return { lo: lo >>> 0, high };
+  /** A varint that ends by `end`, and whether it has bits above the low 32, which the reader drops. */
+  private varint(end: number): { value: number; high: boolean } {
+    const start = this.r.pos;
+    let value = 0;
+    try {
+      value = this.r.uint32();
+    } catch (e) {
+      // the reader throws a RangeError past the end of the buffer, an Error for an 11th byte
+      this.fail(e instanceof RangeError ? 'it ends inside a number' : 'a number is longer than 10 bytes', start);
     }
-    this.fail('a number is longer than 10 bytes');
+    if (this.r.pos > end) this.fail('it ends inside a number', start);
+    let high = this.r.pos - start >= 5 && (this.bytes[start + 4]! & 0x70) !== 0;
+    for (let i = start + 5; i < this.r.pos && !high; i++) high = (this.bytes[i]! & 0x7f) !== 0;
+    return { value, high };
   }
 
-  length(): number {
-    const { lo, high } = this.varint();
-    if (high || lo > this.end - this.pos) this.fail(`a field claims ${high ? 'more than 4 GiB' : `${lo} bytes`} but ${this.end - this.pos} remain`);
-    return lo;
+  private length(end: number): number {
+    const { value, high } = this.varint(end);
+    const left = end - this.r.pos;
+    if (high || value > left) this.fail(`a field claims ${high ? 'more than 4 GiB' : `${value} bytes`} but ${left} remain`);
+    return value;
   }
 
-  skip(wire: number): void {
-    switch (wire) {
-      case WIRE_VARINT: this.varint(); return;
-      case WIRE_FIXED64: this.advance(8); return;
-      case WIRE_LEN: this.advance(this.length()); return;
-      case WIRE_FIXED32: this.advance(4); return;
-      default: this.fail(`wire type ${wire} (groups are not used by sentencepiece_model.proto)`);
-    }
+  private advance(n: number, end: number): void {
+    if (n > end - this.r.pos) this.fail('it ends inside a field');
+    this.r.pos += n;
   }
 
-  advance(n: number): void {
-    if (n > this.end - this.pos) this.fail('it ends inside a field');
-    this.pos += n;
-  }
-}
-
-function decodeMessage(r: Reader, schema: Schema): Decoded {
-  const out: Decoded = {};
-  for (const f of Object.values(schema.fields)) if (f.repeated) out[f.name] = [];
-  while (r.pos < r.end) {
-    const key = r.varint();
-    const number = key.lo >>> 3;
-    const wire = key.lo & 7;
-    if (key.high || number === 0) r.fail(`a bad field key in ${schema.name}`);
-    const field = schema.fields[number];
-    if (!field) {
-      r.skip(wire);
-      continue;
-    }
-    const expected = typeof field.type === 'string' ? WIRE_OF[field.type] : WIRE_LEN;
-    if (wire !== expected) r.fail(`${schema.name}.${field.name} has wire type ${wire}, expected ${expected}`);
-    let value: unknown;
-    if (typeof field.type !== 'string') {
-      const n = r.length();
-      value = decodeMessage(new Reader(r.buf, r.pos, r.pos + n, r.file), field.type);
-      r.pos += n;
-    } else {
-      switch (field.type) {
-        case 'string': {
-          const n = r.length();
-          try {
-            value = utf8.decode(r.buf.subarray(r.pos, r.pos + n));
-          } catch {
-            r.fail(`${schema.name}.${field.name} is not valid UTF-8`);
-          }
+  message(desc: DescMessage, end: number): void {
+    const r = this.r;
+    while (r.pos < end) {
+      const at = r.pos;
+      let no: number;
+      let wire: WireType;
+      try {
+        [no, wire] = r.tag();
+      } catch (e) {
+        this.fail(e instanceof RangeError ? 'it ends inside a number' : `a bad field key in ${desc.name}`, at);
+      }
+      if (r.pos > end) this.fail('it ends inside a number', at);
+      const field = fieldByNumber(desc, no);
+      if (field) {
+        const expected = wireTypeOf(field);
+        const packed = field.fieldKind === 'list' && field.listKind !== 'message' && expected !== WireType.LengthDelimited;
+        if (wire !== expected && !(packed && wire === WireType.LengthDelimited)) {
+          this.fail(`${desc.name}.${field.name} has wire type ${wire}, expected ${expected}`);
+        }
+        const sub = field.fieldKind === 'message' || (field.fieldKind === 'list' && field.listKind === 'message') ? field.message : undefined;
+        if (sub) {
+          const n = this.length(end);
+          this.message(sub, r.pos + n);
+          continue;
+        }
+        if (wire === WireType.LengthDelimited && UTF8_CHECKED.has(field)) {
+          const n = this.length(end);
+          if (!isUtf8(this.bytes.subarray(r.pos, r.pos + n))) this.fail(`${desc.name}.${field.name} is not valid UTF-8`);
           r.pos += n;
-          break;
-        }
-        case 'bytes': {
-          const n = r.length();
-          value = r.buf.slice(r.pos, r.pos + n);
-          r.pos += n;
-          break;
-        }
-        case 'float': {
-          r.advance(4);
-          value = new DataView(r.buf.buffer, r.buf.byteOffset).getFloat32(r.pos - 4, true);
-          break;
-        }
-        case 'int32':
-        case 'enum':
-          // negative int32 values are sign-extended to 64 bits on the wire; the low 32 bits carry them
-          value = r.varint().lo | 0;
-          break;
-        case 'bool': {
-          const v = r.varint();
-          value = v.lo !== 0 || v.high;
-          break;
+          continue;
         }
       }
+      switch (wire) {
+        case WireType.Varint: this.varint(end); break;
+        case WireType.Bit64: this.advance(8, end); break;
+        case WireType.LengthDelimited: this.advance(this.length(end), end); break;
+        case WireType.Bit32: this.advance(4, end); break;
+        default: this.fail(`wire type ${wire} (groups are not used by sentencepiece_model.proto)`);
+      }
     }
-    if (field.repeated) (out[field.name] as unknown[]).push(value);
-    else out[field.name] = value; // proto2: the last occurrence wins
   }
-  return out;
 }
 
-/** SentencePiece.Type. */
-export enum PieceType {
-  NORMAL = 1, UNKNOWN = 2, CONTROL = 3, USER_DEFINED = 4, UNUSED = 5, BYTE = 6,
+/** The last value of `field` that the closed enum did not know (proto2 keeps those as unknown fields). */
+function unknownEnumValue(message: Message, field: DescField): number | undefined {
+  const u = message.$unknown?.findLast((f) => f.no === field.number);
+  return u && new BinaryReader(u.data).int32();
 }
-
-/** TrainerSpec.ModelType. */
-export enum SentencePieceModelType {
-  UNIGRAM = 1, BPE = 2, WORD = 3, CHAR = 4,
-}
-
-const PIECE: Schema = {
-  name: 'SentencePiece',
-  fields: { 1: { name: 'piece', type: 'string' }, 2: { name: 'score', type: 'float' }, 3: { name: 'type', type: 'enum' } },
-};
-
-const TRAINER_SPEC: Schema = {
-  name: 'TrainerSpec',
-  fields: {
-    3: { name: 'model_type', type: 'enum' },
-    4: { name: 'vocab_size', type: 'int32' },
-    24: { name: 'treat_whitespace_as_suffix', type: 'bool' },
-    35: { name: 'byte_fallback', type: 'bool' },
-    40: { name: 'unk_id', type: 'int32' },
-    41: { name: 'bos_id', type: 'int32' },
-    42: { name: 'eos_id', type: 'int32' },
-    43: { name: 'pad_id', type: 'int32' },
-    45: { name: 'unk_piece', type: 'string' },
-    46: { name: 'bos_piece', type: 'string' },
-    47: { name: 'eos_piece', type: 'string' },
-    48: { name: 'pad_piece', type: 'string' },
-  },
-};
-
-const NORMALIZER_SPEC: Schema = {
-  name: 'NormalizerSpec',
-  fields: {
-    1: { name: 'name', type: 'string' },
-    2: { name: 'precompiled_charsmap', type: 'bytes' },
-    3: { name: 'add_dummy_prefix', type: 'bool' },
-    4: { name: 'remove_extra_whitespaces', type: 'bool' },
-    5: { name: 'escape_whitespaces', type: 'bool' },
-  },
-};
-
-const MODEL_PROTO: Schema = {
-  name: 'ModelProto',
-  fields: {
-    1: { name: 'pieces', type: PIECE, repeated: true },
-    2: { name: 'trainer_spec', type: TRAINER_SPEC },
-    3: { name: 'normalizer_spec', type: NORMALIZER_SPEC },
-    5: { name: 'denormalizer_spec', type: NORMALIZER_SPEC },
-  },
-};
 
 export interface SentencePiece {
   piece: string;
@@ -234,39 +205,47 @@ export interface SentencePieceModel {
 
 /** Decodes a tokenizer.model (`file` names it in errors). Defaults are sentencepiece_model.proto's. */
 export function parseSentencePieceModel(bytes: Uint8Array, file = 'tokenizer.model'): SentencePieceModel {
-  const m = decodeMessage(new Reader(bytes, 0, bytes.length, file), MODEL_PROTO);
-  const rawPieces = m.pieces as Decoded[];
-  if (rawPieces.length === 0) throw new ConvertError(`${file} is not a valid SentencePiece model: it has no pieces`, file);
-  const pieces = rawPieces.map((p, i): SentencePiece => {
-    if (typeof p.piece !== 'string') throw new ConvertError(`${file}: piece ${i} has no text`, file);
-    const type = (p.type as number | undefined) ?? PieceType.NORMAL;
-    if (!(type in PieceType)) throw new ConvertError(`${file}: piece ${i} ("${p.piece}") has the unknown type ${type}`, file);
-    return { piece: p.piece, score: (p.score as number | undefined) ?? 0, type };
+  new WireChecker(bytes, file).message(ModelProtoSchema, bytes.length);
+  let m: ModelProto;
+  try {
+    m = fromBinary(ModelProtoSchema, bytes);
+  } catch (e) {
+    // not expected after the walk; still a ConvertError rather than the library's own
+    throw new ConvertError(`${file} is not a valid SentencePiece model: ${(e as Error).message}`, file, { cause: e });
+  }
+  if (m.pieces.length === 0) throw new ConvertError(`${file} is not a valid SentencePiece model: it has no pieces`, file);
+  const { piece: pieceField, type: typeField } = ModelProto_SentencePieceSchema.field;
+  const pieces = m.pieces.map((p, i): SentencePiece => {
+    if (!isFieldSet(p, pieceField)) throw new ConvertError(`${file}: piece ${i} has no text`, file);
+    const unknownType = unknownEnumValue(p, typeField);
+    if (unknownType !== undefined) throw new ConvertError(`${file}: piece ${i} ("${p.piece}") has the unknown type ${unknownType}`, file);
+    return { piece: p.piece, score: p.score, type: p.type };
   });
-  const t = (m.trainer_spec ?? {}) as Decoded;
-  const n = (m.normalizer_spec ?? {}) as Decoded;
+  const t = m.trainerSpec ?? create(TrainerSpecSchema);
+  const n = m.normalizerSpec ?? create(NormalizerSpecSchema);
   return {
     pieces,
     trainer: {
-      modelType: (t.model_type as number | undefined) ?? SentencePieceModelType.UNIGRAM,
-      vocabSize: t.vocab_size as number | undefined,
-      byteFallback: (t.byte_fallback as boolean | undefined) ?? false,
-      treatWhitespaceAsSuffix: (t.treat_whitespace_as_suffix as boolean | undefined) ?? false,
-      unkId: (t.unk_id as number | undefined) ?? 0,
-      bosId: (t.bos_id as number | undefined) ?? 1,
-      eosId: (t.eos_id as number | undefined) ?? 2,
-      padId: (t.pad_id as number | undefined) ?? -1,
-      unkPiece: (t.unk_piece as string | undefined) ?? '<unk>',
-      bosPiece: (t.bos_piece as string | undefined) ?? '<s>',
-      eosPiece: (t.eos_piece as string | undefined) ?? '</s>',
-      padPiece: (t.pad_piece as string | undefined) ?? '<pad>',
+      // an unknown model type is passed on as it is: the vocabulary does not depend on it
+      modelType: unknownEnumValue(t, TrainerSpecSchema.field.modelType) ?? t.modelType,
+      vocabSize: isFieldSet(t, TrainerSpecSchema.field.vocabSize) ? t.vocabSize : undefined,
+      byteFallback: t.byteFallback,
+      treatWhitespaceAsSuffix: t.treatWhitespaceAsSuffix,
+      unkId: t.unkId,
+      bosId: t.bosId,
+      eosId: t.eosId,
+      padId: t.padId,
+      unkPiece: t.unkPiece,
+      bosPiece: t.bosPiece,
+      eosPiece: t.eosPiece,
+      padPiece: t.padPiece,
     },
     normalizer: {
-      name: n.name as string | undefined,
-      addDummyPrefix: (n.add_dummy_prefix as boolean | undefined) ?? true,
-      removeExtraWhitespaces: (n.remove_extra_whitespaces as boolean | undefined) ?? true,
-      escapeWhitespaces: (n.escape_whitespaces as boolean | undefined) ?? true,
-      precompiledCharsmapBytes: ((n.precompiled_charsmap as Uint8Array | undefined) ?? new Uint8Array()).length,
+      name: isFieldSet(n, NormalizerSpecSchema.field.name) ? n.name : undefined,
+      addDummyPrefix: n.addDummyPrefix,
+      removeExtraWhitespaces: n.removeExtraWhitespaces,
+      escapeWhitespaces: n.escapeWhitespaces,
+      precompiledCharsmapBytes: n.precompiledCharsmap.length,
     },
   };
 }

@@ -77,5 +77,42 @@ describe('SentencePiece model decoding', () => {
     rejects([...key(5, 3)], /wire type 3/);
     rejects([], /it has no pieces/);
     rejects([...Buffer.from('not a model at all, just text')], /not a valid SentencePiece model/);
+    // a length with a bit above 32 set, which a uint32 read would cut to 1
+    rejects([...key(1, 2), 0x81, 0x80, 0x80, 0x80, 0x10, ...str(1, 'a')], /claims more than 4 GiB/);
+    // every field of the schema has its wire type checked, not only those read: the decoder would misread the rest
+    rejects([...piece('a', 0), ...len(2, int(10, 1))], /TrainerSpec\.character_coverage has wire type 0, expected 5/);
+    rejects([...len(1, [...str(1, 'a'), ...int(3, 9)])], /piece 0 \("a"\) has the unknown type 9/);
+  });
+
+  it('reads as protobuf does: U+FEFF is text, a repeated sub-message merges, unread strings need not be UTF-8', () => {
+    const m = parseSentencePieceModel(Uint8Array.from([
+      ...piece('\uFEFF▁a', -2),
+      ...len(2, [...int(41, 7), ...key(1, 2), 2, 0xff, 0xfe]), // bos_id, and a corpus path (input) that is not UTF-8
+      ...len(2, int(42, 9)),
+    ]));
+    expect(m.pieces).toEqual([{ piece: '\uFEFF▁a', score: -2, type: PieceType.NORMAL }]);
+    expect(m.trainer).toMatchObject({ bosId: 7, eosId: 9 });
+  });
+
+  it('gives a model or a ConvertError for any corruption of the fixture, never another error', () => {
+    const good = readFileSync(join(fixtureDir, 'hf', 'tokenizer.model'));
+    let seed = 1;
+    const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+    const outcomes = { parsed: 0, rejected: 0 };
+    for (let i = 0; i < 1000; i++) {
+      let bytes = Uint8Array.from(good);
+      if (i % 3 === 0) bytes = bytes.subarray(0, rand(bytes.length));
+      else if (i % 3 === 1) for (let k = 0; k < 1 + rand(4); k++) bytes[rand(bytes.length)] = rand(256);
+      else bytes[rand(bytes.length)] ^= 1 << rand(8);
+      try {
+        parseSentencePieceModel(bytes, 'x.model');
+        outcomes.parsed++;
+      } catch (e) {
+        if (!(e instanceof ConvertError)) throw new Error(`case ${i}: ${String(e)}`, { cause: e });
+        outcomes.rejected++;
+      }
+    }
+    expect(outcomes.parsed).toBeGreaterThan(0);
+    expect(outcomes.rejected).toBeGreaterThan(0);
   });
 });

@@ -162,7 +162,11 @@ export interface NativeModel {
     params: NativeContextParams & { parallel: number; unifiedCache: boolean },
     onEvents: (events: NativeEvent[]) => void,
   ): Promise<NativeParallelContext>;
-  dispose(): void;
+  /**
+   * Throws ERR_HUOZI_BUSY while contexts live; otherwise drops the model's reference to its weights and resolves
+   * once they are freed (on the libuv pool: unmapping a large file or freeing GPU buffers takes seconds).
+   */
+  dispose(): Promise<void>;
   readonly disposed: boolean;
 }
 

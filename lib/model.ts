@@ -129,7 +129,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     const native = await handle.promise;
     done = true;
     if (callbackError !== undefined) {
-      native.dispose();
+      await native.dispose();
       throw callbackError;
     }
     const model = new Model(native, fullPath, gpuPlan, watch);
@@ -341,12 +341,14 @@ export class Model {
   async dispose(): Promise<void> {
     await this.#life.dispose(
       (native) => {
-        native.dispose();
+        const freed = native.dispose();
         if (this.#identity) {
           identityCloser.unregister(this);
           closeIdentity(this.#identity);
           this.#identity = undefined;
         }
+        // dispose() resolves once the weights are freed: RAM and VRAM are back before the next model loads.
+        return freed;
       },
       // Tokenizations on worker threads hold the model; they are short (linear in their text).
       async () => {

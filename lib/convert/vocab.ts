@@ -6,7 +6,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConvertError } from './error.js';
 import { isFile, readJsonFile, type Json } from './hf.js';
-import { parseSentencePieceModel, PieceType, type SentencePieceModel } from './sentencepiece.js';
+import type { SentencePieceModel } from './sentencepiece.js';
 
 /** llama.cpp's token types (gguf-py's TokenType, SentencePieceTokenTypes). */
 export enum TokenType {
@@ -244,6 +244,8 @@ export async function readVocabulary(dir: string, vocabSize: number | undefined)
       spFile,
     );
   }
+  // sentencepiece.js loads @bufbuild/protobuf (~50 ms): a conversion needs it, `import 'huozi-gguf'` does not.
+  const { parseSentencePieceModel, PieceType } = await import('./sentencepiece.js');
   const model = parseSentencePieceModel(await readFile(spFile), spFile);
   const n = vocabSize || model.pieces.length;
 

@@ -136,6 +136,10 @@ class Worker {
   close() {
     this.proc.stdin.end();
   }
+  /** Ends a worker that is replaced: one that reported a case over the RSS bound is still alive, waiting for input. */
+  retire() {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL');
+  }
 }
 
 const FAILURES = ['unexpected', 'signal', 'timeout', 'exit', 'rss'];
@@ -171,7 +175,12 @@ async function runTarget(name) {
         copyFileSync(path, join(values['keep-failures'], `${name}-case-${i}-seed-${seed}${path.match(/\.[a-z]+$/)?.[0] ?? ''}`));
       }
       // A worker that reported an unexpected error is still alive; one that died, hung or grew is replaced.
-      if (outcome.result !== 'unexpected') worker = new Worker(targetPath);
+      // (A case can finish before the RSS watch sees its peak: the worker then answered, is alive, and must be ended
+      // here, or its open pipes keep this process from exiting.)
+      if (outcome.result !== 'unexpected') {
+        worker.retire();
+        worker = new Worker(targetPath);
+      }
     }
     if ((i + 1) % 1000 === 0 && !values.json) {
       process.stderr.write(`${name}: ${i + 1}/${cases} cases, ${((Date.now() - started) / 1000).toFixed(0)} s, peak RSS ${peakRssMb.toFixed(0)} MiB: ${JSON.stringify(tally)}\n`);

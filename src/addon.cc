@@ -23,6 +23,7 @@ namespace huozi {
 Napi::Value Quantize(const Napi::CallbackInfo &info);
 void RegisterFit(Napi::Env env, Napi::Object exports);
 void RegisterRpc(Napi::Env env, Napi::Object exports);
+void RegisterGrammar(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -174,6 +175,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("quantize", Napi::Function::New(env, Quantize));
   RegisterFit(env, exports);
   RegisterRpc(env, exports);
+  RegisterGrammar(env, exports);
   return exports;
 }
 

@@ -19,6 +19,7 @@ constexpr const char *kAborted = "ERR_HUOZI_ABORTED";
 constexpr const char *kDisposed = "ERR_HUOZI_DISPOSED";
 constexpr const char *kBusy = "ERR_HUOZI_BUSY";
 constexpr const char *kQuantize = "ERR_HUOZI_QUANTIZE";
+constexpr const char *kGrammar = "ERR_HUOZI_GRAMMAR";
 }  // namespace code
 
 // The message of the exception being handled (inside a catch): what a thread reports instead of letting an

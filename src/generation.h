@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "sampler.h"
 #include "text_stream.h"
 #include "tokens.h"
 
@@ -65,8 +66,10 @@ struct GenerationResult {
   size_t evaluated_tokens = 0;
   double prompt_ms = 0;
   double generate_ms = 0;
+  bool has_logprobs = false;          // the caller asked for logprobs
+  std::vector<TokenLogprob> logprobs;  // one per token in `tokens`
 
-  Napi::Object ToJs(Napi::Env env) const {
+  Napi::Object ToJs(Napi::Env env, const llama_vocab *vocab) const {
     Napi::Object out = Napi::Object::New(env);
     Napi::Int32Array ids = Napi::Int32Array::New(env, tokens.size());
     std::copy(tokens.begin(), tokens.end(), ids.Data());
@@ -79,6 +82,7 @@ struct GenerationResult {
     out.Set("evaluatedTokens", Napi::Number::New(env, static_cast<double>(evaluated_tokens)));
     out.Set("promptMs", prompt_ms);
     out.Set("generateMs", generate_ms);
+    if (has_logprobs) out.Set("logprobs", LogprobsToJs(env, vocab, logprobs));
     return out;
   }
 };

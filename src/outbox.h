@@ -18,15 +18,28 @@
 #include <utility>
 #include <vector>
 
+#include "sampler.h"
+
 namespace huozi {
 
-// `text` joins the pieces queued for one stream: the last piece grows, or with interval 0 (or nothing queued)
-// a new piece starts.
-inline void JoinText(std::vector<std::string> &pieces, const std::string &text, std::chrono::milliseconds interval) {
-  if (pieces.empty() || interval.count() == 0) {
-    pieces.push_back(text);
+// What one stream hands to JS at a time: text, and the logprob entries of the tokens sampled since the previous
+// chunk (only when asked; a token whose text is held back still sends its entry).
+struct Chunk {
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  bool has_logprobs = false;  // the stream asked for logprobs (the chunk then carries its list, maybe empty)
+};
+
+// `text` and `entries` join the chunks queued for one stream: the last chunk grows, or with interval 0 (or
+// nothing queued) a new chunk starts.
+inline void JoinChunk(std::vector<Chunk> &chunks, const std::string &text, std::vector<TokenLogprob> &&entries,
+                      bool has_logprobs, std::chrono::milliseconds interval) {
+  if (chunks.empty() || interval.count() == 0) {
+    chunks.push_back(Chunk{text, std::move(entries), has_logprobs});
   } else {
-    pieces.back() += text;
+    chunks.back().text += text;
+    chunks.back().logprobs.insert(chunks.back().logprobs.end(), std::make_move_iterator(entries.begin()),
+                                  std::make_move_iterator(entries.end()));
   }
 }
 

@@ -29,7 +29,7 @@ uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
 struct ParallelContext::Active {
   explicit Active(std::unique_ptr<Request> r) : req(std::move(r)), stream(req->stops.stop_strings) {}
   std::unique_ptr<Request> req;
-  SamplerPtr sampler;
+  std::unique_ptr<Sampler> sampler;
   TextStream stream;
   size_t prompt_pos = 0;    // next prompt token to evaluate
   // A seed was given: this request's rows are decoded in batches of their own, its prompt in ubatches aligned to
@@ -171,7 +171,7 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
                                            " tokens, more than a slot's context size of " + std::to_string(n_ctx_seq_));
   }
   Napi::Object p = info[2].As<Napi::Object>();
-  request->sampling = SamplerParams::FromJs(p);
+  request->sampling = SamplerParams::FromJs(env, p, n_vocab_);
   request->stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
   request->stream_interval = StreamIntervalFromJs(p);
@@ -267,11 +267,12 @@ void ParallelContext::Deliver(Napi::Env env) {
   Napi::HandleScope scope(env);
   Napi::Array batch = Napi::Array::New(env);
   uint32_t n = 0;
-  for (auto &[id, pieces] : out.text) {
-    for (const std::string &text : pieces) {
+  for (auto &[id, chunks] : out.text) {
+    for (const Chunk &chunk : chunks) {
       Napi::Object e = Napi::Object::New(env);
       e.Set("id", Napi::Number::New(env, static_cast<double>(id)));
-      e.Set("text", Napi::String::New(env, text));
+      e.Set("text", Napi::String::New(env, chunk.text));
+      if (chunk.has_logprobs) e.Set("logprobs", LogprobsToJs(env, vocab_, chunk.logprobs));
       batch.Set(n++, e);
     }
   }
@@ -280,11 +281,12 @@ void ParallelContext::Deliver(Napi::Env env) {
     e.Set("id", Napi::Number::New(env, static_cast<double>(event.id)));
     if (event.result) {
       const Result &r = *event.result;
-      Napi::Object o = r.ToJs(env);
+      Napi::Object o = r.ToJs(env, vocab_);
       o.Set("queueMs", r.queue_ms);
       o.Set("slot", r.slot);
       e.Set("result", o);
-    } else {
+    }
+    if (event.code != nullptr) {
       e.Set("code", event.code);
       e.Set("message", event.message);
     }
@@ -297,12 +299,38 @@ void ParallelContext::Deliver(Napi::Env env) {
 // ---------------------------------------------------------------------------------------------------------
 // Loop thread
 
-void ParallelContext::Text(const Request &request, const std::string &text) {
-  if (text.empty()) return;
+void ParallelContext::Text(const Request &request, const std::string &text, std::vector<TokenLogprob> &&entries) {
+  if (text.empty() && entries.empty()) return;
   const std::chrono::milliseconds interval = request.stream_interval;
+  const bool has_logprobs = request.sampling.top_logprobs >= 0;
   // A delivery takes every request's queued text, so a request with a longer interval can have its text go
   // sooner with another's.
-  outbox_.Put(interval, [&](Outgoing &out) { JoinText(out.text[request.id], text, interval); });
+  outbox_.Put(interval, [&](Outgoing &out) { JoinChunk(out.text[request.id], text, std::move(entries), has_logprobs, interval); });
+}
+
+llama_token ParallelContext::SampleSlot(Slot &slot, const float *logits) {
+  try {
+    return slot.active->sampler->Sample(logits);
+  } catch (const CodedError &e) {
+    if (e.code() != code::kGrammar) throw;
+    // Only this request fails, with what it had produced; its cache holds what was decoded.
+    Active &a = *slot.active;
+    const std::string tail = a.stream.Finish();
+    a.result->text += tail;
+    Text(*a.req, tail, {});
+    Event event;
+    event.id = a.req->id;
+    event.code = code::kGrammar;
+    event.message = e.what();
+    a.result->stop_reason = "abort";
+    a.result->generate_ms = a.result->tokens.empty() ? 0 : MsBetween(a.first_token, Clock::now());
+    event.result = std::move(a.result);
+    slot.active.reset();
+    busy_slots_.fetch_sub(1);
+    failed_.fetch_add(1);
+    Post(std::move(event));
+    return -1;
+  }
 }
 
 void ParallelContext::Post(Event event) {
@@ -320,7 +348,7 @@ void ParallelContext::Fail(int64_t id, const char *code, const std::string &mess
 
 void ParallelContext::FailSlot(Slot &slot, const char *code, const std::string &message) {
   const int64_t id = slot.active->req->id;
-  Text(*slot.active->req, slot.active->stream.Finish());
+  Text(*slot.active->req, slot.active->stream.Finish(), {});
   // The slot is free before anyone hears of the outcome (stats() read in the callback must agree).
   slot.active.reset();
   busy_slots_.fetch_sub(1);
@@ -331,7 +359,7 @@ void ParallelContext::Finish(Slot &slot, const char *stop_reason) {
   Active &a = *slot.active;
   const std::string tail = a.stream.Finish();
   a.result->text += tail;
-  Text(*a.req, tail);
+  Text(*a.req, tail, {});
   const auto now = Clock::now();
   a.result->stop_reason = stop_reason;
   a.result->generate_ms = a.result->tokens.empty() ? 0 : MsBetween(a.first_token, now);
@@ -348,6 +376,8 @@ void ParallelContext::Finish(Slot &slot, const char *stop_reason) {
 void ParallelContext::Assign(std::unique_ptr<Request> request) {
   // The free slot sharing the longest prefix with the prompt; among equals, the one unused longest.
   // A slot whose last prompt was this very prompt has its logits: nothing to evaluate.
+  // First, as it can fail (a grammar naming a token this vocabulary lacks): the slots are not touched yet.
+  auto sampler = std::make_unique<Sampler>(request->sampling, vocab_, n_vocab_, request->prompt, request->stops.stop_at_eog);
   const bool seeded = request->sampling.seeded;
   const std::vector<llama_token> &prompt = request->prompt;
   auto kept_for = [&](const Slot &slot) {
@@ -391,7 +421,8 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
   active->result->reused_tokens = best_keep;
   active->result->evaluated_tokens = active->req->prompt.size() - best_keep;
   active->result->slot = static_cast<int32_t>(slot.seq);
-  active->sampler = BuildSampler(active->req->sampling, n_vocab_, active->req->prompt);
+  active->sampler = std::move(sampler);
+  active->result->has_logprobs = active->req->sampling.top_logprobs >= 0;
   reused_tokens_.fetch_add(static_cast<int64_t>(best_keep));
   slot.active = std::move(active);
   busy_slots_.fetch_add(1);
@@ -443,6 +474,8 @@ void ParallelContext::Loop() {
       // An exception must not leave this thread (std::terminate would end the process): it fails the request.
       try {
         Assign(std::move(r));
+      } catch (const CodedError &e) {
+        Fail(id, e.code(), e.what());
       } catch (...) {
         Fail(id, code::kDecode, CurrentExceptionMessage());
       }
@@ -485,7 +518,8 @@ void ParallelContext::Step() {
     if (!slot.active || !slot.active->from_kept_logits) continue;
     Active &a = *slot.active;
     a.from_kept_logits = false;
-    Consume(slot, SampleLogits(a.sampler.get(), IsPlainGreedy(a.req->sampling), slot.prompt_logits.data(), n_vocab_), now);
+    const llama_token token = SampleSlot(slot, slot.prompt_logits.data());
+    if (token >= 0) Consume(slot, token, now);
   }
   // Requests without a seed share one batch (continuous batching); each seeded one gets batches of its own.
   std::vector<Slot *> shared;
@@ -592,7 +626,8 @@ void ParallelContext::DecodeGroup(const std::vector<Slot *> &group, bool alone) 
       slot->prompt_logits_at = slot->cache.size();
       slot->prompt_logits_exact = a.exact;
     }
-    Consume(*slot, Sample(a.sampler.get(), IsPlainGreedy(a.req->sampling), ctx_, a.logits_index, n_vocab_), now);
+    const llama_token token = SampleSlot(*slot, llama_get_logits_ith(ctx_, a.logits_index));
+    if (token >= 0) Consume(*slot, token, now);
   }
 }
 
@@ -610,7 +645,10 @@ void ParallelContext::Consume(Slot &slot, llama_token token, Clock::time_point n
   a.result->tokens.push_back(token);
   TokenVerdict verdict = JudgeToken(vocab_, token, a.result->tokens.size(), slot.cache.size() < n_ctx_seq_, a.req->stops, a.stream, piece_);
   a.result->text += verdict.text;
-  Text(*a.req, verdict.text);
+  std::vector<TokenLogprob> entries = std::move(a.sampler->logprobs);
+  a.sampler->logprobs.clear();
+  a.result->logprobs.insert(a.result->logprobs.end(), entries.begin(), entries.end());
+  Text(*a.req, verdict.text, std::move(entries));
   if (verdict.stop_reason != nullptr) {
     if (verdict.by_token) a.result->stop_token = token;
     if (a.stream.stopped()) a.result->stop_string = a.stream.matched_stop();

@@ -74,13 +74,13 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   };
   struct Event {
     int64_t id = 0;
-    std::unique_ptr<Result> result;  // done; null for an error
+    std::unique_ptr<Result> result;  // done; for an error, what it had produced (a grammar's dead end) or null
     const char *code = nullptr;      // error
     std::string message;
   };
   // What the loop thread has for JS and JS has not taken yet.
   struct Outgoing {
-    std::map<int64_t, std::vector<std::string>> text;  // per request: one piece, or one per token
+    std::map<int64_t, std::vector<Chunk>> text;  // per request: one chunk, or one per token
     std::vector<Event> events;
   };
 
@@ -105,7 +105,9 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   void Finish(Slot &slot, const char *stop_reason);
   void FailSlot(Slot &slot, const char *code, const std::string &message);
   void Fail(int64_t id, const char *code, const std::string &message);
-  void Text(const Request &request, const std::string &text);
+  void Text(const Request &request, const std::string &text, std::vector<TokenLogprob> &&entries);
+  // The slot's next token from `logits`; -1 when its grammar allows none (the request then failed).
+  llama_token SampleSlot(Slot &slot, const float *logits);
   void Post(Event event);
   void StopThread();
   static bool AbortCallback(void *data);

@@ -1,12 +1,16 @@
-// Sampling parameters copied from JS before a generation is queued, and the llama_sampler chain built
-// from them on the thread that generates (the context's own thread, or a ParallelContext's loop).
+// Sampling parameters copied from JS before a generation is queued, and the Sampler built from them on the thread
+// that generates (the context's own thread, or a ParallelContext's loop): llama.cpp's sampler chain, the
+// grammar, the logit bias and the logprobs of each sampled token. Both generation loops sample only through it.
 #pragma once
 #include <napi.h>
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "grammar.h"
 #include "llama.h"
 
 namespace huozi {
@@ -24,8 +28,13 @@ struct SamplerParams {
   // The caller gave a seed: it expects the same tokens for the same request whatever the cache holds, so the
   // generation evaluates its prompt as a cold context would (Context::canonical()).
   bool seeded = false;
+  std::vector<llama_logit_bias> logit_bias;  // -INFINITY bans the token
+  GrammarRef grammar;                        // null: unconstrained
+  int32_t top_logprobs = -1;                 // < 0: no logprobs; else how many alternatives (0-20)
+  bool post_sampling_probs = false;          // logprobs after the whole chain, not of the raw logits
 
-  static SamplerParams FromJs(Napi::Object o);
+  // The sampling keys of a params object (lib/generation.ts checked them for users; token ids are checked again).
+  static SamplerParams FromJs(Napi::Env env, Napi::Object o, int32_t n_vocab);
 };
 
 struct SamplerDeleter {
@@ -33,16 +42,46 @@ struct SamplerDeleter {
 };
 using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 
-// The same order as llama.cpp's common sampler: penalties, top-k, top-p, min-p, temperature, then draw.
-// `history` (the prompt's tail) primes the repetition penalties.
-SamplerPtr BuildSampler(const SamplerParams &p, int32_t n_vocab, const std::vector<llama_token> &history);
+// One sampled token's logprob and its most likely alternatives (lib/generation.ts TokenLogprob).
+struct TokenLogprob {
+  llama_token token = -1;
+  float logprob = 0.0f;
+  std::vector<std::pair<llama_token, float>> top;
+};
 
-// Greedy with no penalties: the chain would only copy every logit into a candidate array (0.77 MB for a 64k
-// vocabulary, ~0.15 ms a token, 4% of tg128 on an H200) to take the largest. Sample() then reads the logits
-// directly; the token is the same (the first largest, as llama.cpp's greedy sampler).
-bool IsPlainGreedy(const SamplerParams &p);
-llama_token Sample(llama_sampler *chain, bool plain_greedy, llama_context *ctx, int32_t idx, int32_t n_vocab);
-// The same from logits kept elsewhere (a prompt's kept logits, Context::PromptLogits).
-llama_token SampleLogits(llama_sampler *chain, bool plain_greedy, const float *logits, int32_t n_vocab);
+// Main thread: [{ token, text, bytes, logprob, top: [{ token, text, bytes, logprob }] }].
+Napi::Array LogprobsToJs(Napi::Env env, const llama_vocab *vocab, const std::vector<TokenLogprob> &entries);
+
+class Sampler {
+ public:
+  // `history` (the prompt's tail) primes the repetition penalties. `eog_ends`: an end-of-generation token ends
+  // the generation (stopAtEog); when it does not, a finished grammar has nothing left to allow.
+  Sampler(const SamplerParams &p, const llama_vocab *vocab, int32_t n_vocab, const std::vector<llama_token> &history,
+          bool eog_ends);
+
+  // Draws the next token from a row of logits (a context's, or a prompt's kept ones) and accepts it; with
+  // logprobs asked, appends its entry to `logprobs`. Throws CodedError(kGrammar) when the grammar allows no token.
+  llama_token Sample(const float *logits);
+
+  // Entries of the tokens sampled since the caller last took them.
+  std::vector<TokenLogprob> logprobs;
+
+ private:
+  void Fill(const float *logits);
+  bool GrammarAllows(llama_token token);
+  void RecordRaw(const float *logits, llama_token token);
+  void RecordPost(const llama_token_data_array &arr, llama_token token);
+
+  const llama_vocab *vocab_;
+  int32_t n_vocab_;
+  SamplerPtr chain_;
+  GrammarInstance grammar_;
+  bool plain_greedy_;
+  bool greedy_;
+  bool eog_ends_;
+  int32_t top_logprobs_;
+  bool post_;
+  std::vector<llama_token_data> cur_;
+};
 
 }  // namespace huozi

@@ -38,6 +38,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
         context_(context),
         params_(std::move(params)),
         stream_(params_.stops.stop_strings) {
+    result_.has_logprobs = params_.sampling.top_logprobs >= 0;
     if (!on_text.IsEmpty()) {
       on_text_ = Napi::Persistent(on_text);
       // A wake still queued when the generation ends is dispatched after OnOK, and calls Deliver: the worker
@@ -55,19 +56,29 @@ class GenerateWorker final : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
  private:
-  // Worker thread: keep the text for the result and queue it for JS.
-  void Emit(const std::string &text) {
-    if (text.empty()) return;
+  // Worker thread: keep the text (and the logprob entries of the tokens sampled since the last call) for the
+  // result and queue them for JS.
+  void Emit(const std::string &text, std::vector<TokenLogprob> &&entries) {
+    if (text.empty() && entries.empty()) return;
     result_.text += text;
+    result_.logprobs.insert(result_.logprobs.end(), entries.begin(), entries.end());
     const std::chrono::milliseconds interval = params_.stream_interval;
-    outbox_.Put(interval, [&](std::vector<std::string> &pieces) { JoinText(pieces, text, interval); });
+    outbox_.Put(interval, [&](std::vector<Chunk> &chunks) { JoinChunk(chunks, text, std::move(entries), result_.has_logprobs, interval);
+    });
   }
 
-  // Main thread: hand all queued text to JS (one piece, or one per token with streamIntervalMs 0).
+  // Main thread: hand all queued chunks to JS (one, or one per token with streamIntervalMs 0): onText(text,
+  // logprobs?).
   void Deliver(Napi::Env env) {
-    std::vector<std::string> pieces = outbox_.Take();
+    std::vector<Chunk> chunks = outbox_.Take();
     if (on_text_.IsEmpty()) return;
-    for (const std::string &text : pieces) on_text_.Call({Napi::String::New(env, text)});
+    for (const Chunk &chunk : chunks) {
+      if (chunk.has_logprobs) {
+        on_text_.Call({Napi::String::New(env, chunk.text), LogprobsToJs(env, context_->vocab(), chunk.logprobs)});
+      } else {
+        on_text_.Call({Napi::String::New(env, chunk.text)});
+      }
+    }
   }
 
   // Main thread, once Execute is over: the text still queued goes out before the outcome, then no more wakes.
@@ -127,9 +138,8 @@ class GenerateWorker final : public Napi::AsyncWorker {
     llama_synchronize(ctx.handle());
     result_.prompt_ms = MsSince(prompt_start);
 
-    SamplerPtr sampler = BuildSampler(params_.sampling, ctx.n_vocab(), prompt);
-    const bool greedy = IsPlainGreedy(params_.sampling);
     const llama_vocab *vocab = ctx.vocab();
+    Sampler sampler(params_.sampling, vocab, ctx.n_vocab(), prompt, params_.stops.stop_at_eog);
     const auto &abort = ctx.abort_flag();
     std::string piece(64, '\0');
     const auto gen_start = Clock::now();
@@ -143,12 +153,11 @@ class GenerateWorker final : public Napi::AsyncWorker {
         result_.stop_reason = "maxTokens";
         break;
       }
-      const llama_token token = first && kept != nullptr
-                                    ? SampleLogits(sampler.get(), greedy, kept->data(), ctx.n_vocab())
-                                    : Sample(sampler.get(), greedy, ctx.handle(), -1, ctx.n_vocab());
+      const llama_token token = sampler.Sample(first && kept != nullptr ? kept->data() : llama_get_logits_ith(ctx.handle(), -1));
       result_.tokens.push_back(token);
       TokenVerdict verdict = JudgeToken(vocab, token, result_.tokens.size(), cache.size() < ctx.n_ctx(), params_.stops, stream_, piece);
-      Emit(verdict.text);
+      Emit(verdict.text, std::move(sampler.logprobs));
+      sampler.logprobs.clear();
       if (verdict.stop_reason != nullptr) {
         result_.stop_reason = verdict.stop_reason;
         if (verdict.by_token) result_.stop_token = token;
@@ -163,7 +172,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
         break;
       }
     }
-    Emit(stream_.Finish());
+    Emit(stream_.Finish(), {});
     result_.generate_ms = MsSince(gen_start);
   }
 
@@ -172,7 +181,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
     Napi::HandleScope scope(env);
     context_->End();
     Flush(env);
-    deferred_.Resolve(result_.ToJs(env));
+    deferred_.Resolve(result_.ToJs(env, context_->vocab()));
   }
 
   void OnError(const Napi::Error &error) override {
@@ -180,7 +189,13 @@ class GenerateWorker final : public Napi::AsyncWorker {
     Napi::HandleScope scope(env);
     context_->End();
     Flush(env);
-    deferred_.Reject(MakeError(env, code_, error.Message()).Value());
+    Napi::Error e = MakeError(env, code_, error.Message());
+    // A grammar that allows nothing more ends the generation with what it produced, as a stop does.
+    if (code_ == code::kGrammar) {
+      result_.stop_reason = "abort";
+      e.Set("result", result_.ToJs(env, context_->vocab()));
+    }
+    deferred_.Reject(e.Value());
   }
 
   Napi::Promise::Deferred deferred_;
@@ -192,7 +207,7 @@ class GenerateWorker final : public Napi::AsyncWorker {
   const char *code_ = code::kDecode;
 
   Napi::FunctionReference on_text_;
-  Outbox<std::vector<std::string>> outbox_;  // open only with an onText callback
+  Outbox<std::vector<Chunk>> outbox_;  // open only with an onText callback
   int holds_ = 1;                             // the work, and the outbox while open (Destroy)
 };
 
@@ -212,7 +227,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo &info) {
     Throw(env, code::kContextOverflow, "the prompt has " + std::to_string(params.prompt.size()) +
                                            " tokens, more than the context size of " + std::to_string(n_ctx_));
   }
-  params.sampling = SamplerParams::FromJs(p);
+  params.sampling = SamplerParams::FromJs(env, p, n_vocab_);
   params.stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) params.reuse_cache = p.Get("reuseCache").ToBoolean();
   params.stream_interval = StreamIntervalFromJs(p);

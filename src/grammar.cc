@@ -1,0 +1,276 @@
+#include "grammar.h"
+
+#include <pthread.h>
+
+#include <cstring>
+#include <exception>
+#include <map>
+#include <stdexcept>
+#include <vector>
+
+#include "errors.h"
+#include "json-schema-to-grammar.h"
+#include "llama-grammar.h"
+#include "log.h"
+
+namespace huozi {
+
+namespace {
+
+// Every parse, check and conversion runs on a thread with this stack. lib/grammar.ts keeps the nesting depth
+// under 256 levels (a few hundred bytes of stack each); the left-recursion check recurses once per rule along a
+// chain of leftmost references, bounded by kMaxRules (about 100 bytes each). 64 MiB covers both many times;
+// the memory is only reserved, pages are committed as the stack grows.
+constexpr size_t kParseStack = 64u << 20;
+// Rules after repetitions are expanded (`x{0,5}` adds 5): the same bound as lib/grammar.ts's estimate.
+constexpr size_t kMaxRules = 100000;
+
+// Runs `fn` on a new thread with a `bytes` stack and waits for it; what it throws is rethrown here.
+template <typename F>
+void RunWithStack(size_t bytes, F &&fn) {
+  struct Job {
+    F *fn;
+    std::exception_ptr error;
+  } job{&fn, nullptr};
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, bytes);
+  pthread_t thread;
+  const int rc = pthread_create(
+      &thread, &attr,
+      [](void *p) -> void * {
+        Job *j = static_cast<Job *>(p);
+        try {
+          (*j->fn)();
+        } catch (...) {
+          j->error = std::current_exception();
+        }
+        return nullptr;
+      },
+      &job);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) throw CodedError(code::kGrammar, "cannot start a thread to parse the grammar: " + std::string(strerror(rc)));
+  pthread_join(thread, nullptr);
+  if (job.error) std::rethrow_exception(job.error);
+}
+
+// What parsing found wrong: a message, the byte offset it is about (-1: the grammar as a whole) and the rule it
+// names, if any.
+struct GrammarFault {
+  std::string message;
+  int64_t position = -1;
+  std::string rule;
+  std::string limit;
+};
+
+// llama.cpp's parse_space (static there): blanks, comments, and newlines when `newline_ok`.
+const char *SkipSpace(const char *pos) {
+  while (*pos == ' ' || *pos == '\t' || *pos == '#' || *pos == '\r' || *pos == '\n') {
+    if (*pos == '#') {
+      while (*pos && *pos != '\r' && *pos != '\n') pos++;
+    } else {
+      pos++;
+    }
+  }
+  return pos;
+}
+
+// llama.cpp's messages end "... at <the rest of the text>": that rest gives the position, and is cut off.
+GrammarFault FaultFromMessage(const std::string &what, const std::string &text, int64_t fallback) {
+  GrammarFault f;
+  f.message = what;
+  f.position = fallback;
+  for (size_t at = what.find(" at "); at != std::string::npos; at = what.find(" at ", at + 1)) {
+    const size_t rest = what.size() - (at + 4);
+    if (rest <= text.size() && text.compare(text.size() - rest, rest, what, at + 4, rest) == 0) {
+      f.message = what.substr(0, at);
+      f.position = static_cast<int64_t>(text.size() - rest);
+      break;
+    }
+  }
+  if (what == "unexpected end of input") f.position = static_cast<int64_t>(text.size());
+  return f;
+}
+
+std::string NameOf(const llama_grammar_parser &parser, uint32_t id) {
+  for (const auto &kv : parser.symbol_ids) {
+    if (kv.second == id) return kv.first;
+  }
+  return "#" + std::to_string(id);
+}
+
+// Parses `text` rule by rule (llama_grammar_parser::parse would print the whole text to stderr on an error),
+// checks every referenced rule is defined and `root` exists, and builds the grammar (left recursion is refused
+// there). Call on a RunWithStack thread. Returns null and fills `fault` when the text is not a usable grammar.
+llama_grammar *Build(const std::string &text, const std::string &root, const llama_vocab *vocab, GrammarFault &fault) {
+  llama_grammar_parser parser(vocab);
+  const char *src = text.c_str();
+  const char *pos = SkipSpace(src);
+  const char *rule_start = pos;
+  try {
+    while (*pos) {
+      rule_start = pos;
+      pos = SkipSpace(parser.parse_rule(pos));
+      if (parser.rules.size() > kMaxRules) {
+        fault.message = "the grammar expands to more than " + std::to_string(kMaxRules) + " rules";
+        fault.position = rule_start - src;
+        fault.limit = "rules";
+        return nullptr;
+      }
+    }
+  } catch (const std::exception &e) {
+    fault = FaultFromMessage(e.what(), text, rule_start - src);
+    return nullptr;
+  }
+  if (parser.rules.empty()) {
+    fault.message = "the grammar has no rules";
+    return nullptr;
+  }
+  for (uint32_t id = 0; id < parser.symbol_ids.size(); ++id) {
+    if (id >= parser.rules.size() || parser.rules[id].empty()) {
+      fault.rule = NameOf(parser, id);
+      fault.message = "undefined rule '" + fault.rule + "'";
+      return nullptr;
+    }
+  }
+  auto start = parser.symbol_ids.find(root);
+  if (start == parser.symbol_ids.end()) {
+    fault.rule = root;
+    fault.message = "the grammar has no rule named '" + root + "' (its root)";
+    return nullptr;
+  }
+  llama_grammar_stack rules = parser.c_rules();
+  TakeThreadErrors();
+  llama_grammar *grammar = llama_grammar_init_impl(vocab, rules.data(), rules.size(), start->second);
+  if (grammar == nullptr) {
+    const std::string why = TakeThreadErrors();
+    const size_t at = why.find("at index ");
+    if (why.find("left recursion") != std::string::npos && at != std::string::npos) {
+      const uint32_t id = static_cast<uint32_t>(std::strtoul(why.c_str() + at + 9, nullptr, 10));
+      fault.rule = NameOf(parser, id);
+      fault.message = "left recursion in rule '" + fault.rule + "' (llama.cpp's grammars cannot refer to a rule at its own start)";
+    } else {
+      fault.message = "llama.cpp refused the grammar" + (why.empty() ? std::string() : ": " + why);
+    }
+  }
+  return grammar;
+}
+
+Napi::Value Fail(Napi::Env env, const GrammarFault &f) {
+  Napi::Error error = MakeError(env, code::kGrammar, f.message);
+  error.Set("position", Napi::Number::New(env, static_cast<double>(f.position)));
+  if (!f.rule.empty()) error.Set("rule", Napi::String::New(env, f.rule));
+  if (!f.limit.empty()) error.Set("limit", Napi::String::New(env, f.limit));
+  throw error;
+}
+
+void FreeCompiled(Napi::Env, GrammarRef *ref) { delete ref; }
+
+// grammarCompile(gbnf, root, validationText?) -> External. `validationText` is the text with each token named
+// by its text replaced by `.` (lib/grammar.ts, same length): it is validated without a vocabulary, and the real
+// text is parsed again against each generation's vocabulary.
+Napi::Value GrammarCompile(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    Throw(env, code::kInvalidArgument, "grammarCompile(gbnf, root, validationText?)");
+  }
+  auto compiled = std::make_shared<CompiledGrammar>();
+  compiled->gbnf = info[0].As<Napi::String>().Utf8Value();
+  compiled->root = info[1].As<Napi::String>().Utf8Value();
+  compiled->needs_vocab = info.Length() > 2 && info[2].IsString();
+  const std::string validation = compiled->needs_vocab ? info[2].As<Napi::String>().Utf8Value() : compiled->gbnf;
+  if (validation.size() != compiled->gbnf.size() || validation.find('\0') != std::string::npos) {
+    Throw(env, code::kInvalidArgument, "the grammar text must not contain NUL bytes");
+  }
+  GrammarFault fault;
+  llama_grammar *grammar = nullptr;
+  try {
+    RunWithStack(kParseStack, [&] { grammar = Build(validation, compiled->root, nullptr, fault); });
+  } catch (const CodedError &e) {
+    Throw(env, e.code(), e.what());
+  } catch (const std::exception &e) {
+    fault.message = std::string("llama.cpp: ") + e.what();
+  }
+  if (grammar == nullptr) return Fail(env, fault);
+  if (compiled->needs_vocab) {
+    llama_grammar_free_impl(grammar);
+  } else {
+    compiled->grammar = grammar;
+  }
+  return Napi::External<GrammarRef>::New(env, new GrammarRef(std::move(compiled)), FreeCompiled);
+}
+
+// jsonSchemaToGrammar(json) -> GBNF, through llama.cpp's common/json-schema-to-grammar.cpp (lib/json-schema.ts has
+// already refused what it would ignore).
+Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) Throw(env, code::kInvalidArgument, "jsonSchemaToGrammar(json)");
+  const std::string json = info[0].As<Napi::String>().Utf8Value();
+  std::string gbnf;
+  std::string error;
+  try {
+    RunWithStack(kParseStack, [&] {
+      try {
+        gbnf = json_schema_to_grammar(common_json::parse(json), /* force_gbnf */ true);
+      } catch (const std::exception &e) {
+        error = e.what();
+      }
+    });
+  } catch (const std::exception &e) {
+    error = e.what();
+  }
+  if (!error.empty()) {
+    GrammarFault f;
+    f.message = error;
+    return Fail(env, f);
+  }
+  return Napi::String::New(env, gbnf);
+}
+
+}  // namespace
+
+CompiledGrammar::~CompiledGrammar() {
+  if (grammar != nullptr) llama_grammar_free_impl(grammar);
+}
+
+void GrammarDeleter::operator()(llama_grammar *g) const { llama_grammar_free_impl(g); }
+
+GrammarRef GrammarFromJs(Napi::Env env, Napi::Value value) {
+  if (value.IsUndefined() || value.IsNull()) return nullptr;
+  if (!value.IsExternal()) Throw(env, code::kInvalidArgument, "grammar must be a compiled Grammar");
+  GrammarRef *ref = value.As<Napi::External<GrammarRef>>().Data();
+  if (ref == nullptr || !*ref || (*ref)->magic != CompiledGrammar::kMagic) {
+    Throw(env, code::kInvalidArgument, "grammar must be a compiled Grammar");
+  }
+  return *ref;
+}
+
+GrammarInstance InstantiateGrammar(const CompiledGrammar &compiled, const llama_vocab *vocab) {
+  if (!compiled.needs_vocab) {
+    // Copying the parsed rules and the initial stacks: no parsing, no recursion.
+    GrammarInstance copy(llama_grammar_clone_impl(*compiled.grammar));
+    copy->vocab = vocab;
+    return copy;
+  }
+  GrammarFault fault;
+  llama_grammar *grammar = nullptr;
+  RunWithStack(kParseStack, [&] { grammar = Build(compiled.gbnf, compiled.root, vocab, fault); });
+  if (grammar == nullptr) {
+    throw CodedError(code::kGrammar, fault.message + (fault.position >= 0 ? " at byte " + std::to_string(fault.position) : ""));
+  }
+  return GrammarInstance(grammar);
+}
+
+bool GrammarComplete(const llama_grammar &grammar) {
+  for (const auto &stack : grammar.stacks) {
+    if (stack.empty()) return true;
+  }
+  return false;
+}
+
+void RegisterGrammar(Napi::Env env, Napi::Object exports) {
+  exports.Set("grammarCompile", Napi::Function::New(env, GrammarCompile));
+  exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, JsonSchemaToGrammar));
+}
+
+}  // namespace huozi

@@ -73,6 +73,25 @@ export interface NativeGenerateParams {
   stopAtEog?: boolean;
   reuseCache?: boolean;
   streamIntervalMs?: number;
+  /** A Grammar's native handle (src/grammar.cc). */
+  grammar?: NativeGrammar;
+  /** -100 is already -Infinity. */
+  logitBias?: { tokens: Int32Array; biases: Float32Array };
+  /** Present: record logprobs with this many alternatives. */
+  topLogprobs?: number;
+  postSamplingProbs?: boolean;
+}
+
+/** A compiled grammar, held natively (an External of src/grammar.cc's CompiledGrammar). */
+export type NativeGrammar = { readonly __nativeGrammar: unique symbol };
+
+/** One generated token's logprob entry (src/sampler.cc LogprobsToJs); lib/generation.ts's TokenLogprob. */
+export interface NativeTokenLogprob {
+  token: number;
+  text: string;
+  bytes: number[];
+  logprob: number;
+  top: { token: number; text: string; bytes: number[]; logprob: number }[];
 }
 
 export interface NativeGenerateResult {
@@ -85,6 +104,8 @@ export interface NativeGenerateResult {
   evaluatedTokens: number;
   promptMs: number;
   generateMs: number;
+  /** Only when logprobs were asked for. */
+  logprobs?: NativeTokenLogprob[];
 }
 
 /** What llama.cpp allocated for a context and its model on one device (Context.memory, ParallelContext.memory). */
@@ -110,7 +131,11 @@ export interface NativeContext {
   info(): { contextSize: number; batchSize: number; ubatchSize: number; threads: number; batchThreads: number };
   tokens(): Int32Array;
   evaluate(tokens: Int32Array, logits: 0 | 1 | 2 | 3): Promise<Float32Array | undefined>;
-  generate(prompt: Int32Array, params: NativeGenerateParams, onText?: (text: string) => void): Promise<NativeGenerateResult>;
+  generate(
+    prompt: Int32Array,
+    params: NativeGenerateParams,
+    onText?: (text: string, logprobs?: NativeTokenLogprob[]) => void,
+  ): Promise<NativeGenerateResult>;
   eraseFrom(position: number): void;
   saveState(): Promise<{ data: Buffer; tokens: Int32Array }>;
   imatrix(): { name: string; values: Float32Array; counts: Float32Array }[];
@@ -129,7 +154,10 @@ export interface NativeParallelResult extends NativeGenerateResult {
 }
 
 /** What a parallel context's loop hands to JS (src/parallel.cc, Deliver): text, then results or failures. */
-export type NativeEvent = { id: number; text: string } | { id: number; result: NativeParallelResult } | { id: number; code: string; message: string };
+export type NativeEvent =
+  | { id: number; text: string; logprobs?: NativeTokenLogprob[] }
+  | { id: number; result: NativeParallelResult }
+  | { id: number; code: string; message: string; result?: NativeParallelResult };
 
 export interface NativeParallelContext {
   /** ubatchSize, threads and batchThreads are absent once the context is disposed. */
@@ -237,6 +265,10 @@ export interface NativeBinding {
     status: 'fits' | 'doesNotFit' | 'error'; gpuLayers: number; contextSize: number; tensorSplit: number[];
     overrides: { pattern: string; buffer: string }[];
   }>;
+  /** Parses and validates GBNF (src/grammar.cc); throws ERR_HUOZI_GRAMMAR with position, rule, limit. */
+  grammarCompile(gbnf: string, root: string, validationText?: string): NativeGrammar;
+  /** llama.cpp's JSON Schema to GBNF converter; throws ERR_HUOZI_GRAMMAR. */
+  jsonSchemaToGrammar(json: string): string;
   /** Starts ggml_backend_rpc_start_server on a thread of its own; onExit only if it ever returns. */
   rpcStartServer(
     endpoint: string,

@@ -1,7 +1,9 @@
 import type { NativeContext, NativeGenerateResult } from './binding.js';
 import { checkContextOptions, type ContextOptions } from './context-options.js';
 import { AbortError, fromNative } from './errors.js';
-import { abortError, emptyResult, prepareGeneration, promptTokens, toResult, type Generation, type GenerateOptions } from './generation.js';
+import {
+  abortError, emptyResult, generationError, prepareGeneration, promptTokens, toResult, type Generation, type GenerateOptions,
+} from './generation.js';
 import { Lifecycle, nativeModel } from './lifecycle.js';
 import { memoryUse, type DeviceMemoryUse } from './memory.js';
 import type { Model } from './model.js';
@@ -188,9 +190,9 @@ export class Context {
         this.model.checkFile();
         let raw: NativeGenerateResult;
         try {
-          raw = await native.generate(ids, params, (text) => generation.push(text));
+          raw = await native.generate(ids, params, (text, logprobs) => generation.push(text, logprobs));
         } catch (error) {
-          throw fromNative(error, callSite);
+          throw generationError(error, callSite, ids.length);
         }
         const out = toResult(raw, ids.length);
         if (raw.stopReason === 'abort') {

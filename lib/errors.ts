@@ -84,6 +84,41 @@ export class BindingError extends HuoziError {
   }
 }
 
+/**
+ * A grammar that cannot constrain generation. From {@link Grammar.compile} (and the `grammar` option): a syntax
+ * error, an undefined rule, a missing root, left recursion, or one of the limits that keep parsing safe
+ * (`limit`: `bytes`, `depth`, `rules` or `elements`); `position` is the byte offset in the GBNF text (0 when the
+ * problem is the grammar as a whole), `line` and `column` (1-based, the column in bytes) the same place, `rule`
+ * the rule concerned. From {@link Grammar.fromJsonSchema} (and `jsonSchema`): a keyword llama.cpp's converter would
+ * ignore or cannot honour, named by `keyword`, at the JSON Pointer `path` (`#/properties/age/multipleOf`); or
+ * `limit` `depth` for a schema nested too deeply. While generating: the grammar allows no next token (it matches
+ * nothing more, or it is complete and `stopAtEog` is false); the error then carries the partial `result`, as an
+ * {@link AbortError} does.
+ */
+export class GrammarError extends HuoziError {
+  readonly position: number;
+  readonly line: number;
+  readonly column: number;
+  readonly rule: string | undefined;
+  readonly limit: string | undefined;
+  readonly keyword: string | undefined;
+  readonly path: string | undefined;
+  constructor(
+    message: string,
+    details: { position?: number; line?: number; column?: number; rule?: string; limit?: string; keyword?: string; path?: string } = {},
+    options?: ErrorOptions,
+  ) {
+    super(message, 'ERR_HUOZI_GRAMMAR', options);
+    this.position = details.position ?? 0;
+    this.line = details.line ?? 1;
+    this.column = details.column ?? 1;
+    this.rule = details.rule;
+    this.limit = details.limit;
+    this.keyword = details.keyword;
+    this.path = details.path;
+  }
+}
+
 interface NativeError extends Error {
   code?: string;
 }
@@ -118,6 +153,9 @@ export function fromNative(error: unknown, callSite?: Error): Error {
       break;
     case 'ERR_HUOZI_BUSY':
       typed = new BusyError(message);
+      break;
+    case 'ERR_HUOZI_GRAMMAR':
+      typed = new GrammarError(message);
       break;
     case 'ERR_HUOZI_INVALID_ARGUMENT':
       typed = Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });

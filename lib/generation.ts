@@ -1,7 +1,8 @@
 // The one generation core, under Context.generate, ParallelContext.generate and ChatSession: the options and
 // their checks, the native parameters, the result, and the Generation a caller iterates.
-import type { NativeGenerateParams, NativeGenerateResult } from './binding.js';
-import { AbortError } from './errors.js';
+import type { NativeGenerateParams, NativeGenerateResult, NativeTokenLogprob } from './binding.js';
+import { AbortError, fromNative } from './errors.js';
+import { Grammar, nativeGrammar } from './grammar.js';
 import * as v from './validate.js';
 
 /**
@@ -31,6 +32,60 @@ export interface SamplingOptions {
    * ubatches from position 0 are reused, or the very same prompt's kept logits; the rest is evaluated again).
    */
   seed?: number;
+  /**
+   * Constrain the answer to a GBNF grammar (llama.cpp's format, starting at rule `root`): text, compiled for this
+   * call, or a {@link Grammar} compiled once and reused. Sampling draws as usual, then checks the drawn token
+   * against the grammar and only if it is refused masks the vocabulary and draws again (as llama.cpp's common
+   * sampler). A grammar that allows no token (it matches nothing more, or it is complete while `stopAtEog` is
+   * false) rejects the result with {@link GrammarError}, carrying the partial result. At most one of `grammar`
+   * and `jsonSchema`. Default: none.
+   */
+  grammar?: string | Grammar;
+  /**
+   * Constrain the answer to JSON that a JSON Schema describes ({@link Grammar.fromJsonSchema}; for many calls,
+   * compile it once and pass the Grammar as `grammar`). Default: none.
+   */
+  jsonSchema?: object;
+  /**
+   * Token id → a bias added to its logit before sampling, from -100 to 100: -100 bans the token (its logit
+   * becomes -Infinity, as OpenAI's `logit_bias`), 100 all but forces it. Applied first in the chain. Default: none.
+   */
+  logitBias?: Record<number, number> | ReadonlyMap<number, number>;
+  /**
+   * Report each generated token's logprob in `result.logprobs` and in {@link Generation.chunks}: the
+   * log-softmax of the model's raw logits at that position, before the logit bias, penalties, temperature,
+   * truncation and the grammar (vLLM's default `raw_logprobs`; what {@link Context.evaluate} returns). The
+   * sampled token's own logprob is always there, also when it is not among the top alternatives.
+   * Default: `false`.
+   */
+  logprobs?: boolean;
+  /** How many most likely alternatives each token lists in `top` (0–20); implies `logprobs`. Default: 0. */
+  topLogprobs?: number;
+  /**
+   * Report probabilities after the whole sampling chain instead (llama-server's `post_sampling_probs`): over the
+   * candidates the draw chose among, after bias, penalties, truncation and temperature; greedy gives the chosen
+   * token probability 1. Implies `logprobs`. Default: `false`.
+   */
+  postSamplingProbs?: boolean;
+}
+
+/** One generated token's logprob, with its most likely alternatives ({@link SamplingOptions.logprobs}). */
+export interface TokenLogprob {
+  token: number;
+  /** The token's text (special tokens as their text; a piece of a UTF-8 character as U+FFFD). */
+  text: string;
+  /** The token's bytes. */
+  bytes: number[];
+  logprob: number;
+  /** The `topLogprobs` most likely tokens at this position, most likely first. */
+  top: { token: number; text: string; bytes: number[]; logprob: number }[];
+}
+
+/** What {@link Generation.chunks} yields: text, and the logprobs of the tokens sampled since the last chunk. */
+export interface GenerationChunk {
+  text: string;
+  /** Only when logprobs were asked for; all chunks' lists together are `result.logprobs`. */
+  logprobs?: TokenLogprob[];
 }
 
 /** Options of {@link Context.generate}. */
@@ -68,6 +123,7 @@ export interface GenerateOptions extends SamplingOptions {
 /** @internal The keys of SamplingOptions (ChatSession passes them through as they are). */
 export const SAMPLING_OPTIONS = [
   'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'frequencyPenalty', 'presencePenalty', 'seed',
+  'grammar', 'jsonSchema', 'logitBias', 'logprobs', 'topLogprobs', 'postSamplingProbs',
 ] as const satisfies readonly (keyof SamplingOptions)[];
 
 /** @internal The keys of GenerateOptions: the sampling keys, then the rest. */
@@ -106,6 +162,8 @@ export interface GenerationResult {
   evaluatedTokens: number;
   /** Milliseconds spent on the prompt and on generating, and the speeds (tokens per second) they give. */
   timings: { promptMs: number; generateMs: number; promptTokensPerSecond: number; tokensPerSecond: number };
+  /** One entry per token in `tokens`, when logprobs were asked for ({@link SamplingOptions.logprobs}). */
+  logprobs?: TokenLogprob[];
 }
 
 /**
@@ -196,6 +254,17 @@ export function abortError<R extends GenerationResult>(result: R): AbortError & 
   return Object.assign(new AbortError('Generation was aborted'), { result });
 }
 
+/**
+ * @internal A native failure as its typed error; a grammar's dead end carries the partial result, converted as
+ * a result is (`extra` adds the parallel context's fields).
+ */
+export function generationError(error: unknown, callSite: Error, promptTokens: number, extra?: object): Error {
+  const typed = fromNative(error, callSite);
+  const raw = (error as { result?: NativeGenerateResult }).result;
+  if (raw && typeof raw === 'object') Object.assign(typed, { result: { ...toResult(raw, promptTokens), ...extra } });
+  return typed;
+}
+
 /** @internal A prompt's tokens, checked against the context size (RangeError). */
 export function checkPromptLength(ids: Int32Array, contextSize: number): Int32Array {
   if (ids.length === 0) throw v.rangeError('a prompt of at least one token', 'prompt', '0 tokens');
@@ -236,7 +305,45 @@ function nativeGenerateParams(o: Partial<GenerateOptions>, vocabularySize: numbe
   if (o.stopAtEog !== undefined) p.stopAtEog = v.boolean('stopAtEog', o.stopAtEog);
   if (o.reuseCache !== undefined) p.reuseCache = v.boolean('reuseCache', o.reuseCache);
   if (o.streamIntervalMs !== undefined) p.streamIntervalMs = v.integer('streamIntervalMs', o.streamIntervalMs, 0, 60_000);
+  if (o.grammar !== undefined && o.jsonSchema !== undefined) {
+    throw Object.assign(new TypeError('Expected at most one of grammar and jsonSchema but received both'), { code: 'ERR_INVALID_ARG_TYPE' });
+  }
+  if (o.grammar !== undefined) {
+    if (typeof o.grammar === 'string') p.grammar = nativeGrammar(Grammar.compile(o.grammar));
+    else if (o.grammar instanceof Grammar) p.grammar = nativeGrammar(o.grammar);
+    else throw v.typeError('a GBNF string or a Grammar', 'grammar', o.grammar);
+  }
+  if (o.jsonSchema !== undefined) {
+    if (typeof o.jsonSchema !== 'object' || o.jsonSchema === null || Array.isArray(o.jsonSchema)) {
+      throw v.typeError('a JSON Schema object', 'jsonSchema', o.jsonSchema);
+    }
+    p.grammar = nativeGrammar(Grammar.fromJsonSchema(o.jsonSchema));
+  }
+  if (o.logitBias !== undefined) p.logitBias = logitBias(o.logitBias, vocabularySize);
+  const logprobs = o.logprobs === undefined ? undefined : v.boolean('logprobs', o.logprobs);
+  const top = o.topLogprobs === undefined ? undefined : v.integer('topLogprobs', o.topLogprobs, 0, 20);
+  const post = o.postSamplingProbs === undefined ? undefined : v.boolean('postSamplingProbs', o.postSamplingProbs);
+  if (logprobs || top !== undefined || post) {
+    p.topLogprobs = top ?? 0;
+    if (post) p.postSamplingProbs = true;
+  }
   return p;
+}
+
+function logitBias(value: unknown, vocabularySize: number): NonNullable<NativeGenerateParams['logitBias']> {
+  let entries: [unknown, unknown][];
+  if (value instanceof Map) entries = [...value.entries()];
+  else if (typeof value === 'object' && value !== null && !Array.isArray(value)) entries = Object.entries(value);
+  else throw v.typeError('an object or a Map of token id to bias', 'logitBias', value);
+  const tokens = new Int32Array(entries.length);
+  const biases = new Float32Array(entries.length);
+  entries.forEach(([key, bias], i) => {
+    const id = typeof key === 'string' && /^\d+$/.test(key) ? Number(key) : key;
+    tokens[i] = v.integer(`logitBias key ${String(key)}`, id, 0, vocabularySize - 1);
+    const b = v.number(`logitBias[${String(key)}]`, bias, -100, 100);
+    biases[i] = b === -100 ? -Infinity : b;
+  });
+  return { tokens, biases };
 }
 
 /** @internal */
@@ -257,6 +364,7 @@ export function toResult(raw: NativeGenerateResult, promptTokens: number): Gener
       promptTokensPerSecond: raw.promptMs > 0 ? (raw.evaluatedTokens * 1000) / raw.promptMs : 0,
       tokensPerSecond: raw.generateMs > 0 ? (generated * 1000) / raw.generateMs : 0,
     },
+    ...(raw.logprobs ? { logprobs: raw.logprobs } : {}),
   };
 }
 
@@ -268,7 +376,7 @@ export class Generation implements AsyncIterable<string> {
   /** Resolves when generation ends; rejects with AbortError (carrying `.result`) or another typed error. */
   readonly result: Promise<GenerationResult>;
   #resolveResult!: (r: Promise<GenerationResult>) => void;
-  #chunks: string[] = [];
+  #chunks: GenerationChunk[] = [];
   #waiter: (() => void) | undefined;
   #ended = false;
   #stop: () => void = () => {};
@@ -282,8 +390,8 @@ export class Generation implements AsyncIterable<string> {
   }
 
   /** @internal */
-  push(text: string): void {
-    this.#chunks.push(text);
+  push(text: string, logprobs?: NativeTokenLogprob[]): void {
+    this.#chunks.push(logprobs ? { text, logprobs } : { text });
     this.#wake();
   }
 
@@ -318,6 +426,32 @@ export class Generation implements AsyncIterable<string> {
 
   /** Text chunks as they are generated (each ends on a whole character). A Generation can be iterated once. */
   async *[Symbol.asyncIterator](): AsyncIterator<string> {
+    yield* this.#drain((batch) => {
+      const texts = batch.filter((c) => c.text !== '').map((c) => c.text);
+      if (this.#perToken) return texts;
+      return texts.length === 0 ? [] : [texts.length === 1 ? texts[0] : texts.join('')];
+    });
+  }
+
+  /**
+   * The chunks with their tokens' logprobs (when asked for): each chunk carries the entries of the tokens sampled
+   * since the previous one (a token whose text is still held back, such as a piece of a character, sends its
+   * entry before its text), so all chunks together hold exactly `result.logprobs`. Like the text iterator
+   * (which it replaces: a Generation is iterated once, either way).
+   */
+  chunks(): AsyncIterable<GenerationChunk> {
+    return {
+      [Symbol.asyncIterator]: () =>
+        this.#drain((batch) => {
+          const useful = batch.filter((c) => c.text !== '' || (c.logprobs?.length ?? 0) > 0);
+          if (this.#perToken || useful.length <= 1) return useful;
+          const text = useful.map((c) => c.text).join('');
+          return [useful[0].logprobs ? { text, logprobs: useful.flatMap((c) => c.logprobs ?? []) } : { text }];
+        }),
+    };
+  }
+
+  async *#drain<T>(shape: (batch: GenerationChunk[]) => T[]): AsyncGenerator<T> {
     if (this.#iterated) throw new TypeError('A Generation can be iterated only once');
     this.#iterated = true;
     let finished = false;
@@ -326,8 +460,7 @@ export class Generation implements AsyncIterable<string> {
         if (this.#chunks.length > 0) {
           const batch = this.#chunks;
           this.#chunks = [];
-          if (this.#perToken) yield* batch;
-          else yield batch.length === 1 ? batch[0] : batch.join('');
+          yield* shape(batch);
           continue;
         }
         if (this.#ended) break;

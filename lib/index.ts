@@ -5,7 +5,8 @@ export { Context } from './context.js';
 export type { EvaluateOptions } from './context.js';
 export type { ContextOptions, ParallelContextOptions } from './context-options.js';
 export { Generation } from './generation.js';
-export type { SamplingOptions, GenerateOptions, GenerationResult, StopReason } from './generation.js';
+export type { SamplingOptions, GenerateOptions, GenerationResult, StopReason, TokenLogprob, GenerationChunk } from './generation.js';
+export { Grammar, GRAMMAR_LIMITS } from './grammar.js';
 export type { DeviceMemoryUse } from './memory.js';
 export { ParallelContext } from './parallel.js';
 export { createServer, HuoziServer } from './server/server.js';
@@ -13,7 +14,7 @@ export type { ServerOptions } from './server/server.js';
 export type { ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';
 export {
   HuoziError, ModelLoadError, ContextCreateError, ContextOverflowError, DecodeError, DisposedError, AbortError,
-  BusyError, BindingError, GgufError, InsufficientMemoryError,
+  BusyError, BindingError, GgufError, InsufficientMemoryError, GrammarError,
 } from './errors.js';
 export { demoModelPath } from './demo.js';
 export { systemInfo } from './system.js';

@@ -2,7 +2,7 @@ import type { NativeEvent, NativeParallelContext } from './binding.js';
 import { checkContextOptions, type ParallelContextOptions } from './context-options.js';
 import { DisposedError, fromNative } from './errors.js';
 import {
-  abortError, emptyResult, promptTokens, prepareGeneration, toResult, type Generation, type GenerateOptions, type GenerationResult,
+  abortError, emptyResult, generationError, promptTokens, prepareGeneration, toResult, type Generation, type GenerateOptions, type GenerationResult,
 } from './generation.js';
 import { Lifecycle, nativeModel } from './lifecycle.js';
 import { memoryUse, type DeviceMemoryUse } from './memory.js';
@@ -179,8 +179,12 @@ export class ParallelContext {
       const pending = this.#pending.get(event.id);
       if (!pending) continue;
       if ('text' in event) {
-        pending.generation.push(event.text);
-      } else if ('result' in event) {
+        pending.generation.push(event.text, event.logprobs);
+      } else if ('code' in event) {
+        this.#pending.delete(event.id);
+        const extra = event.result ? { slot: event.result.slot, queueMs: event.result.queueMs } : undefined;
+        pending.reject(generationError(Object.assign(new Error(event.message), { code: event.code, result: event.result }), pending.callSite, pending.promptTokens, extra));
+      } else {
         this.#pending.delete(event.id);
         const raw = event.result;
         const out: ParallelGenerationResult = { ...toResult(raw, pending.promptTokens), slot: raw.slot, queueMs: raw.queueMs };
@@ -189,9 +193,6 @@ export class ParallelContext {
         } else {
           pending.resolve(out);
         }
-      } else {
-        this.#pending.delete(event.id);
-        pending.reject(fromNative(Object.assign(new Error(event.message), { code: event.code }), pending.callSite));
       }
     }
   }

@@ -71,9 +71,10 @@ export class Grammar {
     checkJsonSchema(schema);
     // The converter falls back to "any string" for a pattern it cannot translate (printing a warning): such a
     // pattern converts to exactly what an unanchored one (never translated) does.
+    const patterns = patternsOf(schema);
     // Once per process: the converter prints its warning to stderr each time.
-    anyString ??= toGbnf({ type: 'string', pattern: 'x' });
-    for (const { pattern, path } of patternsOf(schema)) {
+    if (patterns.length > 0) anyString ??= toGbnf({ type: 'string', pattern: 'x' });
+    for (const { pattern, path } of patterns) {
       let converted: string;
       try {
         converted = toGbnf({ type: 'string', pattern });

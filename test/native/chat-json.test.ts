@@ -69,7 +69,7 @@ describe('ChatSession.promptJson', () => {
         expect(last.role).toBe('assistant');
         expect(JSON.parse(last.content)).toEqual(value);
       }
-    }, 300_000);
+    }, 600_000);
   }
 
   it('returns the parsed value typed as asked, and the next turn goes on from it', async () => {

@@ -15,6 +15,7 @@ import * as v from './validate.js';
 export const GRAMMAR_LIMITS = Object.freeze({ bytes: 1 << 20, depth: 256, rules: 100_000, elements: 2_000_000 });
 
 const natives = new WeakMap<Grammar, NativeGrammar>();
+let anyString: string | undefined;
 
 /**
  * A GBNF grammar (llama.cpp's format: grammars/README.md in llama.cpp), parsed and validated once: pass it as the
@@ -69,8 +70,9 @@ export class Grammar {
     }
     checkJsonSchema(schema);
     // The converter falls back to "any string" for a pattern it cannot translate (printing a warning): such a
-    // pattern converts to exactly what no pattern does.
-    const anyString = toGbnf({ type: 'string' });
+    // pattern converts to exactly what an unanchored one (never translated) does.
+    // Once per process: the converter prints its warning to stderr each time.
+    anyString ??= toGbnf({ type: 'string', pattern: 'x' });
     for (const { pattern, path } of patternsOf(schema)) {
       let converted: string;
       try {

@@ -92,6 +92,99 @@ GrammarFault FaultFromMessage(const std::string &what, const std::string &text, 
   return f;
 }
 
+// A rule that can begin with itself, directly or through rules that may match nothing: its id, or -1.
+// llama.cpp's own check (llama_grammar_detect_left_recursion) misses recursion through a rule that is empty only
+// by way of another rule (`e ::= opt e "x"`, `opt ::= "a"?`), and building the initial stacks of such a grammar
+// then grows them without end (memory exhausted). Here nullability is computed transitively, with a worklist,
+// and the cycle found by an iterative depth-first search: linear, and no recursion.
+int64_t FindLeftRecursion(const llama_grammar_rules &rules) {
+  const size_t n = rules.size();
+  auto terminal = [](const llama_grammar_element &e) {
+    return e.type == LLAMA_GRETYPE_CHAR || e.type == LLAMA_GRETYPE_CHAR_NOT || e.type == LLAMA_GRETYPE_CHAR_ANY ||
+           e.type == LLAMA_GRETYPE_TOKEN || e.type == LLAMA_GRETYPE_TOKEN_NOT;
+  };
+  auto end_of_alt = [](const llama_grammar_element &e) { return e.type == LLAMA_GRETYPE_END || e.type == LLAMA_GRETYPE_ALT; };
+  // 1. Which rules may match the empty string.
+  struct Alt {
+    uint32_t rule;
+    size_t pending;  // rule references in it not yet known to be nullable
+  };
+  std::vector<Alt> alts;
+  std::vector<std::vector<size_t>> waiting(n);  // rule -> alternatives that refer to it
+  std::vector<char> nullable(n, 0);
+  std::vector<uint32_t> work;
+  for (uint32_t r = 0; r < n; ++r) {
+    const auto &rule = rules[r];
+    size_t i = 0;
+    while (i < rule.size()) {
+      bool has_terminal = false;
+      std::vector<uint32_t> refs;
+      for (; i < rule.size() && !end_of_alt(rule[i]); ++i) {
+        if (terminal(rule[i])) has_terminal = true;
+        if (rule[i].type == LLAMA_GRETYPE_RULE_REF) refs.push_back(rule[i].value);
+      }
+      if (!has_terminal) {
+        alts.push_back({r, refs.size()});
+        for (uint32_t ref : refs) waiting[ref].push_back(alts.size() - 1);
+        if (refs.empty() && !nullable[r]) {
+          nullable[r] = 1;
+          work.push_back(r);
+        }
+      }
+      if (i < rule.size() && rule[i].type == LLAMA_GRETYPE_END) break;
+      ++i;
+    }
+  }
+  while (!work.empty()) {
+    const uint32_t r = work.back();
+    work.pop_back();
+    for (size_t a : waiting[r]) {
+      if (--alts[a].pending == 0 && !nullable[alts[a].rule]) {
+        nullable[alts[a].rule] = 1;
+        work.push_back(alts[a].rule);
+      }
+    }
+  }
+  // 2. Edges to the rules each rule may begin with.
+  std::vector<std::vector<uint32_t>> begins(n);
+  for (uint32_t r = 0; r < n; ++r) {
+    bool open = true;
+    for (const auto &e : rules[r]) {
+      if (end_of_alt(e)) {
+        open = true;
+      } else if (open && e.type == LLAMA_GRETYPE_RULE_REF) {
+        begins[r].push_back(e.value);
+        open = nullable[e.value] != 0;
+      } else if (terminal(e)) {
+        open = false;
+      }
+    }
+  }
+  // 3. A cycle among them.
+  std::vector<char> state(n, 0);  // 0 new, 1 on the path, 2 done
+  std::vector<std::pair<uint32_t, size_t>> path;
+  for (uint32_t start = 0; start < n; ++start) {
+    if (state[start] != 0) continue;
+    path.push_back({start, 0});
+    state[start] = 1;
+    while (!path.empty()) {
+      auto &[r, next] = path.back();
+      if (next < begins[r].size()) {
+        const uint32_t to = begins[r][next++];
+        if (state[to] == 1) return to;
+        if (state[to] == 0) {
+          state[to] = 1;
+          path.push_back({to, 0});
+        }
+      } else {
+        state[r] = 2;
+        path.pop_back();
+      }
+    }
+  }
+  return -1;
+}
+
 std::string NameOf(const llama_grammar_parser &parser, uint32_t id) {
   for (const auto &kv : parser.symbol_ids) {
     if (kv.second == id) return kv.first;
@@ -137,6 +230,12 @@ llama_grammar *Build(const std::string &text, const std::string &root, const lla
   if (start == parser.symbol_ids.end()) {
     fault.rule = root;
     fault.message = "the grammar has no rule named '" + root + "' (its root)";
+    return nullptr;
+  }
+  const int64_t recursive = FindLeftRecursion(parser.rules);
+  if (recursive >= 0) {
+    fault.rule = NameOf(parser, static_cast<uint32_t>(recursive));
+    fault.message = "left recursion in rule '" + fault.rule + "' (llama.cpp's grammars cannot refer to a rule at its own start)";
     return nullptr;
   }
   llama_grammar_stack rules = parser.c_rules();

@@ -107,6 +107,12 @@ describe('generate and evaluate throw on invalid arguments', () => {
     ['a stop token past the vocabulary', [1], { stopTokens: [5000] }, rangeErr],
     ['non-string stop strings', [1], { stopStrings: [1] }, typeErr],
     ['a seed past 32 bits', [1], { seed: 2 ** 33 }, rangeErr],
+    ['topLogprobs past 20', [1], { topLogprobs: 21 }, rangeErr],
+    ['a NaN logit bias', [1], { logitBias: { 5: NaN } }, rangeErr],
+    ['a logit bias past 100', [1], { logitBias: new Map([[5, 101]]) }, rangeErr],
+    ['a logit bias for a token past the vocabulary', [1], { logitBias: { 5000: 1 } }, rangeErr],
+    ['a number as grammar', [1], { grammar: 5 }, typeErr],
+    ['both grammar and jsonSchema', [1], { grammar: 'root ::= "a"', jsonSchema: { type: 'string' } }, typeErr],
     ['a misspelled option', [1], { maxToken: 5 }, typeErr],
   ])('%s', (_, prompt, options, expected) => {
     expect(() => context.generate(prompt as never, options as never)).toThrow(expect.objectContaining(expected));

@@ -20,6 +20,12 @@ export { demoModelPath } from './demo.js';
 export { systemInfo } from './system.js';
 export { ChatSession, SessionFileError } from './chat/session.js';
 export type { ChatSessionOptions, ChatPromptOptions, ChatAnswer, ChatStream } from './chat/session.js';
+export type { ChatToolOptions, ChatToolPromptOptions, ChatJsonOptions } from './chat/session.js';
+export { ChatAnswerError } from './chat/json.js';
+export { ToolCallError } from './chat/tools.js';
+export type {
+  ChatTool, ChatTools, ToolChoice, ToolCall, ToolCallMessage, ToolResultMessage, ConversationMessage,
+} from './chat/tools.js';
 export { huoziTemplate, chatmlTemplate, jinjaTemplate, jinjaTemplateFile } from './chat/template.js';
 export type { ChatTemplate, ChatMessage, ChatRole, Segment, JinjaTemplateOptions } from './chat/template.js';
 export type { TemplateOption } from './chat/detect.js';

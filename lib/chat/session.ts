@@ -1,8 +1,9 @@
 import { endOfTurn, type EndOfTurn } from './end-of-turn.js';
 import { createHash } from 'node:crypto';
 import type { Context } from '../context.js';
-import { BusyError, ContextOverflowError, DecodeError } from '../errors.js';
-import { SAMPLING_OPTIONS, type GenerationResult, type SamplingOptions } from '../generation.js';
+import { AbortError, BusyError, ContextOverflowError, DecodeError } from '../errors.js';
+import { SAMPLING_OPTIONS, type Generation, type GenerationResult, type SamplingOptions } from '../generation.js';
+import type { Grammar } from '../grammar.js';
 import type { Model } from '../model.js';
 import * as v from '../validate.js';
 import { detectTemplate, type TemplateOption } from './detect.js';
@@ -10,6 +11,12 @@ import {
   joinSegments, normalizeRole, type ChatMessage, type ChatRole, type ChatTemplate, type Segment,
 } from './template.js';
 import { tokenizeSegments } from './tokenize.js';
+import { ChatAnswerError, incompleteAnswer, parseJsonAnswer } from './json.js';
+import {
+  checkConversation, conversationMessage, newToolCallIds, offersTools, parseToolTurn, pendingToolCalls, resultText,
+  templateMessages, toolGrammar, toolTurn, ToolCallError, type ChatTools, type ConversationMessage, type ToolCall,
+  type ToolChoice, type ToolTurn,
+} from './tools.js';
 import {
   encodeSessionFile, FORMAT_VERSION, MAGIC, readSessionFile, SessionFileError, writeSessionFile,
 } from './session-file.js';
@@ -43,19 +50,62 @@ export interface ChatPromptOptions extends SamplingOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Tool calling in {@link ChatSession.prompt} and {@link ChatSession.respond}. The model's turn is constrained to
+ * calls of these tools (arguments valid for each tool's `parameters`) or, with `toolChoice` `auto`, an answer.
+ */
+export interface ChatToolOptions {
+  /** The functions the model may call: `{ name: { description, parameters, handler } }` or a list with `name`. */
+  tools?: ChatTools;
+  /**
+   * `auto` (default: calls or an answer), `none` (no tools offered: a plain answer), `required` (at least one
+   * call), `{ name }` (calls of that tool). `required` and `{ name }` apply to the first turn; after the handlers'
+   * results the model may answer (`auto`).
+   */
+  toolChoice?: ToolChoice;
+  /** Several calls in one turn (default `true`); `false`: at most one. */
+  parallelToolCalls?: boolean;
+  /**
+   * Run the handlers (default `true`): when every call of a turn has a handler, they run in order, their results
+   * join the conversation and the model goes on, until it answers. Otherwise (`false`, or a called tool without
+   * a handler) the answer comes back with `toolCalls` for you to run: add each result with
+   * {@link ChatSession.addToolResult}, then call {@link ChatSession.respond}.
+   */
+  executeTools?: boolean;
+  /** Most rounds of handlers in one call before it gives up with a {@link ToolCallError}. Default: 8. */
+  maxToolRounds?: number;
+}
+
+/** Options of {@link ChatSession.prompt} and {@link ChatSession.respond}: a prompt's, and tool calling's. */
+export interface ChatToolPromptOptions extends ChatPromptOptions, ChatToolOptions {}
+
+/** Options of {@link ChatSession.promptJson}: a prompt's (no grammar of their own), and the schema. */
+export interface ChatJsonOptions extends Omit<ChatPromptOptions, 'grammar' | 'jsonSchema'> {
+  /** The JSON Schema the answer follows (what `Grammar.fromJsonSchema` takes). */
+  schema: object;
+}
+
 const SESSION_OPTIONS = ['systemPrompt', 'template', 'contextOverflow'] as const;
 const PROMPT_OPTIONS = [...SAMPLING_OPTIONS, 'maxTokens', 'stopStrings', 'signal'] as const satisfies readonly (keyof ChatPromptOptions)[];
+const TOOL_OPTIONS = ['tools', 'toolChoice', 'parallelToolCalls', 'executeTools', 'maxToolRounds'] as const satisfies readonly (keyof ChatToolOptions)[];
+const JSON_OPTIONS = [...PROMPT_OPTIONS.filter((k) => k !== 'grammar' && k !== 'jsonSchema'), 'schema'] as const;
 
 /** What {@link ChatSession.prompt} resolves to. */
 export interface ChatAnswer {
-  /** The assistant's answer, without the end-of-turn token. */
+  /** The assistant's answer, without the end-of-turn token ('' when it called tools for you to run). */
   text: string;
   /** Why the answer ended (`stopToken` at the end of a turn). */
   stopReason: GenerationResult['stopReason'];
   /** Messages dropped from the start of the history to make this turn fit. */
   droppedMessages: number;
-  /** The full generation result: tokens, reused and evaluated prompt tokens, timings. */
+  /** The full generation result: tokens, reused and evaluated prompt tokens, timings (of the last turn). */
   generation: GenerationResult;
+  /**
+   * The calls the model made that are yours to run (`executeTools: false`, or a tool without a handler); they
+   * are in the history, waiting for their results ({@link ChatSession.addToolResult}, then
+   * {@link ChatSession.respond}). Absent when the model answered.
+   */
+  toolCalls?: ToolCall[];
 }
 
 /** The rendered text and tokens that the context holds for the conversation so far. */
@@ -64,9 +114,19 @@ interface Committed {
   tokens: number[];
 }
 
+/** One generation of a turn: the prompt it ran on and its result. */
+interface Round {
+  kept: ConversationMessage[];
+  rendered: string;
+  tokens: number[];
+  dropped: number;
+}
+
 // The header's fields (version 1 also had stateSha256, a checksum of the state alone).
 const HEADER_FIELDS = ['magic', 'version', 'model', 'template', 'messages', 'committed', 'tokens', 'stateBytes'] as const;
 const ROLES: readonly string[] = ['system', 'user', 'assistant'];
+// The keys a saved message may have, by its shape.
+const MESSAGE_KEYS = { plain: ['role', 'content'], calls: ['role', 'content', 'toolCalls'], tool: ['role', 'toolCallId', 'name', 'content'] };
 
 /**
  * A conversation on a {@link Context}: renders the chat template, evaluates only what the context does not
@@ -80,7 +140,7 @@ export class ChatSession {
   readonly template: ChatTemplate;
   /** What happens when a turn would not fit: see {@link ChatSessionOptions.contextOverflow}. */
   readonly contextOverflow: 'dropOldest' | 'error';
-  #messages: ChatMessage[] = [];
+  #messages: ConversationMessage[] = [];
   readonly #endOfTurn: EndOfTurn;
   #committed: Committed | undefined;
   #busy = false;
@@ -95,18 +155,23 @@ export class ChatSession {
     if (o.systemPrompt !== undefined) this.#messages.push({ role: 'system', content: v.string('systemPrompt', o.systemPrompt) });
   }
 
-  /** The conversation so far (a copy). */
-  get history(): ChatMessage[] {
-    return this.#messages.map((m) => ({ ...m }));
+  /**
+   * The conversation so far (a copy): `{ role, content }` messages, assistant turns that called tools
+   * (`toolCalls`) and tools' results (`{ role: 'tool', toolCallId, name, content }`).
+   */
+  get history(): ConversationMessage[] {
+    return this.#messages.map((m) => structuredClone(m));
   }
 
-  /** Replaces the conversation. Roles may be system/user/assistant or 系统/用户/助手. */
-  setHistory(messages: readonly { role: string; content: string }[]): void {
+  /**
+   * Replaces the conversation. Roles may be system/user/assistant or 系统/用户/助手; tool calls and results as
+   * {@link history} shows them (each result after its call, each call answered at most once).
+   */
+  setHistory(messages: readonly (ConversationMessage | { role: string; content: string })[]): void {
     if (!Array.isArray(messages)) throw v.typeError('array of messages', 'messages', messages);
-    this.#messages = messages.map((m, i) => {
-      if (m === null || typeof m !== 'object') throw v.typeError('object', `messages[${i}]`, m);
-      return { role: normalizeRole(m.role, `messages[${i}].role`), content: v.string(`messages[${i}].content`, m.content) };
-    });
+    const checked = messages.map((m, i) => conversationMessage(m, `messages[${i}]`, normalizeRole));
+    checkConversation(checked);
+    this.#messages = checked;
     this.#committed = undefined;
   }
 
@@ -130,15 +195,68 @@ export class ChatSession {
   }
 
   /**
-   * Sends a user message and resolves to the whole answer.
+   * Sends a user message and resolves to the whole answer. With tools ({@link ChatToolOptions}), the model's
+   * turns are constrained to tool calls or an answer; handlers run until the model answers.
    *
    * @throws {@link BusyError} while another answer of this session is running.
    * @throws {@link ContextOverflowError} when the turn does not fit (always with contextOverflow 'error'; with
    * 'dropOldest' only when the last message alone does not fit).
+   * @throws {@link ToolCallError} when calls of the last turn still wait for their results, or past `maxToolRounds`.
+   * @throws {@link ChatAnswerError} when a turn with tools was cut before its JSON ended (`maxTokens`, a full context).
    */
-  async prompt(text: string, options?: ChatPromptOptions): Promise<ChatAnswer> {
+  async prompt(text: string, options?: ChatToolPromptOptions): Promise<ChatAnswer> {
+    if (typeof options === 'object' && options !== null && TOOL_OPTIONS.some((k) => k in options)) {
+      v.string('text', text);
+      return this.#toolTurns({ role: 'user', content: text }, options);
+    }
     const stream = this.stream(text, options);
     return stream.result;
+  }
+
+  /**
+   * Generates the assistant's next turn for the conversation as it stands: after the results of its tool calls
+   * ({@link addToolResult}), or after {@link setHistory} with a user message last. Takes prompt() options,
+   * tools included.
+   *
+   * @throws {@link ToolCallError} (`pending`) when a call still waits for its result.
+   */
+  async respond(options?: ChatToolPromptOptions): Promise<ChatAnswer> {
+    this.#checkNoPending();
+    const last = this.#messages[this.#messages.length - 1];
+    if (last?.role !== 'user' && last?.role !== 'tool') {
+      throw v.rangeError('a conversation that ends with a user message or tool results', 'respond()', last?.role ?? 'an empty conversation');
+    }
+    return this.#toolTurns(undefined, options ?? {});
+  }
+
+  /**
+   * Adds the result of a tool call the model made (see {@link ChatAnswer.toolCalls}): a string as it is, anything
+   * else as JSON. When every call of the turn has its result, {@link respond} lets the model go on.
+   */
+  addToolResult(id: string, result: unknown): void {
+    v.string('id', id);
+    if (this.#busy) throw new BusyError('This chat session is answering; wait for the answer (or stop it) first');
+    const pending = pendingToolCalls(this.#messages);
+    const call = pending.find((c) => c.id === id);
+    if (!call) {
+      throw v.rangeError(`the id of a call waiting for its result (${pending.map((c) => c.id).join(', ') || 'none is'})`, 'id', id);
+    }
+    this.#messages = [...this.#messages, { role: 'tool', toolCallId: id, name: call.name, content: resultText(result) }];
+  }
+
+  /**
+   * Sends a user message and resolves to the answer as a value: the answer is constrained to JSON that `schema`
+   * describes, then parsed. The turn joins the history like prompt()'s.
+   *
+   * @throws {@link GrammarError} when the schema cannot be converted (before anything is generated).
+   * @throws {@link ChatAnswerError} when the answer was cut before its JSON ended (`maxTokens`, a full context).
+   */
+  async promptJson<T = unknown>(text: string, options: ChatJsonOptions): Promise<T> {
+    const o = v.options<ChatJsonOptions>('options', options, JSON_OPTIONS);
+    if (typeof o.schema !== 'object' || o.schema === null || Array.isArray(o.schema)) throw v.typeError('a JSON Schema object', 'schema', o.schema);
+    const { schema, ...rest } = o;
+    const answer = await this.prompt(text, { ...rest, jsonSchema: schema });
+    return parseJsonAnswer(answer.text, answer.stopReason, answer.generation) as T;
   }
 
   /**
@@ -149,24 +267,17 @@ export class ChatSession {
     v.string('text', text);
     const o = v.options<ChatPromptOptions>('options', options, PROMPT_OPTIONS);
     if (this.#busy) throw new BusyError('This chat session is answering; wait for the answer (or stop it) first');
-    const { signal, maxTokens, stopStrings, ...sampling } = o;
-    const messages: ChatMessage[] = [...this.#messages, { role: 'user', content: text }];
-    const reserve = maxTokens ?? Math.floor(this.context.contextSize / 4);
-    const { tokens, kept, dropped, rendered } = this.#fit(messages, reserve);
-    const generation = this.context.generate(tokens, {
-      ...sampling, maxTokens, signal, reuseCache: true,
-      stopStrings: [...(stopStrings ?? []), ...this.#endOfTurn.stopStrings], stopTokens: this.#endOfTurn.stopTokens,
-    });
+    this.#checkNoPending();
+    const { generation, round } = this.#start([...this.#messages, { role: 'user', content: text }], undefined, o);
     this.#busy = true;
-    const result = generation.result.then(
+    const result = this.#settle(generation, round).then(
       (r) => {
         this.#busy = false;
-        return this.#finish(kept, rendered, tokens, r, dropped.length);
+        this.#finish(round, { role: 'assistant', content: r.text }, r, true);
+        return { text: r.text, stopReason: r.stopReason, droppedMessages: round.dropped, generation: r };
       },
       (error: unknown) => {
         this.#busy = false;
-        const partial = (error as { result?: GenerationResult }).result;
-        if (partial) this.#finish(kept, rendered, tokens, partial, dropped.length);
         throw error;
       },
     );
@@ -178,34 +289,165 @@ export class ChatSession {
     };
   }
 
-  #finish(kept: ChatMessage[], rendered: string, prompt: number[], r: GenerationResult, dropped: number): ChatAnswer {
-    this.#messages = [...kept, { role: 'assistant', content: r.text }];
+  /** A new user message is refused while the last turn's calls wait for their results. */
+  #checkNoPending(): void {
+    const pending = pendingToolCalls(this.#messages);
+    if (pending.length > 0) {
+      throw new ToolCallError(
+        `The model's tool calls ${pending.map((c) => c.id).join(', ')} wait for their results: add them with addToolResult() (then respond()) first`,
+        { reason: 'pending', toolCalls: pending },
+      );
+    }
+  }
+
+  /**
+   * Starts one generation on `messages` (rendered for `turn`): fits the conversation into the context and
+   * generates. A constrained turn (a grammar, a schema, tools) ends where its grammar does, at end-of-generation:
+   * the end-of-turn token is banned inside it, where its text would otherwise be allowed in any JSON string and
+   * end the turn halfway through a value.
+   */
+  #start(
+    messages: ConversationMessage[], turn: ToolTurn | undefined, o: Partial<ChatPromptOptions>, grammar?: Grammar,
+  ): { generation: Generation; round: Round } {
+    const { signal, maxTokens, stopStrings, ...sampling } = o;
+    const reserve = maxTokens ?? Math.floor(this.context.contextSize / 4);
+    const { tokens, kept, dropped, rendered } = this.#fit(messages, reserve, turn);
+    const constrained = grammar !== undefined || sampling.grammar !== undefined || sampling.jsonSchema !== undefined;
+    const generation = this.context.generate(tokens, {
+      ...sampling,
+      ...(grammar === undefined ? {} : { grammar }),
+      ...(constrained ? { logitBias: this.#banEndOfTurn(sampling.logitBias) } : {}),
+      maxTokens, signal, reuseCache: true,
+      stopStrings: [...(stopStrings ?? []), ...this.#endOfTurn.stopStrings], stopTokens: this.#endOfTurn.stopTokens,
+    });
+    return { generation, round: { kept, rendered, tokens, dropped: dropped.length } };
+  }
+
+  /** The caller's logit bias, with the end-of-turn tokens banned where it says nothing of them. */
+  #banEndOfTurn(bias: ChatPromptOptions['logitBias']): Map<number, number> {
+    const out = new Map<number, number>();
+    if (bias instanceof Map) for (const [k, b] of bias) out.set(k, b);
+    else if (bias !== undefined && bias !== null && typeof bias === 'object') for (const [k, b] of Object.entries(bias)) out.set(/^\d+$/.test(k) ? Number(k) : (k as never), b);
+    for (const t of this.#endOfTurn.stopTokens) if (!out.has(t)) out.set(t, -100);
+    return out;
+  }
+
+  /** The generation's result; a stopped or failed one's partial answer joins the history as text first. */
+  #settle(generation: Generation, round: Round): Promise<GenerationResult> {
+    return generation.result.catch((error: unknown) => {
+      const partial = (error as { result?: GenerationResult }).result;
+      if (partial) this.#finish(round, { role: 'assistant', content: partial.text }, partial, true);
+      throw error;
+    });
+  }
+
+  /**
+   * The turn's answer joins the history. `exact`: the message renders as the generated text, so the context's
+   * tokens stand for the rendered conversation (a tool turn's message renders differently: the next turn
+   * tokenizes afresh, and the context still reuses the longest prefix it holds).
+   */
+  #finish(round: Round, message: ConversationMessage, r: GenerationResult, exact: boolean): void {
+    this.#messages = [...round.kept, message];
     // What the context now holds is the prompt and the answer's tokens. Its text is known exactly only when
     // the turn ended on its stop token; otherwise the next turn tokenizes the conversation afresh (and the
     // context still reuses the longest prefix it holds).
     const stopText = r.stopToken === null ? undefined : this.context.model.specialTokenText(r.stopToken);
     this.#committed =
-      (r.stopReason === 'stopToken' || r.stopReason === 'eog') && stopText !== undefined
-        ? { text: rendered + r.text + stopText, tokens: [...prompt, ...r.tokens] }
+      exact && (r.stopReason === 'stopToken' || r.stopReason === 'eog') && stopText !== undefined
+        ? { text: round.rendered + r.text + stopText, tokens: [...round.tokens, ...r.tokens] }
         : undefined;
-    return { text: r.text, stopReason: r.stopReason, droppedMessages: dropped, generation: r };
+  }
+
+  /** The turns of prompt() with tools, and of respond(): generate, run the handlers, until an answer. */
+  async #toolTurns(user: ConversationMessage | undefined, options: ChatToolPromptOptions): Promise<ChatAnswer> {
+    const all = v.options<ChatToolPromptOptions>('options', options, [...PROMPT_OPTIONS, ...TOOL_OPTIONS]);
+    const { tools, toolChoice, parallelToolCalls, executeTools, maxToolRounds, ...o } = all;
+    const first = toolTurn({ tools: tools ?? [], choice: toolChoice, parallel: parallelToolCalls });
+    const execute = executeTools === undefined ? true : v.boolean('executeTools', executeTools);
+    const maxRounds = maxToolRounds === undefined ? 8 : v.integer('maxToolRounds', maxToolRounds, 1, 1000);
+    if (offersTools(first) && (o.grammar !== undefined || o.jsonSchema !== undefined)) {
+      throw Object.assign(new TypeError('Expected at most one of tools and grammar/jsonSchema but received both'), { code: 'ERR_INVALID_ARG_TYPE' });
+    }
+    if (this.#busy) throw new BusyError('This chat session is answering; wait for the answer (or stop it) first');
+    this.#checkNoPending();
+    // required and a named tool ask for calls once; after their results the model may answer.
+    const later: ToolTurn = first.choice === 'auto' || first.choice === 'none' ? first : { ...first, choice: 'auto' };
+    const grammars = new Map<ToolTurn, Grammar | undefined>([[first, toolGrammar(first)]]);
+    this.#busy = true;
+    try {
+      let messages = user === undefined ? this.#messages : [...this.#messages, user];
+      let dropped = 0;
+      for (let round = 0; ; round++) {
+        if (o.signal?.aborted) throw new AbortError('The chat turn was aborted between tool calls');
+        const turn = round === 0 ? first : later;
+        if (!grammars.has(turn)) grammars.set(turn, toolGrammar(turn));
+        const { generation, round: r0 } = this.#start(messages, turn, o, grammars.get(turn));
+        const r = await this.#settle(generation, r0);
+        dropped += r0.dropped;
+        const answer = (text: string, toolCalls?: ToolCall[]): ChatAnswer =>
+          ({ text, stopReason: r.stopReason, droppedMessages: dropped, generation: r, ...(toolCalls ? { toolCalls } : {}) });
+        if (!offersTools(turn)) {
+          this.#finish(r0, { role: 'assistant', content: r.text }, r, true);
+          return answer(r.text);
+        }
+        let parsed;
+        try {
+          if (r.stopReason !== 'eog') throw incompleteAnswer(r.text, r);
+          parsed = parseToolTurn(r.text, turn);
+        } catch (error) {
+          this.#finish(r0, { role: 'assistant', content: r.text }, r, true);
+          if (error instanceof ChatAnswerError && error.result === undefined) {
+            throw new ChatAnswerError(error.message, { reason: error.reason, text: r.text, result: r }, { cause: error.cause });
+          }
+          throw error;
+        }
+        if ('response' in parsed) {
+          this.#finish(r0, { role: 'assistant', content: parsed.response }, r, false);
+          return answer(parsed.response);
+        }
+        const ids = newToolCallIds(r0.kept, parsed.calls.length);
+        const calls: ToolCall[] = parsed.calls.map((c, i) => ({ id: ids[i], name: c.name, arguments: c.arguments }));
+        this.#finish(r0, { role: 'assistant', content: '', toolCalls: calls }, r, false);
+        const handlers = calls.map((c) => first.tools.find((t) => t.name === c.name)?.handler);
+        if (!execute || handlers.some((h) => h === undefined)) return answer('', structuredClone(calls));
+        if (round + 1 > maxRounds) {
+          throw new ToolCallError(`The model still calls tools after ${maxRounds} rounds (maxToolRounds)`, {
+            reason: 'maxToolRounds', toolCalls: structuredClone(calls),
+          });
+        }
+        for (const [i, call] of calls.entries()) {
+          let content: string;
+          try {
+            content = resultText(await handlers[i]!(structuredClone(call.arguments), structuredClone(call)));
+          } catch (error) {
+            content = `Error: ${error instanceof Error ? error.message : String(error)}`;
+          }
+          this.#messages = [...this.#messages, { role: 'tool', toolCallId: call.id, name: call.name, content }];
+        }
+        messages = this.#messages;
+      }
+    } finally {
+      this.#busy = false;
+    }
   }
 
   /** Tokens for `messages` with a generation prompt, dropping old exchanges if the context is too small. */
   #fit(
-    messages: ChatMessage[],
+    messages: ConversationMessage[],
     reserve: number,
-  ): { tokens: number[]; kept: ChatMessage[]; dropped: ChatMessage[]; rendered: string } {
+    turn: ToolTurn | undefined,
+  ): { tokens: number[]; kept: ConversationMessage[]; dropped: ConversationMessage[]; rendered: string } {
     const limit = this.context.contextSize;
     const budget = Math.max(1, limit - Math.min(reserve, Math.floor(limit / 2)));
     let current = messages;
-    const dropped: ChatMessage[] = [];
+    const dropped: ConversationMessage[] = [];
     for (;;) {
-      const segments = this.template.render(current, true);
+      const segments = this.template.render(templateMessages(current, turn), true);
       const tokens = this.#tokenize(segments, dropped.length === 0);
       if (tokens.length <= budget) return { tokens, kept: current, dropped, rendered: joinSegments(segments) };
       const first = current[0]?.role === 'system' ? 1 : 0;
-      // Drop the oldest exchange: everything up to the next user message after the first one.
+      // Drop the oldest exchange: everything up to the next user message after the first one (an exchange's
+      // tool calls and results go with it).
       const nextUser = current.findIndex((m, i) => i > first && m.role === 'user');
       if (this.contextOverflow === 'error' || nextUser === -1) {
         throw new ContextOverflowError(
@@ -292,7 +534,7 @@ export class ChatSession {
     h: Record<string, unknown>,
     version: number,
     bad: (why: string) => SessionFileError,
-  ): { messages: ChatMessage[]; tokens: number[]; committed: Committed | undefined } {
+  ): { messages: ConversationMessage[]; tokens: number[]; committed: Committed | undefined } {
     const fields: readonly string[] = version === 1 ? [...HEADER_FIELDS, 'stateSha256'] : HEADER_FIELDS;
     for (const key of Object.keys(h)) if (!fields.includes(key)) throw bad(`unknown header field "${key}"`);
     for (const key of fields) if (!(key in h)) throw bad(`the header has no "${key}"`);
@@ -303,16 +545,29 @@ export class ChatSession {
     if (typeof h.template !== 'string') throw bad('the header\'s template is not a string');
 
     if (!Array.isArray(h.messages)) throw bad('the header\'s messages are not an array');
-    const messages = h.messages.map((m: unknown, i): ChatMessage => {
+    const messages = h.messages.map((m: unknown, i): ConversationMessage => {
       if (m === null || typeof m !== 'object' || Array.isArray(m)) throw bad(`message ${i} is not an object`);
       const keys = Object.keys(m);
-      const { role, content } = m as Record<string, unknown>;
-      if (keys.length !== 2 || typeof role !== 'string' || !ROLES.includes(role)) {
-        throw bad(`message ${i} is not { role: system|user|assistant, content }`);
+      const { role, content, toolCalls } = m as Record<string, unknown>;
+      const shape = role === 'tool' ? MESSAGE_KEYS.tool : toolCalls !== undefined ? MESSAGE_KEYS.calls : MESSAGE_KEYS.plain;
+      if (
+        (typeof role !== 'string' || (!ROLES.includes(role) && role !== 'tool')) ||
+        keys.some((k) => !shape.includes(k)) || (role !== 'tool' && keys.length !== shape.length)
+      ) {
+        throw bad(`message ${i} is not { role: system|user|assistant, content }, an assistant's { role, content, toolCalls } or a { role: 'tool', toolCallId, name, content }`);
       }
       if (typeof content !== 'string') throw bad(`message ${i}'s content is not a string`);
-      return { role: role as ChatRole, content };
+      try {
+        return conversationMessage(m, `message ${i}`, (r) => r as ChatRole);
+      } catch (error) {
+        throw bad((error as Error).message);
+      }
     });
+    try {
+      checkConversation(messages);
+    } catch (error) {
+      throw bad((error as Error).message);
+    }
 
     const vocab = this.context.model.vocabularySize;
     const tokenList = (value: unknown, what: string): number[] => {

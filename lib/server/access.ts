@@ -7,7 +7,7 @@ import { isIP, type Socket } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { isLoopback } from '../util/net.js';
 import * as v from '../validate.js';
-import { HttpError } from './openai.js';
+import { HttpError } from './http-error.js';
 
 /** Open connections in all and per client address; a connection over either cap is answered 503 and closed. */
 export class ConnectionCaps {

@@ -6,15 +6,18 @@ import type { ServerResponse } from 'node:http';
 import type { ChatMessage, ChatTemplate, Segment } from '../chat/template.js';
 import { endOfTurn } from '../chat/end-of-turn.js';
 import { segmentsToPieces } from '../chat/tokenize.js';
-import { AbortError, HuoziError } from '../errors.js';
+import { AbortError, GrammarError, HuoziError } from '../errors.js';
+import { Grammar } from '../grammar.js';
 import type { Model } from '../model.js';
 import type { ParallelContext, ParallelGenerateOptions } from '../parallel.js';
 import { isChatTemplateError, sendJson, toHttpError } from './http.js';
 import type { Metrics } from './metrics.js';
+import { HttpError } from './http-error.js';
+import type { Constraint } from './constraints.js';
 import {
-  HttpError, parseChatRequest, parseCompletionRequest, type ChatRequest, type CompletionRequest, type SamplingRequest,
+  parseChatRequest, parseCompletionRequest, type ChatRequest, type CompletionRequest, type SamplingRequest,
 } from './openai.js';
-import { ChatShape, CompletionShape, usageOf, type ResponseShape, type Usage } from './shape.js';
+import { AnswerTokens, ChatShape, CompletionShape, usageOf, type ResponseShape, type Usage } from './shape.js';
 
 /** What one generation endpoint does its own way. */
 export interface Endpoint<R extends SamplingRequest = SamplingRequest> {
@@ -51,6 +54,8 @@ export class Completions {
   readonly #model: Model;
   readonly #context: ParallelContext;
   #active = 0;
+  /** Grammars compiled for recent requests (clients send the same schema with every request), newest last. */
+  readonly #grammars = new Map<string, Grammar>();
 
   constructor(settings: CompletionSettings) {
     this.#s = settings;
@@ -61,18 +66,28 @@ export class Completions {
       parse: parseChatRequest,
       stops: endOfTurn(settings.model, settings.template),
       prompt: (r, signal) => this.#chatPrompt(r.messages, signal),
-      shape: (r) => new ChatShape(r.model, settings.responseRole),
+      shape: (r) => new ChatShape(r.model, settings.responseRole, r.logprobs && this.#answerTokens()),
     };
     this.text = {
       param: 'prompt',
       parse: parseCompletionRequest,
       stops: { stopStrings: [], stopTokens: [] },
       prompt: (r, signal) => this.#completionPrompt(r.prompt, signal),
-      shape: (r) => new CompletionShape(r.model, !r.echo ? '' : typeof r.prompt === 'string' ? r.prompt : this.#model.detokenize(r.prompt)),
+      shape: (r) => new CompletionShape(
+        r.model, !r.echo ? '' : typeof r.prompt === 'string' ? r.prompt : this.#model.detokenize(r.prompt), r.logprobs && this.#answerTokens(),
+      ),
     };
   }
 
-  /** Requests being generated or waiting for a slot. */
+  /** Which logprob entries are the answer's: made on the first request that asks for logprobs. */
+  #answer: AnswerTokens | undefined;
+  #answerTokens(): AnswerTokens {
+    // Control tokens render no text (their entries still name them).
+    this.#answer ??= new AnswerTokens(new Set([...this.#model.specialTokens.values()].filter((id) => this.#model.detokenize([id]) === '')));
+    return this.#answer;
+  }
+
+  /** Generations running or waiting for a slot (a request with `n` choices counts n). */
   get active(): number {
     return this.#active;
   }
@@ -83,13 +98,19 @@ export class Completions {
     this.#checkModel(request.model);
     // Checked before the prompt is rendered or tokenized: a refused request costs nothing more.
     const options = this.#generateOptions(request, endpoint.stops);
-    if (this.#active >= this.#context.parallel + this.#s.maxQueue) {
+    const capacity = this.#context.parallel + this.#s.maxQueue;
+    if (request.n > capacity) {
+      throw new HttpError(400, `n = ${request.n} is more than this server runs and queues at once (${capacity}).`, {
+        param: 'n', code: 'invalid_value',
+      });
+    }
+    if (this.#active + request.n > capacity) {
       this.#s.metrics.rejected++;
       throw new HttpError(503, `The server is busy: ${this.#active} requests are running or waiting. Try again shortly.`, {
         type: 'server_error', code: 'server_busy', headers: { 'Retry-After': '1' },
       });
     }
-    this.#active++;
+    this.#active += request.n;
     try {
       // A client that leaves while its prompt is rendered or tokenized stops that work.
       const left = new AbortController();
@@ -106,7 +127,7 @@ export class Completions {
       this.#checkLength(prompt.length, endpoint.param, 'resulted in');
       return await this.#generate(res, request, prompt, options, endpoint.shape(request));
     } finally {
-      this.#active--;
+      this.#active -= request.n;
     }
   }
 
@@ -179,7 +200,8 @@ export class Completions {
     return prompt;
   }
 
-  #generateOptions(r: SamplingRequest, stops: Endpoint['stops']): ParallelGenerateOptions {
+  /** The options of each of the request's `n` generations (they differ only in their seeds). */
+  #generateOptions(r: SamplingRequest, stops: Endpoint['stops']): ParallelGenerateOptions[] {
     const vocab = this.#model.vocabularySize;
     const badId = r.stopTokenIds.find((t) => t >= vocab);
     if (badId !== undefined) {
@@ -200,33 +222,68 @@ export class Completions {
     if (r.topP !== undefined) o.topP = r.topP;
     if (r.topK !== undefined) o.topK = Math.max(0, r.topK);
     if (r.minP !== undefined) o.minP = r.minP;
-    // Any integer, folded into the library's 0 .. 2^32-2 (2^32-1 would mean "random" to llama.cpp).
-    if (r.seed !== undefined) o.seed = ((r.seed % (2 ** 32 - 1)) + (2 ** 32 - 1)) % (2 ** 32 - 1);
     if (r.presencePenalty !== undefined) o.presencePenalty = r.presencePenalty;
     if (r.frequencyPenalty !== undefined) o.frequencyPenalty = r.frequencyPenalty;
     if (r.repetitionPenalty !== undefined) o.repeatPenalty = r.repetitionPenalty;
-    return o;
+    if (r.logitBias !== undefined) {
+      for (const id of r.logitBias.keys()) {
+        if (id >= vocab) {
+          throw new HttpError(400, `logit_bias names ${id}, not a token id of this model (0..${vocab - 1}).`, {
+            param: 'logit_bias', code: 'invalid_value',
+          });
+        }
+      }
+      o.logitBias = r.logitBias;
+    }
+    if (r.logprobs !== undefined) {
+      o.logprobs = true;
+      o.topLogprobs = r.logprobs.top;
+    }
+    if (r.constraint !== undefined) o.grammar = this.#grammar(r.constraint);
+    // Any integer, folded into the library's 0 .. 2^32-2 (2^32-1 would mean "random" to llama.cpp); choice i
+    // is seeded seed + i, so that the choices differ and each is reproducible.
+    const fold = (seed: number) => ((seed % (2 ** 32 - 1)) + (2 ** 32 - 1)) % (2 ** 32 - 1);
+    return Array.from({ length: r.n }, (_, i) => (r.seed === undefined ? { ...o } : { ...o, seed: fold(fold(r.seed) + i) }));
+  }
+
+  /** The constraint's grammar, compiled once for all the choices (and kept for the next requests that ask for it). */
+  #grammar(c: Constraint): Grammar {
+    const key = 'grammar' in c ? `g${c.grammar}` : `s${JSON.stringify(c.jsonSchema)}`;
+    let grammar = this.#grammars.get(key);
+    if (grammar === undefined) {
+      try {
+        grammar = 'grammar' in c ? Grammar.compile(c.grammar) : Grammar.fromJsonSchema(c.jsonSchema);
+      } catch (error) {
+        throw constraintError(error, c.field);
+      }
+      if (this.#grammars.size >= GRAMMAR_CACHE) this.#grammars.delete(this.#grammars.keys().next().value!);
+    } else this.#grammars.delete(key);
+    this.#grammars.set(key, grammar);
+    return grammar;
   }
 
   async #generate(
     res: ServerResponse,
     request: SamplingRequest,
     prompt: number[],
-    options: ParallelGenerateOptions,
+    options: ParallelGenerateOptions[],
     shape: ResponseShape,
   ): Promise<Usage | undefined> {
     if (res.destroyed) throw new AbortError('The client left before its generation started');
-    const generation = this.#context.generate(prompt, options);
-    // The client going away (closed socket, aborted fetch) stops the generation at the next step.
+    const generations = options.map((o) => this.#context.generate(prompt, o));
+    const stopAll = () => {
+      for (const g of generations) g.stop();
+    };
+    // The client going away (closed socket, aborted fetch) stops the generations at the next step.
     const onClose = () => {
-      if (!res.writableFinished) generation.stop();
+      if (!res.writableFinished) stopAll();
     };
     res.on('close', onClose);
     try {
       if (!request.stream) {
-        const result = await generation.result;
-        const usage = usageOf(result);
-        sendJson(res, 200, shape.response(result, usage));
+        const results = await Promise.all(generations.map((g) => g.result));
+        const usage = usageOf(results);
+        sendJson(res, 200, shape.response(results, usage));
         return usage;
       }
       res.writeHead(200, {
@@ -239,34 +296,61 @@ export class Completions {
       const send = (data: unknown) => {
         if (!res.writableEnded && !res.destroyed) res.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
       };
-      for (const event of shape.opening()) send(event);
-      for await (const text of generation) send(shape.chunk(text));
-      const result = await generation.result;
-      const usage = usageOf(result);
-      send(shape.final(result.stopReason));
+      for (let i = 0; i < generations.length; i++) for (const event of shape.opening(i)) send(event);
+      // The choices stream at once, each chunk sent as it comes (a client reads them apart by `index`).
+      const results = await Promise.all(generations.map(async (generation, i) => {
+        if (request.logprobs !== undefined) {
+          const answer = this.#answerTokens().stream();
+          for await (const chunk of generation.chunks()) {
+            const entries = answer.take(chunk.text, chunk.logprobs);
+            if (chunk.text !== '' || entries.length > 0) send(shape.chunk(i, chunk.text, entries));
+          }
+        } else {
+          for await (const text of generation) send(shape.chunk(i, text));
+        }
+        const result = await generation.result;
+        send(shape.final(i, result.stopReason));
+        return result;
+      }));
+      const usage = usageOf(results);
       if (request.includeUsage) send(shape.usage(usage));
       send('[DONE]');
       res.end();
       return usage;
     } catch (error) {
+      // One choice failed or the client left: the others stop too.
+      stopAll();
       if (error instanceof AbortError) {
         // The client left: nobody to answer.
         if (!res.headersSent) res.destroy();
         else res.end();
         return undefined;
       }
+      const e = request.constraint !== undefined ? constraintError(error, request.constraint.field) : error;
       if (res.headersSent) {
         // Mid-stream: report the failure in the stream itself, as OpenAI does, then end it.
-        const e = toHttpError(error);
+        const http = toHttpError(e);
         if (!res.writableEnded) {
-          res.write(`data: ${JSON.stringify(e.body())}\n\n`);
+          res.write(`data: ${JSON.stringify(http.body())}\n\n`);
           res.end();
         }
         return undefined;
       }
-      throw error;
+      throw e;
     } finally {
       res.off('close', onClose);
     }
   }
+}
+
+/** How many compiled grammars a server keeps for requests that send the same one again. */
+const GRAMMAR_CACHE = 32;
+
+/**
+ * A GrammarError as the client's 400 naming the field that asked for the grammar: one that cannot be compiled
+ * (bad GBNF, a schema keyword the converter cannot honour), or one that allowed no next token while generating.
+ */
+function constraintError(error: unknown, field: string): unknown {
+  if (!(error instanceof GrammarError)) return error;
+  return new HttpError(400, `${field}: ${error.message}`, { param: field, code: 'invalid_value' });
 }

@@ -2,7 +2,7 @@
 // into an answer in OpenAI's error shape without the client seeing a reset connection.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AbortError, DisposedError, HuoziError } from '../errors.js';
-import { HttpError } from './openai.js';
+import { HttpError } from './http-error.js';
 
 /**
  * Request bodies and error answers of one server. They share what was said to each request: a body is asked

@@ -1,39 +1,8 @@
 // The OpenAI request bodies this server accepts, checked field by field: a wrong type or value is a 400 with
 // OpenAI's error shape naming the parameter, never an exception deeper down.
 import { normalizeRole, type ChatMessage } from '../chat/template.js';
-
-/** An error answered to the client with OpenAI's error body. */
-export class HttpError extends Error {
-  readonly status: number;
-  readonly type: string;
-  readonly param: string | null;
-  readonly errorCode: string | null;
-  readonly headers: Record<string, string>;
-  constructor(
-    status: number,
-    message: string,
-    options: { type?: string; param?: string | null; code?: string | null; headers?: Record<string, string> } = {},
-  ) {
-    super(message);
-    this.name = 'HttpError';
-    this.status = status;
-    this.type = options.type ?? (status === 401 ? 'authentication_error' : status >= 500 ? 'server_error' : 'invalid_request_error');
-    this.param = options.param ?? null;
-    this.errorCode = options.code ?? null;
-    this.headers = options.headers ?? {};
-  }
-
-  body(): object {
-    return { error: { message: this.message, type: this.type, param: this.param, code: this.errorCode } };
-  }
-}
-
-function bad(param: string, expected: string, value: unknown): HttpError {
-  const shown = typeof value === 'string' ? JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value) : JSON.stringify(value);
-  return new HttpError(400, `Invalid value for '${param}': expected ${expected}, got ${shown ?? typeof value}.`, {
-    param, code: 'invalid_value',
-  });
-}
+import { CONSTRAINT_FIELDS, parseConstraint, type Constraint } from './constraints.js';
+import { bad, HttpError } from './http-error.js';
 
 type Body = Record<string, unknown>;
 
@@ -79,6 +48,14 @@ export interface SamplingRequest {
   cachePrompt: boolean;
   /** Streaming: how often text is sent, in ms (0: one event per token); undefined: the server's setting. */
   streamIntervalMs?: number;
+  /** Choices to generate (`n`): each its own generation of the same prompt. */
+  n: number;
+  /** `logit_bias`: token id -> bias (-100..100); the ids are checked against the vocabulary with the model. */
+  logitBias?: Map<number, number>;
+  /** What the answer is held to: a grammar or a JSON Schema, from one of the structured-output fields. */
+  constraint?: Constraint;
+  /** Each token's logprob and its `top` most likely alternatives (chat: logprobs + top_logprobs; completions: logprobs). */
+  logprobs?: { top: number };
 }
 
 export interface ChatRequest extends SamplingRequest {
@@ -91,22 +68,22 @@ export interface CompletionRequest extends SamplingRequest {
 }
 
 // Fields that change nothing in the answer (identifiers and hints for OpenAI's own service): accepted.
-const NO_EFFECT = new Set(['user', 'store', 'metadata', 'service_tier', 'prediction', 'safety_identifier', 'prompt_cache_key']);
+// `prediction` (Predicted Outputs) only speeds OpenAI's answer up; prompt_cache_* tune OpenAI's cache (this
+// server keeps each slot's prompt cache whatever they say).
+const NO_EFFECT = new Set([
+  'user', 'store', 'metadata', 'service_tier', 'prediction', 'safety_identifier', 'prompt_cache_key', 'prompt_cache_retention',
+  'prompt_cache_options',
+]);
 
 // Fields this server does not implement: accepted only with a value that asks for what it does anyway (so that
 // clients sending their defaults work), refused otherwise, never ignored.
 const AS_DEFAULT: Record<string, { ok: (value: unknown) => boolean; what: string }> = {
-  logprobs: { ok: (x) => x === false || x === 0, what: 'false' },
-  top_logprobs: { ok: (x) => x === 0, what: '0' },
-  logit_bias: { ok: (x) => isObject(x) && Object.keys(x).length === 0, what: '{}' },
-  response_format: { ok: (x) => isObject(x) && Object.keys(x).length === 1 && x.type === 'text', what: "{ type: 'text' }" },
   tools: { ok: (x) => Array.isArray(x) && x.length === 0, what: '[]' },
   functions: { ok: (x) => Array.isArray(x) && x.length === 0, what: '[]' },
   tool_choice: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (without tools)" },
   function_call: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (without functions)" },
   parallel_tool_calls: { ok: (x) => typeof x === 'boolean', what: 'a boolean (without tools)' },
   suffix: { ok: (x) => x === '', what: "''" },
-  best_of: { ok: (x) => x === 1, what: '1' },
   modalities: { ok: (x) => Array.isArray(x) && x.length === 1 && x[0] === 'text', what: "['text']" },
   chat_template_kwargs: { ok: (x) => isObject(x) && Object.keys(x).length === 0, what: '{}' },
   skip_special_tokens: { ok: (x) => x === true, what: 'true (special tokens are never in the text)' },
@@ -118,6 +95,10 @@ const AS_DEFAULT: Record<string, { ok: (value: unknown) => boolean; what: string
   length_penalty: { ok: (x) => x === 1, what: '1 (there is no beam search)' },
   reasoning_effort: { ok: () => false, what: 'null (the model has no reasoning setting)' },
   audio: { ok: () => false, what: 'null (text only)' },
+  verbosity: { ok: (x) => x === 'medium', what: "'medium' (the model has no verbosity setting)" },
+  web_search_options: { ok: () => false, what: 'null (this server cannot search the web)' },
+  moderation: { ok: () => false, what: 'null (this server runs no moderation)' },
+  guided_whitespace_pattern: { ok: () => false, what: 'null (JSON answers use the grammar\'s own whitespace)' },
 };
 
 function isObject(value: unknown): value is Body {
@@ -127,7 +108,7 @@ function isObject(value: unknown): value is Body {
 const COMMON = new Set([
   'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p',
   'seed', 'presence_penalty', 'frequency_penalty', 'repetition_penalty', 'stop', 'stop_token_ids', 'n', 'ignore_eos',
-  'cache_prompt', 'stream_interval_ms',
+  'cache_prompt', 'stream_interval_ms', 'logit_bias', ...CONSTRAINT_FIELDS,
 ]);
 
 function unknownKey(param: string): HttpError {
@@ -174,8 +155,6 @@ function sampling(body: Body, extra: readonly string[]): SamplingRequest {
   }
   const model = body.model;
   if (typeof model !== 'string' || model.length === 0) throw bad('model', 'a non-empty string', model);
-  const n = optInteger(body, 'n', 1, 1);
-  void n;
   const stream = optBoolean(body, 'stream') ?? false;
   let includeUsage = false;
   const streamOptions = body.stream_options;
@@ -233,7 +212,24 @@ function sampling(body: Body, extra: readonly string[]): SamplingRequest {
     ignoreEos: optBoolean(body, 'ignore_eos') ?? false,
     cachePrompt: optBoolean(body, 'cache_prompt') ?? true,
     streamIntervalMs: optInteger(body, 'stream_interval_ms', 0, 60_000),
+    // OpenAI's limit.
+    n: optInteger(body, 'n', 1, 128) ?? 1,
+    logitBias: logitBiasOf(body.logit_bias),
+    constraint: parseConstraint(body),
   };
+}
+
+/** `logit_bias`: token ids (as the object's keys) to a bias from -100 (banned) to 100. */
+function logitBiasOf(value: unknown): Map<number, number> | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (!isObject(value)) throw bad('logit_bias', 'an object of token ids to biases', value);
+  const bias = new Map<number, number>();
+  for (const [key, b] of Object.entries(value)) {
+    if (!/^(0|[1-9]\d{0,9})$/.test(key)) throw bad('logit_bias', `token ids as keys ('${key.slice(0, 20)}' is not one)`, value);
+    if (typeof b !== 'number' || !Number.isFinite(b) || b < -100 || b > 100) throw bad(`logit_bias.${key}`, 'a number between -100 and 100', b);
+    bias.set(Number(key), b);
+  }
+  return bias.size > 0 ? bias : undefined;
 }
 
 /** Parses a request body; throws HttpError 400 on anything that is not a JSON object. */
@@ -271,7 +267,13 @@ function contentText(content: unknown, at: string): string {
 const MESSAGE_NOTHING = new Set(['name', 'refusal', 'tool_calls', 'function_call', 'audio', 'tool_call_id', 'annotations']);
 
 export function parseChatRequest(body: Body): ChatRequest {
-  const base = sampling(body, ['messages']);
+  const base = sampling(body, ['messages', 'logprobs', 'top_logprobs']);
+  const logprobs = optBoolean(body, 'logprobs') ?? false;
+  const top = optInteger(body, 'top_logprobs', 0, 20);
+  if (top !== undefined && !logprobs) {
+    throw new HttpError(400, "'top_logprobs' needs 'logprobs': true.", { param: 'top_logprobs', code: 'invalid_value' });
+  }
+  if (logprobs) base.logprobs = { top: top ?? 0 };
   const messages = body.messages;
   if (!Array.isArray(messages) || messages.length === 0) throw bad('messages', 'a non-empty array of messages', messages);
   const parsed = messages.map((m, i): ChatMessage => {
@@ -300,11 +302,29 @@ export function parseChatRequest(body: Body): ChatRequest {
 }
 
 export function parseCompletionRequest(body: Body): CompletionRequest {
-  const base = sampling(body, ['prompt', 'echo']);
+  const base = sampling(body, ['prompt', 'echo', 'logprobs', 'best_of']);
   let prompt = body.prompt;
   if (Array.isArray(prompt) && prompt.length === 1 && typeof prompt[0] === 'string') prompt = prompt[0];
   if (typeof prompt !== 'string' && !(Array.isArray(prompt) && prompt.length > 0 && prompt.every((t) => Number.isInteger(t) && t >= 0))) {
     throw bad('prompt', 'a string or an array of token ids', prompt);
   }
-  return { ...base, prompt: prompt as string | number[], echo: optBoolean(body, 'echo') ?? false };
+  const echo = optBoolean(body, 'echo') ?? false;
+  // OpenAI's legacy limit: the 5 most likely tokens, besides the sampled one.
+  const top = optInteger(body, 'logprobs', 0, 5);
+  if (top !== undefined) {
+    if (echo) {
+      throw new HttpError(400, "'logprobs' with 'echo' would need the prompt's logprobs, which this server does not compute; send one of them.", {
+        param: 'logprobs', code: 'unsupported_parameter',
+      });
+    }
+    base.logprobs = { top };
+  }
+  // best_of other than n would rank the choices by their logprobs: not supported (vLLM's default is n).
+  const bestOf = optInteger(body, 'best_of', 1, 128);
+  if (bestOf !== undefined && bestOf !== base.n) {
+    throw new HttpError(400, `'best_of' is not supported by this server; send n (${base.n}), null, or leave it out.`, {
+      param: 'best_of', code: 'unsupported_parameter',
+    });
+  }
+  return { ...base, prompt: prompt as string | number[], echo };
 }

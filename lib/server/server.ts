@@ -22,7 +22,8 @@ import { Access, allowedHostsOf, ConnectionCaps, corsOriginsOf } from './access.
 import { Completions, type Endpoint } from './completions.js';
 import { checkMethod, Exchange, requireJson, sendJson } from './http.js';
 import { Metrics } from './metrics.js';
-import { HttpError, parseJson, type SamplingRequest } from './openai.js';
+import { HttpError } from './http-error.js';
+import { parseJson, type SamplingRequest } from './openai.js';
 
 /**
  * Options of {@link createServer}. The ParallelContext's own (`parallel`, `contextSize`, `batchSize`, ...) go to

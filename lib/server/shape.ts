@@ -3,7 +3,7 @@
 // names and id prefixes); each endpoint kind is one object here behind the same interface, so that the code
 // streaming a generation never asks which endpoint it serves.
 import { randomBytes } from 'node:crypto';
-import type { GenerationResult, StopReason } from '../generation.js';
+import type { GenerationResult, StopReason, TokenLogprob } from '../generation.js';
 
 /** OpenAI's `usage`, with the prompt tokens a slot's cache held as `cached_tokens`. */
 export interface Usage {
@@ -13,12 +13,18 @@ export interface Usage {
   prompt_tokens_details: { cached_tokens: number };
 }
 
-export function usageOf(result: GenerationResult): Usage {
+/**
+ * The usage of a request's choices, as OpenAI counts `n` > 1: the prompt once, the completion tokens of every
+ * choice summed. The prompt's cached tokens are the first choice's (each choice runs in a slot of its own).
+ */
+export function usageOf(results: readonly GenerationResult[]): Usage {
+  const prompt = results[0].promptTokens;
+  const completion = results.reduce((sum, r) => sum + r.tokens.length, 0);
   return {
-    prompt_tokens: result.promptTokens,
-    completion_tokens: result.tokens.length,
-    total_tokens: result.promptTokens + result.tokens.length,
-    prompt_tokens_details: { cached_tokens: result.reusedTokens },
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: results[0].reusedTokens },
   };
 }
 
@@ -27,16 +33,16 @@ export function finishReason(reason: StopReason): 'stop' | 'length' {
   return reason === 'maxTokens' || reason === 'contextFull' ? 'length' : 'stop';
 }
 
-/** The bodies of one request's answer: whole, or as the events of a stream. */
+/** The bodies of one request's answer: whole, or as the events of a stream; each choice by its `index`. */
 export interface ResponseShape {
-  /** The answer of a non-streaming request. */
-  response(result: GenerationResult, usage: Usage): object;
-  /** The events a stream opens with, before any generated text. */
-  opening(): object[];
-  /** The event carrying newly generated text. */
-  chunk(text: string): object;
-  /** The event that says why the answer ended. */
-  final(reason: StopReason): object;
+  /** The answer of a non-streaming request: one choice per result, in order. */
+  response(results: readonly GenerationResult[], usage: Usage): object;
+  /** The events choice `index`'s stream opens with, before any generated text. */
+  opening(index: number): object[];
+  /** The event carrying choice `index`'s newly generated text (and its tokens' logprobs, when asked for). */
+  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object;
+  /** The event that says why choice `index` ended. */
+  final(index: number, reason: StopReason): object;
   /** The event with the usage, last before `[DONE]` (`stream_options.include_usage`). */
   usage(usage: Usage): object;
 }
@@ -45,47 +51,209 @@ function completionId(prefix: string): string {
   return `${prefix}-${randomBytes(12).toString('hex')}`;
 }
 
+/**
+ * Which logprob entries belong to the answer: those of the tokens that start inside its text. A final stop token
+ * (an end of generation, one of stop_token_ids) and the tokens of a matched stop string end the answer without
+ * being part of it, and OpenAI reports no logprobs for them. Tokens are placed by the bytes they add to the text:
+ * their bytes, or none for a control token (its entry names its text, but it renders nothing).
+ */
+export class AnswerTokens {
+  readonly #silent: ReadonlySet<number>;
+
+  /** `silent`: the token ids that render no text. */
+  constructor(silent: ReadonlySet<number>) {
+    this.#silent = silent;
+  }
+
+  /** @internal The bytes `entry`'s token adds to the text. */
+  size(entry: TokenLogprob): number {
+    return this.#silent.has(entry.token) ? 0 : entry.bytes.length;
+  }
+
+  /** The entries of a whole result's answer. */
+  of(result: GenerationResult): TokenLogprob[] {
+    const all = result.logprobs ?? [];
+    const length = Buffer.byteLength(result.text, 'utf8');
+    let at = 0;
+    let kept = 0;
+    while (kept < all.length && at < length) at += this.size(all[kept++]);
+    return kept === all.length ? all : all.slice(0, kept);
+  }
+
+  /** The same for a stream, chunk by chunk. */
+  stream(): StreamedLogprobs {
+    return new StreamedLogprobs(this);
+  }
+}
+
+/**
+ * {@link AnswerTokens} for a stream: the library may send a token's entry before its text (a piece of a
+ * character, a possible start of a stop string), so each entry waits until text it starts in has been sent,
+ * and goes out with that text. Entries still waiting when the generation ends were not part of the answer.
+ */
+export class StreamedLogprobs {
+  readonly #answer: AnswerTokens;
+  #pending: TokenLogprob[] = [];
+  /** Bytes of text sent, and where the first pending entry starts. */
+  #sent = 0;
+  #next = 0;
+
+  constructor(answer: AnswerTokens) {
+    this.#answer = answer;
+  }
+
+  /** The entries to send with `text`, a chunk's text, given the entries that came with it. */
+  take(text: string, entries: readonly TokenLogprob[] = []): TokenLogprob[] {
+    this.#pending.push(...entries);
+    this.#sent += Buffer.byteLength(text, 'utf8');
+    let n = 0;
+    while (n < this.#pending.length && this.#next < this.#sent) this.#next += this.#answer.size(this.#pending[n++]);
+    return this.#pending.splice(0, n);
+  }
+}
+
+/** OpenAI's chat entry for one token: its text, logprob, UTF-8 bytes and the most likely alternatives. */
+function chatLogprob(t: TokenLogprob): object {
+  return {
+    token: t.text, logprob: t.logprob, bytes: t.bytes,
+    top_logprobs: t.top.map((alt) => ({ token: alt.text, logprob: alt.logprob, bytes: alt.bytes })),
+  };
+}
+
 /** /v1/chat/completions: a message in `role`, streamed as deltas after one that names the role. */
 export class ChatShape implements ResponseShape {
   readonly #id = completionId('chatcmpl');
   readonly #created = Math.floor(Date.now() / 1000);
   readonly #model: string;
   readonly #role: string;
+  readonly #logprobs: AnswerTokens | undefined;
 
-  constructor(model: string, role: string) {
+  /** `logprobs`: when the request asked for them (else each choice's `logprobs` is null). */
+  constructor(model: string, role: string, logprobs?: AnswerTokens) {
     this.#model = model;
     this.#role = role;
+    this.#logprobs = logprobs;
   }
 
-  response(result: GenerationResult, usage: Usage): object {
+  response(results: readonly GenerationResult[], usage: Usage): object {
     return {
       id: this.#id, object: 'chat.completion', created: this.#created, model: this.#model,
-      choices: [{ index: 0, message: { role: this.#role, content: result.text }, logprobs: null, finish_reason: finishReason(result.stopReason) }],
+      choices: results.map((result, index) => ({
+        index,
+        message: { role: this.#role, content: result.text },
+        logprobs: this.#logprobs ? { content: this.#logprobs.of(result).map(chatLogprob), refusal: null } : null,
+        finish_reason: finishReason(result.stopReason),
+      })),
       usage,
     };
   }
 
-  opening(): object[] {
-    return [this.#chunk({ role: this.#role, content: '' }, null)];
+  opening(index: number): object[] {
+    return [this.#chunk(index, { role: this.#role, content: '' }, null)];
   }
 
-  chunk(text: string): object {
-    return this.#chunk({ content: text }, null);
+  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object {
+    return this.#chunk(index, { content: text }, null, logprobs);
   }
 
-  final(reason: StopReason): object {
-    return this.#chunk({}, finishReason(reason));
+  final(index: number, reason: StopReason): object {
+    return this.#chunk(index, {}, finishReason(reason));
   }
 
   usage(usage: Usage): object {
     return { id: this.#id, object: 'chat.completion.chunk', created: this.#created, model: this.#model, choices: [], usage };
   }
 
-  #chunk(delta: Record<string, unknown>, finish: string | null): object {
+  #chunk(index: number, delta: Record<string, unknown>, finish: string | null, logprobs?: readonly TokenLogprob[]): object {
     return {
       id: this.#id, object: 'chat.completion.chunk', created: this.#created, model: this.#model,
-      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      choices: [{
+        index, delta,
+        logprobs: this.#logprobs && logprobs ? { content: logprobs.map(chatLogprob), refusal: null } : null,
+        finish_reason: finish,
+      }],
     };
+  }
+}
+
+/**
+ * Where each token starts in the answer's text, in UTF-16 units as JavaScript and Python index it, from the
+ * tokens' bytes: UTF-8 decoded as TextDecoder does (WHATWG: a broken sequence is one U+FFFD). A token that
+ * starts inside a character is placed where that character starts.
+ */
+class TextOffsets {
+  #units: number;
+  /** The character being decoded: continuation bytes still needed, their allowed range, its UTF-16 length. */
+  #needed = 0;
+  #lower = 0x80;
+  #upper = 0xbf;
+  #width = 1;
+
+  constructor(start: number) {
+    this.#units = start;
+  }
+
+  /** Where a token of these bytes starts; then moves past them. */
+  next(bytes: readonly number[]): number {
+    const b = bytes[0];
+    const offset = this.#needed > 0 && b !== undefined && (b < this.#lower || b > this.#upper) ? this.#units + 1 : this.#units;
+    for (const byte of bytes) this.#byte(byte);
+    return offset;
+  }
+
+  #byte(b: number): void {
+    if (this.#needed > 0) {
+      if (b >= this.#lower && b <= this.#upper) {
+        this.#lower = 0x80;
+        this.#upper = 0xbf;
+        if (--this.#needed === 0) this.#units += this.#width;
+        return;
+      }
+      // A broken sequence: one U+FFFD, and this byte starts afresh.
+      this.#needed = 0;
+      this.#lower = 0x80;
+      this.#upper = 0xbf;
+      this.#units++;
+    }
+    if (b <= 0x7f) this.#units++;
+    else if (b >= 0xc2 && b <= 0xdf) [this.#needed, this.#width] = [1, 1];
+    else if (b >= 0xe0 && b <= 0xef) {
+      [this.#needed, this.#width] = [2, 1];
+      if (b === 0xe0) this.#lower = 0xa0;
+      if (b === 0xed) this.#upper = 0x9f;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      [this.#needed, this.#width] = [3, 2];
+      if (b === 0xf0) this.#lower = 0x90;
+      if (b === 0xf4) this.#upper = 0x8f;
+    } else this.#units++;
+  }
+}
+
+/** The legacy `logprobs` object of /v1/completions, built token by token (a stream's chunks continue one). */
+class LegacyLogprobs {
+  readonly #offsets: TextOffsets;
+  readonly #answer: AnswerTokens;
+
+  /** `start`: the characters before the answer (the echoed prompt). */
+  constructor(start: number, answer: AnswerTokens) {
+    this.#offsets = new TextOffsets(start);
+    this.#answer = answer;
+  }
+
+  /** `tokens`, `token_logprobs`, `top_logprobs` (the alternatives and the sampled token, text -> logprob), `text_offset`. */
+  of(logprobs: readonly TokenLogprob[]): object {
+    const out = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Record<string, number>[], text_offset: [] as number[] };
+    for (const t of logprobs) {
+      out.tokens.push(t.text);
+      out.token_logprobs.push(t.logprob);
+      const top: Record<string, number> = {};
+      for (const alt of t.top) if (!(alt.text in top)) top[alt.text] = alt.logprob;
+      if (!(t.text in top)) top[t.text] = t.logprob;
+      out.top_logprobs.push(top);
+      // A control token renders nothing: it starts where the next text does.
+      out.text_offset.push(this.#offsets.next(this.#answer.size(t) > 0 ? t.bytes : []));
+    }
+    return out;
   }
 }
 
@@ -95,41 +263,56 @@ export class CompletionShape implements ResponseShape {
   readonly #created = Math.floor(Date.now() / 1000);
   readonly #model: string;
   readonly #echo: string;
+  readonly #logprobs: AnswerTokens | undefined;
+  /** Each streamed choice's logprobs so far (their text offsets continue from chunk to chunk). */
+  readonly #streamed = new Map<number, LegacyLogprobs>();
 
-  /** `echo`: the prompt's text when the request has `echo: true`, else ''. */
-  constructor(model: string, echo: string) {
+  /** `echo`: the prompt's text when the request has `echo: true`, else ''. `logprobs`: when it asked for them. */
+  constructor(model: string, echo: string, logprobs?: AnswerTokens) {
     this.#model = model;
     this.#echo = echo;
+    this.#logprobs = logprobs;
   }
 
-  response(result: GenerationResult, usage: Usage): object {
+  response(results: readonly GenerationResult[], usage: Usage): object {
     return {
       id: this.#id, object: 'text_completion', created: this.#created, model: this.#model,
-      choices: [{ index: 0, text: this.#echo + result.text, logprobs: null, finish_reason: finishReason(result.stopReason) }],
+      choices: results.map((result, index) => ({
+        index,
+        text: this.#echo + result.text,
+        logprobs: this.#logprobs ? new LegacyLogprobs(this.#echo.length, this.#logprobs).of(this.#logprobs.of(result)) : null,
+        finish_reason: finishReason(result.stopReason),
+      })),
       usage,
     };
   }
 
-  opening(): object[] {
-    return this.#echo ? [this.#chunk(this.#echo, null)] : [];
+  opening(index: number): object[] {
+    return this.#echo ? [this.#chunk(index, this.#echo, null)] : [];
   }
 
-  chunk(text: string): object {
-    return this.#chunk(text, null);
+  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object {
+    let legacy: object | null = null;
+    if (this.#logprobs && logprobs) {
+      let state = this.#streamed.get(index);
+      if (!state) this.#streamed.set(index, (state = new LegacyLogprobs(this.#echo.length, this.#logprobs)));
+      legacy = state.of(logprobs);
+    }
+    return this.#chunk(index, text, null, legacy);
   }
 
-  final(reason: StopReason): object {
-    return this.#chunk('', finishReason(reason));
+  final(index: number, reason: StopReason): object {
+    return this.#chunk(index, '', finishReason(reason));
   }
 
   usage(usage: Usage): object {
     return { id: this.#id, object: 'text_completion', created: this.#created, model: this.#model, choices: [], usage };
   }
 
-  #chunk(text: string, finish: string | null): object {
+  #chunk(index: number, text: string, finish: string | null, logprobs: object | null = null): object {
     return {
       id: this.#id, object: 'text_completion', created: this.#created, model: this.#model,
-      choices: [{ index: 0, text, logprobs: null, finish_reason: finish }],
+      choices: [{ index, text, logprobs, finish_reason: finish }],
     };
   }
 }

@@ -490,9 +490,10 @@ describe('request fields are implemented or refused, never ignored', () => {
     ['an unknown key in stream_options', { stream: true, stream_options: { include_usag: true } }, 'stream_options.include_usag'],
     ['stream_options without stream', { stream_options: { include_usage: true } }, 'stream_options'],
     ['tools', { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }, 'tools'],
-    ['response_format json_object', { response_format: { type: 'json_object' } }, 'response_format'],
-    ['logprobs', { logprobs: true }, 'logprobs'],
-    ['logit_bias', { logit_bias: { 5: 100 } }, 'logit_bias'],
+    // Implemented since issue #16: a value they cannot take is still a 400 naming them.
+    ['response_format of an unknown type', { response_format: { type: 'yaml' } }, 'response_format.type'],
+    ['logprobs not a boolean', { logprobs: 'yes' }, 'logprobs'],
+    ['logit_bias outside -100..100', { logit_bias: { 5: 1000 } }, 'logit_bias.5'],
   ])('%s: 400 naming it', async (_, extra, param) => {
     const r = await post(chat(extra));
     expect(r.status).toBe(400);

@@ -287,7 +287,7 @@ describe('bad requests', () => {
     ['messages not an array', { ...good, messages: 'hi' }, 'invalid_value', 'messages'],
     ['an unknown role', { ...good, messages: [{ role: 'robot', content: 'x' }] }, 'invalid_value', 'messages[0].role'],
     ['negative max_tokens', { ...good, max_tokens: -1 }, 'integer_below_min_value', 'max_tokens'],
-    ['n = 2', { ...good, n: 2 }, 'invalid_value', 'n'],
+    ['n = 0', { ...good, n: 0 }, 'invalid_value', 'n'],
     ['stop_token_ids outside the vocabulary', { ...good, stop_token_ids: [10_000_000] }, 'invalid_value', 'stop_token_ids'],
     ['an unknown parameter', { ...good, temprature: 0.5 }, 'unknown_parameter', 'temprature'],
   ])('%s: 400 with an OpenAI error body', async (_, body, code, param) => {

@@ -213,24 +213,33 @@ export function scanGbnf(b: Buffer): GbnfScan {
       repeat(1, i);
       i++;
     } else if (c === 0x7b /* { */) {
-      i++;
-      const nums: number[] = [];
-      let comma = false;
-      while (i < n && b[i] !== 0x7d && b[i] !== 0x0a) {
-        if (isDigit(b[i])) {
-          let value = 0;
-          while (i < n && isDigit(b[i])) value = Math.min(value * 10 + (b[i++] - 0x30), 1e9);
-          nums.push(value);
-        } else {
-          if (b[i] === 0x2c) comma = true;
-          i++;
+      // As llama.cpp's parse_sequence reads `{m}`, `{m,}`, `{m,n}` (blanks and comments between the parts).
+      const skip = () => {
+        while (i < n && (isBlank(b[i]) || b[i] === 0x23)) {
+          if (b[i] === 0x23) while (i < n && b[i] !== 0x0a && b[i] !== 0x0d) i++;
+          else i++;
         }
-      }
+      };
+      const int = () => {
+        let value: number | undefined;
+        while (i < n && isDigit(b[i])) value = Math.min((value ?? 0) * 10 + (b[i++] - 0x30), 1e9);
+        return value;
+      };
       i++;
-      // As llama.cpp: more than 2000 repetitions is an error for a minimum, and no maximum for a maximum.
-      const min = Math.min(nums[0] ?? 0, 2001);
-      const max = comma ? (nums[1] === undefined || nums[1] > 2000 ? min + 1 : nums[1]) : min;
-      repeat(Math.max(min, max, 1), start);
+      skip();
+      const min = int() ?? 0;
+      skip();
+      let max = min;
+      if (b[i] === 0x2c /* , */) {
+        i++;
+        skip();
+        const upper = int();
+        // llama.cpp computes max - min unsigned: a maximum below the minimum would make it add rules forever.
+        if (upper !== undefined && upper < min) fail(`The repetition {${min},${upper}} has a maximum below its minimum`, start);
+        // More than 2000 is no maximum to llama.cpp (and more than 2000 as a minimum, an error).
+        max = upper === undefined || upper > 2000 ? Math.min(min, 2001) + 1 : upper;
+      }
+      repeat(Math.max(Math.min(min, 2001), max, 1), start);
     } else if (isWord(c)) {
       while (i < n && isWord(b[i])) i++;
       const name = b.toString('latin1', start, i);

@@ -96,6 +96,9 @@ describe('GBNF', () => {
     ['a bad escape', 'root ::= "\\q"', { position: 10 }],
     ['no rules at all', '  # only a comment', { position: 0 }],
     ['too many repetitions', 'root ::= "a"{2001}', {}],
+    // llama.cpp would add rules without end (max - min wraps around as an unsigned number).
+    ['a maximum below the minimum', 'root ::= "a"{100,50}', { position: 12 }],
+    ['a maximum below the minimum, spaced out', 'root ::= ("a" {5 # five\n , 2 })', { position: 14 }],
   ])('reports %s with its position', (_, gbnf, details) => {
     expect(() => Grammar.compile(gbnf)).toThrow(grammarError(details));
   });

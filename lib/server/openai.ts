@@ -297,11 +297,11 @@ function toolTurnOf(body: Body): ToolTurn | undefined {
     value.forEach((t: unknown, i) => {
       const at = `tools[${i}]`;
       if (!isObject(t)) throw bad(at, "a tool ({ type: 'function', function: { name, description?, parameters?, strict? } })", t);
-      onlyKeys(t, at, ['type', 'function']);
       if (t.type !== 'function') {
         if (typeof t.type === 'string') throw unsupported(`${at}.type`, `${at}.type '${t.type.slice(0, 40)}' is not supported by this server; send 'function'.`);
         throw bad(`${at}.type`, "'function'", t.type);
       }
+      onlyKeys(t, at, ['type', 'function']);
       const fn = t.function;
       if (!isObject(fn)) throw bad(`${at}.function`, 'an object { name, description?, parameters?, strict? }', fn);
       onlyKeys(fn, `${at}.function`, ['name', 'description', 'parameters', 'strict']);
@@ -348,13 +348,13 @@ function toolChoiceOf(value: unknown, names: readonly string[]): ToolChoice {
     return value;
   }
   if (!isObject(value)) throw bad('tool_choice', expected, value);
-  onlyKeys(value, 'tool_choice', ['type', 'function']);
   if (value.type !== 'function') {
     if (typeof value.type === 'string') {
       throw unsupported('tool_choice.type', `tool_choice.type '${value.type.slice(0, 40)}' is not supported by this server; send 'function'.`);
     }
     throw bad('tool_choice.type', "'function'", value.type);
   }
+  onlyKeys(value, 'tool_choice', ['type', 'function']);
   const fn = value.function;
   if (!isObject(fn)) throw bad('tool_choice.function', 'an object { name }', fn);
   onlyKeys(fn, 'tool_choice.function', ['name']);

@@ -7,7 +7,7 @@ import OpenAI from 'openai';
 import type { ChatCompletion, ChatCompletionMessageParam, ChatCompletionTool } from 'openai/resources/chat/completions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, loadModel, type HuoziServer, type Model } from '../../dist/index.js';
-import { f16Path } from '../helpers.js';
+import { EOU, f16Path } from '../helpers.js';
 
 let model: Model;
 let server: HuoziServer;
@@ -237,6 +237,24 @@ describe('the tool turn on the wire', () => {
     const text = list.map((e) => e.choices[0]?.delta.content ?? '').join('');
     expect(text).toBe(r.choices[0].message.content);
     expect(list.at(-1)!.choices[0].finish_reason).toBe('length');
+  }, 60_000);
+});
+
+describe('the end of the turn inside a constrained answer', () => {
+  it('is banned, so the answer ends where its grammar does; a logit_bias naming it lets it end the turn inside a JSON string', async () => {
+    const say = [{ type: 'function', function: { name: 'say', parameters: { type: 'object', properties: { text: { type: 'string' } }, required: ['text'] } } }];
+    const ask = { model: 'huozi', messages: [{ role: 'user', content: '说点什么' }], seed: 0, temperature: 1, max_tokens: 600, cache_prompt: false };
+    const banned = await post({ ...ask, tools: say, tool_choice: 'required' });
+    expect(banned.json.choices[0].finish_reason).toBe('tool_calls');
+    const named = await post({ ...ask, tools: say, tool_choice: 'required', logit_bias: { [EOU]: 100 } });
+    expect(named.json.choices[0].finish_reason).toBe('stop');
+    expect(named.json.choices[0].message.content).toMatch(/"text"\s*:\s*"$/);
+    // The same for a structured-output field.
+    const schema = { type: 'object', properties: { text: { type: 'string' } }, required: ['text'] };
+    const whole = await post({ ...ask, guided_json: schema });
+    expect(new Ajv().validate(schema, JSON.parse(whole.json.choices[0].message.content))).toBe(true);
+    const cut = await post({ ...ask, guided_json: schema, logit_bias: { [EOU]: 100 } });
+    expect(cut.json.choices[0].message.content).toMatch(/"text"\s*:\s*"$/);
   }, 60_000);
 });
 

@@ -276,31 +276,26 @@ export class Completions {
   /** The constraint's grammar, compiled once for all the choices (and kept for the next requests that ask for it). */
   #grammar(c: Constraint): Grammar {
     const key = 'grammar' in c ? `g${c.grammar}` : `s${JSON.stringify(c.jsonSchema)}`;
-    let grammar = this.#grammars.get(key);
-    if (grammar === undefined) {
+    return this.#cached(key, () => {
       try {
-        grammar = 'grammar' in c ? Grammar.compile(c.grammar) : Grammar.fromJsonSchema(c.jsonSchema);
+        return 'grammar' in c ? Grammar.compile(c.grammar) : Grammar.fromJsonSchema(c.jsonSchema);
       } catch (error) {
         throw constraintError(error, c.field);
       }
-      if (this.#grammars.size >= GRAMMAR_CACHE) this.#grammars.delete(this.#grammars.keys().next().value!);
-    } else this.#grammars.delete(key);
-    this.#grammars.set(key, grammar);
-    return grammar;
+    });
   }
 
   /**
-   * The tool turn's grammar, cached as the constraints' are (by the turn's schema: an agent sends the same tools
+   * The tool turn's grammar, kept as the constraints' are (by the turn's schema: an agent sends the same tools
    * with every request). A tool whose parameters the converter refuses is a 400 naming that tool's parameters.
    */
   #toolGrammar(turn: ToolTurn): Grammar {
-    const key = `t${JSON.stringify(turnSchema(turn))}`;
-    let grammar = this.#grammars.get(key);
-    if (grammar === undefined) {
+    return this.#cached(`t${JSON.stringify(turnSchema(turn))}`, () => {
       try {
-        grammar = toolGrammar(turn)!;
+        return toolGrammar(turn)!;
       } catch (error) {
         if (!(error instanceof GrammarError)) throw error;
+        // The core names the tool in its message; the client's field is that tool's place in its list.
         const i = turn.tools.findIndex((t) => {
           if (typeof turn.choice === 'object' && turn.choice.name !== t.name) return false;
           try {
@@ -312,6 +307,14 @@ export class Completions {
         });
         throw constraintError(error, i === -1 ? 'tools' : `tools[${i}].function.parameters`);
       }
+    });
+  }
+
+  /** The grammar kept under `key`, or `compile()`'s, kept (the least recently used one goes when full). */
+  #cached(key: string, compile: () => Grammar): Grammar {
+    let grammar = this.#grammars.get(key);
+    if (grammar === undefined) {
+      grammar = compile();
       if (this.#grammars.size >= GRAMMAR_CACHE) this.#grammars.delete(this.#grammars.keys().next().value!);
     } else this.#grammars.delete(key);
     this.#grammars.set(key, grammar);

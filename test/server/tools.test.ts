@@ -146,7 +146,10 @@ describe('tool calls through the openai client', () => {
   }, 300_000);
 
   it("tool_choice 'none': no tools offered, the same plain answer as without tools", async () => {
-    const poem = { model: 'huozi', messages: [{ role: 'user' as const, content: '请背诵《春晓》' }], temperature: 0, max_tokens: 24 };
+    const poem = {
+      model: 'huozi', messages: [{ role: 'user' as const, content: '请背诵《春晓》' }], temperature: 0, max_tokens: 24,
+      ...({ cache_prompt: false } as object),
+    };
     const plain = await client.chat.completions.create(poem);
     const none = await client.chat.completions.create({ ...poem, tools, tool_choice: 'none' });
     expect(none.choices[0].message.content).toBe(plain.choices[0].message.content);

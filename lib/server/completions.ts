@@ -6,6 +6,7 @@ import type { ServerResponse } from 'node:http';
 import type { ChatMessage, ChatTemplate, Segment } from '../chat/template.js';
 import { endOfTurn } from '../chat/end-of-turn.js';
 import { segmentsToPieces } from '../chat/tokenize.js';
+import { offersTools, templateMessages, toolGrammar, turnSchema, type ToolTurn } from '../chat/tools.js';
 import { AbortError, GrammarError, HuoziError } from '../errors.js';
 import { Grammar } from '../grammar.js';
 import type { Model } from '../model.js';
@@ -17,15 +18,20 @@ import type { Constraint } from './constraints.js';
 import {
   parseChatRequest, parseCompletionRequest, type ChatRequest, type CompletionRequest, type SamplingRequest,
 } from './openai.js';
-import { AnswerTokens, ChatShape, CompletionShape, usageOf, type ResponseShape, type Usage } from './shape.js';
+import { AnswerTokens, ChatShape, CompletionShape, usageOf, type ChatTools, type ResponseShape, type Usage } from './shape.js';
 
 /** What one generation endpoint does its own way. */
 export interface Endpoint<R extends SamplingRequest = SamplingRequest> {
   /** The request field holding the prompt, named in errors about its length. */
   readonly param: 'messages' | 'prompt';
   parse(body: Record<string, unknown>): R;
-  /** Stops added to the request's own (chat: the template's end of turn). */
+  /**
+   * Stops added to the request's own (chat: the template's end of turn). Its tokens are banned inside a
+   * constrained answer (see {@link Completions}).
+   */
   readonly stops: { readonly stopStrings: readonly string[]; readonly stopTokens: readonly number[] };
+  /** The tools the answer may call (chat: `tools`), or undefined when it offers none. */
+  tools(request: R): ToolTurn | undefined;
   /** The prompt's tokens; `signal` aborts when the client leaves meanwhile. */
   prompt(request: R, signal: AbortSignal): Promise<number[]>;
   /** The answer's bodies, made just before the generation starts. */
@@ -65,13 +71,15 @@ export class Completions {
       param: 'messages',
       parse: parseChatRequest,
       stops: endOfTurn(settings.model, settings.template),
-      prompt: (r, signal) => this.#chatPrompt(r.messages, signal),
-      shape: (r) => new ChatShape(r.model, settings.responseRole, r.logprobs && this.#answerTokens()),
+      tools: (r) => (offersTools(r.toolTurn) ? r.toolTurn : undefined),
+      prompt: (r, signal) => this.#chatPrompt(templateMessages(r.messages, r.toolTurn), signal),
+      shape: (r) => new ChatShape(r.model, settings.responseRole, r.logprobs && this.#answerTokens(), chatTools(r)),
     };
     this.text = {
       param: 'prompt',
       parse: parseCompletionRequest,
       stops: { stopStrings: [], stopTokens: [] },
+      tools: () => undefined,
       prompt: (r, signal) => this.#completionPrompt(r.prompt, signal),
       shape: (r) => new CompletionShape(
         r.model, !r.echo ? '' : typeof r.prompt === 'string' ? r.prompt : this.#model.detokenize(r.prompt), r.logprobs && this.#answerTokens(),
@@ -97,7 +105,7 @@ export class Completions {
     const request = endpoint.parse(body);
     this.#checkModel(request.model);
     // Checked before the prompt is rendered or tokenized: a refused request costs nothing more.
-    const options = this.#generateOptions(request, endpoint.stops);
+    const options = this.#generateOptions(request, endpoint);
     const capacity = this.#context.parallel + this.#s.maxQueue;
     if (request.n > capacity) {
       throw new HttpError(400, `n = ${request.n} is more than this server runs and queues at once (${capacity}).`, {
@@ -125,7 +133,8 @@ export class Completions {
         res.off('close', onClose);
       }
       this.#checkLength(prompt.length, endpoint.param, 'resulted in');
-      return await this.#generate(res, request, prompt, options, endpoint.shape(request));
+      const grammarField = request.constraint?.field ?? (endpoint.tools(request) ? 'tools' : undefined);
+      return await this.#generate(res, request, prompt, options, endpoint.shape(request), grammarField);
     } finally {
       this.#active -= request.n;
     }
@@ -200,8 +209,15 @@ export class Completions {
     return prompt;
   }
 
-  /** The options of each of the request's `n` generations (they differ only in their seeds). */
-  #generateOptions(r: SamplingRequest, stops: Endpoint['stops']): ParallelGenerateOptions[] {
+  /**
+   * The options of each of the request's `n` generations (they differ only in their seeds). A constrained answer
+   * (a structured-output field, or tools) ends where its grammar does, at end-of-generation, as ChatSession's
+   * does: the end-of-turn tokens are banned inside it, where a JSON string would otherwise take their text and
+   * the answer end halfway through a value (unless the request's own logit_bias names them).
+   */
+  #generateOptions<R extends SamplingRequest>(r: R, endpoint: Endpoint<R>): ParallelGenerateOptions[] {
+    const stops = endpoint.stops;
+    const turn = endpoint.tools(r);
     const vocab = this.#model.vocabularySize;
     const badId = r.stopTokenIds.find((t) => t >= vocab);
     if (badId !== undefined) {
@@ -239,7 +255,18 @@ export class Completions {
       o.logprobs = true;
       o.topLogprobs = r.logprobs.top;
     }
+    if (turn !== undefined && r.constraint !== undefined) {
+      throw new HttpError(400, `'tools' and '${r.constraint.field}' both constrain the answer: send one of them.`, {
+        param: r.constraint.field, code: 'invalid_value',
+      });
+    }
     if (r.constraint !== undefined) o.grammar = this.#grammar(r.constraint);
+    else if (turn !== undefined) o.grammar = this.#toolGrammar(turn);
+    if (o.grammar !== undefined && stops.stopTokens.length > 0) {
+      const bias = new Map(r.logitBias ?? []);
+      for (const t of stops.stopTokens) if (!bias.has(t)) bias.set(t, -100);
+      o.logitBias = bias;
+    }
     // Any integer, folded into the library's 0 .. 2^32-2 (2^32-1 would mean "random" to llama.cpp); choice i
     // is seeded seed + i, so that the choices differ and each is reproducible.
     const fold = (seed: number) => ((seed % (2 ** 32 - 1)) + (2 ** 32 - 1)) % (2 ** 32 - 1);
@@ -249,13 +276,45 @@ export class Completions {
   /** The constraint's grammar, compiled once for all the choices (and kept for the next requests that ask for it). */
   #grammar(c: Constraint): Grammar {
     const key = 'grammar' in c ? `g${c.grammar}` : `s${JSON.stringify(c.jsonSchema)}`;
-    let grammar = this.#grammars.get(key);
-    if (grammar === undefined) {
+    return this.#cached(key, () => {
       try {
-        grammar = 'grammar' in c ? Grammar.compile(c.grammar) : Grammar.fromJsonSchema(c.jsonSchema);
+        return 'grammar' in c ? Grammar.compile(c.grammar) : Grammar.fromJsonSchema(c.jsonSchema);
       } catch (error) {
         throw constraintError(error, c.field);
       }
+    });
+  }
+
+  /**
+   * The tool turn's grammar, kept as the constraints' are (by the turn's schema: an agent sends the same tools
+   * with every request). A tool whose parameters the converter refuses is a 400 naming that tool's parameters.
+   */
+  #toolGrammar(turn: ToolTurn): Grammar {
+    return this.#cached(`t${JSON.stringify(turnSchema(turn))}`, () => {
+      try {
+        return toolGrammar(turn)!;
+      } catch (error) {
+        if (!(error instanceof GrammarError)) throw error;
+        // The core names the tool in its message; the client's field is that tool's place in its list.
+        const i = turn.tools.findIndex((t) => {
+          if (typeof turn.choice === 'object' && turn.choice.name !== t.name) return false;
+          try {
+            Grammar.fromJsonSchema(t.parameters);
+            return false;
+          } catch {
+            return true;
+          }
+        });
+        throw constraintError(error, i === -1 ? 'tools' : `tools[${i}].function.parameters`);
+      }
+    });
+  }
+
+  /** The grammar kept under `key`, or `compile()`'s, kept (the least recently used one goes when full). */
+  #cached(key: string, compile: () => Grammar): Grammar {
+    let grammar = this.#grammars.get(key);
+    if (grammar === undefined) {
+      grammar = compile();
       if (this.#grammars.size >= GRAMMAR_CACHE) this.#grammars.delete(this.#grammars.keys().next().value!);
     } else this.#grammars.delete(key);
     this.#grammars.set(key, grammar);
@@ -268,6 +327,7 @@ export class Completions {
     prompt: number[],
     options: ParallelGenerateOptions[],
     shape: ResponseShape,
+    grammarField: string | undefined,
   ): Promise<Usage | undefined> {
     if (res.destroyed) throw new AbortError('The client left before its generation started');
     const generations = options.map((o) => this.#context.generate(prompt, o));
@@ -303,13 +363,13 @@ export class Completions {
           const answer = this.#answerTokens().stream();
           for await (const chunk of generation.chunks()) {
             const entries = answer.take(chunk.text, chunk.logprobs);
-            if (chunk.text !== '' || entries.length > 0) send(shape.chunk(i, chunk.text, entries));
+            if (chunk.text !== '' || entries.length > 0) for (const event of shape.chunk(i, chunk.text, entries)) send(event);
           }
         } else {
-          for await (const text of generation) send(shape.chunk(i, text));
+          for await (const text of generation) for (const event of shape.chunk(i, text)) send(event);
         }
         const result = await generation.result;
-        send(shape.final(i, result.stopReason));
+        for (const event of shape.final(i, result)) send(event);
         return result;
       }));
       const usage = usageOf(results);
@@ -326,7 +386,7 @@ export class Completions {
         else res.end();
         return undefined;
       }
-      const e = request.constraint !== undefined ? constraintError(error, request.constraint.field) : error;
+      const e = grammarField !== undefined ? constraintError(error, grammarField) : error;
       if (res.headersSent) {
         // Mid-stream: report the failure in the stream itself, as OpenAI does, then end it.
         const http = toHttpError(e);
@@ -341,6 +401,14 @@ export class Completions {
       res.off('close', onClose);
     }
   }
+}
+
+/** A chat request's tool turn for its answers, when it offers tools: with the call ids its conversation holds. */
+function chatTools(r: ChatRequest): ChatTools | undefined {
+  if (!offersTools(r.toolTurn)) return undefined;
+  const taken = new Set<string>();
+  for (const m of r.messages) if (m.role === 'assistant' && 'toolCalls' in m) for (const c of m.toolCalls) taken.add(c.id);
+  return { turn: r.toolTurn, taken };
 }
 
 /** How many compiled grammars a server keeps for requests that send the same one again. */

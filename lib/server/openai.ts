@@ -1,6 +1,9 @@
 // The OpenAI request bodies this server accepts, checked field by field: a wrong type or value is a 400 with
 // OpenAI's error shape naming the parameter, never an exception deeper down.
-import { normalizeRole, type ChatMessage } from '../chat/template.js';
+import { normalizeRole } from '../chat/template.js';
+import {
+  checkConversation, toolTurn, type ConversationMessage, type ToolCall, type ToolChoice, type ToolTurn,
+} from '../chat/tools.js';
 import { CONSTRAINT_FIELDS, parseConstraint, type Constraint } from './constraints.js';
 import { bad, HttpError } from './http-error.js';
 
@@ -59,7 +62,10 @@ export interface SamplingRequest {
 }
 
 export interface ChatRequest extends SamplingRequest {
-  messages: ChatMessage[];
+  /** The conversation: plain messages, assistant turns that called tools, and the tools' results. */
+  messages: ConversationMessage[];
+  /** What the answer's turn may call (`tools`, `tool_choice`, `parallel_tool_calls`); undefined without tools. */
+  toolTurn?: ToolTurn;
 }
 
 export interface CompletionRequest extends SamplingRequest {
@@ -78,11 +84,9 @@ const NO_EFFECT = new Set([
 // Fields this server does not implement: accepted only with a value that asks for what it does anyway (so that
 // clients sending their defaults work), refused otherwise, never ignored.
 const AS_DEFAULT: Record<string, { ok: (value: unknown) => boolean; what: string }> = {
-  tools: { ok: (x) => Array.isArray(x) && x.length === 0, what: '[]' },
-  functions: { ok: (x) => Array.isArray(x) && x.length === 0, what: '[]' },
-  tool_choice: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (without tools)" },
-  function_call: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (without functions)" },
-  parallel_tool_calls: { ok: (x) => typeof x === 'boolean', what: 'a boolean (without tools)' },
+  // The legacy form of tools (deprecated by OpenAI): send `tools` and `tool_choice`.
+  functions: { ok: (x) => Array.isArray(x) && x.length === 0, what: "[] (send 'tools')" },
+  function_call: { ok: (x) => x === 'none' || x === 'auto', what: "'none' or 'auto' (send 'tool_choice')" },
   suffix: { ok: (x) => x === '', what: "''" },
   modalities: { ok: (x) => Array.isArray(x) && x.length === 1 && x[0] === 'text', what: "['text']" },
   chat_template_kwargs: { ok: (x) => isObject(x) && Object.keys(x).length === 0, what: '{}' },
@@ -266,39 +270,195 @@ function contentText(content: unknown, at: string): string {
 // Message fields accepted when null (or an empty array): nothing to act on.
 const MESSAGE_NOTHING = new Set(['name', 'refusal', 'tool_calls', 'function_call', 'audio', 'tool_call_id', 'annotations']);
 
+/** Tool names as the core takes them: OpenAI's, less a leading digit or dash. */
+const TOOL_NAME = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
+const TOOL_NAME_RULE = 'a name of letters, digits, _ and - (at most 64, not starting with a digit or -)';
+/** OpenAI's limit on the tools of one request. */
+const MAX_TOOLS = 128;
+
+function onlyKeys(value: Body, at: string, keys: readonly string[]): void {
+  for (const key of Object.keys(value)) if (!keys.includes(key)) throw unknownKey(`${at}.${key}`);
+}
+
+function unsupported(param: string, message: string): HttpError {
+  return new HttpError(400, message, { param, code: 'unsupported_parameter' });
+}
+
+/**
+ * `tools`, `tool_choice` and `parallel_tool_calls` as the core's turn (undefined without tools). OpenAI's
+ * function tools only; each field is checked here so that a 400 names it as the client wrote it.
+ */
+function toolTurnOf(body: Body): ToolTurn | undefined {
+  const value = body.tools;
+  const tools: { name: string; description?: string; parameters?: object }[] = [];
+  if (value !== undefined && value !== null) {
+    if (!Array.isArray(value)) throw bad('tools', 'an array of tools', value);
+    if (value.length > MAX_TOOLS) throw bad('tools', `at most ${MAX_TOOLS} tools`, `${value.length} tools`);
+    value.forEach((t: unknown, i) => {
+      const at = `tools[${i}]`;
+      if (!isObject(t)) throw bad(at, "a tool ({ type: 'function', function: { name, description?, parameters?, strict? } })", t);
+      if (t.type !== 'function') {
+        if (typeof t.type === 'string') throw unsupported(`${at}.type`, `${at}.type '${t.type.slice(0, 40)}' is not supported by this server; send 'function'.`);
+        throw bad(`${at}.type`, "'function'", t.type);
+      }
+      onlyKeys(t, at, ['type', 'function']);
+      const fn = t.function;
+      if (!isObject(fn)) throw bad(`${at}.function`, 'an object { name, description?, parameters?, strict? }', fn);
+      onlyKeys(fn, `${at}.function`, ['name', 'description', 'parameters', 'strict']);
+      const name = fn.name;
+      if (typeof name !== 'string' || !TOOL_NAME.test(name)) throw bad(`${at}.function.name`, TOOL_NAME_RULE, name);
+      if (tools.some((other) => other.name === name)) throw bad(`${at}.function.name`, 'a name no other tool has', name);
+      const tool: (typeof tools)[number] = { name };
+      if (fn.description !== undefined && fn.description !== null) {
+        if (typeof fn.description !== 'string') throw bad(`${at}.function.description`, 'a string', fn.description);
+        tool.description = fn.description;
+      }
+      if (fn.parameters !== undefined && fn.parameters !== null) {
+        if (!isObject(fn.parameters)) throw bad(`${at}.function.parameters`, 'a JSON Schema object', fn.parameters);
+        const type = fn.parameters.type;
+        if (type !== undefined && type !== 'object') {
+          throw bad(`${at}.function.parameters.type`, "'object' (the arguments are an object)", type);
+        }
+        tool.parameters = fn.parameters;
+      }
+      // strict: false lets OpenAI's arguments leave the schema; here they always follow it, which is what strict:
+      // true asks and what a non-strict schema hopes for (as response_format's strict).
+      if (fn.strict !== undefined && fn.strict !== null && typeof fn.strict !== 'boolean') throw bad(`${at}.function.strict`, 'a boolean', fn.strict);
+      tools.push(tool);
+    });
+  }
+  const choice = toolChoiceOf(body.tool_choice, tools.map((t) => t.name));
+  const parallel = optBoolean(body, 'parallel_tool_calls');
+  if (tools.length === 0) return undefined;
+  try {
+    return toolTurn({ tools, choice, parallel: parallel ?? true });
+  } catch (error) {
+    // Everything the core checks was checked above; this names the field should the two ever disagree.
+    throw new HttpError(400, `tools: ${(error as Error).message}`, { param: 'tools', code: 'invalid_value' });
+  }
+}
+
+/** `tool_choice`: OpenAI's strings or a named function; without tools only 'none' and 'auto' (what it means then). */
+function toolChoiceOf(value: unknown, names: readonly string[]): ToolChoice {
+  const expected = "'none', 'auto', 'required' or { type: 'function', function: { name } }";
+  if (value === undefined || value === null) return names.length > 0 ? 'auto' : 'none';
+  if (value === 'none' || value === 'auto') return value;
+  if (value === 'required') {
+    if (names.length === 0) throw bad('tool_choice', "'none' or 'auto' when no tools are given", value);
+    return value;
+  }
+  if (!isObject(value)) throw bad('tool_choice', expected, value);
+  if (value.type !== 'function') {
+    if (typeof value.type === 'string') {
+      throw unsupported('tool_choice.type', `tool_choice.type '${value.type.slice(0, 40)}' is not supported by this server; send 'function'.`);
+    }
+    throw bad('tool_choice.type', "'function'", value.type);
+  }
+  onlyKeys(value, 'tool_choice', ['type', 'function']);
+  const fn = value.function;
+  if (!isObject(fn)) throw bad('tool_choice.function', 'an object { name }', fn);
+  onlyKeys(fn, 'tool_choice.function', ['name']);
+  if (typeof fn.name !== 'string' || !names.includes(fn.name)) {
+    throw bad('tool_choice.function.name', `the name of one of the tools (${names.join(', ') || 'none are given'})`, fn.name);
+  }
+  return { name: fn.name };
+}
+
+/** An assistant message's `tool_calls` as the core's calls (arguments parsed from their JSON text). */
+function toolCallsOf(value: unknown[], at: string): ToolCall[] {
+  return value.map((c, j) => {
+    const cat = `${at}.tool_calls[${j}]`;
+    if (!isObject(c)) throw bad(cat, "a tool call ({ id, type: 'function', function: { name, arguments } })", c);
+    onlyKeys(c, cat, ['id', 'type', 'function']);
+    if (typeof c.id !== 'string' || c.id.length === 0) throw bad(`${cat}.id`, 'a non-empty string', c.id);
+    if (c.type !== 'function') throw bad(`${cat}.type`, "'function'", c.type);
+    const fn = c.function;
+    if (!isObject(fn)) throw bad(`${cat}.function`, 'an object { name, arguments }', fn);
+    onlyKeys(fn, `${cat}.function`, ['name', 'arguments']);
+    if (typeof fn.name !== 'string' || !TOOL_NAME.test(fn.name)) throw bad(`${cat}.function.name`, TOOL_NAME_RULE, fn.name);
+    let args: unknown;
+    try {
+      args = typeof fn.arguments === 'string' ? JSON.parse(fn.arguments) : undefined;
+    } catch {
+      args = undefined;
+    }
+    if (!isObject(args)) throw bad(`${cat}.function.arguments`, 'a JSON object, as text', fn.arguments);
+    return { id: c.id, name: fn.name, arguments: args };
+  });
+}
+
+/** One message of the conversation: `{ role, content }`, an assistant's `tool_calls`, or a tool's result. */
+function messageOf(m: unknown, i: number): ConversationMessage {
+  const at = `messages[${i}]`;
+  if (!isObject(m)) throw bad(at, 'an object', m);
+  if (m.role === 'function') {
+    throw unsupported(`${at}.role`, `${at}.role 'function' (the legacy form of tool results) is not supported by this server; send role 'tool' with tool_call_id.`);
+  }
+  const tool = m.role === 'tool';
+  const calls = m.role === 'assistant' && Array.isArray(m.tool_calls) && m.tool_calls.length > 0;
+  for (const key of Object.keys(m)) {
+    if (key === 'role' || key === 'content') continue;
+    if (tool && (key === 'tool_call_id' || key === 'name')) continue;
+    if (calls && key === 'tool_calls') continue;
+    const value = m[key];
+    // What OpenAI's own answers carry (an assistant message sent back as history): accepted when it says nothing.
+    if (MESSAGE_NOTHING.has(key) && (value === null || (Array.isArray(value) && value.length === 0))) continue;
+    if (key === 'name') {
+      throw unsupported(`${at}.name`, `${at}.name: participant names are not supported by this server's chat templates; leave it out.`);
+    }
+    if (key === 'tool_calls') throw bad(`${at}.tool_calls`, 'a non-empty array of tool calls, on an assistant message only', m[key]);
+    if (key === 'tool_call_id') throw bad(`${at}.tool_call_id`, "null: only a message of role 'tool' answers a tool call", m[key]);
+    if (key === 'function_call') {
+      throw unsupported(`${at}.function_call`, `${at}.function_call (the legacy form of tool calls) is not supported by this server; send tool_calls.`);
+    }
+    throw unknownKey(`${at}.${key}`);
+  }
+  const content = contentText(m.content ?? '', `${at}.content`);
+  if (tool) {
+    if (typeof m.tool_call_id !== 'string' || m.tool_call_id.length === 0) throw bad(`${at}.tool_call_id`, 'the id of the tool call this answers', m.tool_call_id);
+    if (m.name !== undefined && m.name !== null && typeof m.name !== 'string') throw bad(`${at}.name`, "the called tool's name", m.name);
+    const name = typeof m.name === 'string' ? m.name : undefined;
+    return name === undefined ? { role: 'tool', toolCallId: m.tool_call_id, content } : { role: 'tool', toolCallId: m.tool_call_id, name, content };
+  }
+  let role;
+  try {
+    role = normalizeRole(m.role, `${at}.role`);
+  } catch {
+    throw bad(`${at}.role`, 'one of system, user, assistant, tool, 系统, 用户, 助手', m.role);
+  }
+  if (calls) return { role: 'assistant', content, toolCalls: toolCallsOf(m.tool_calls as unknown[], at) };
+  return { role, content };
+}
+
+/**
+ * The core's check that the conversation's tool messages fit together, its message and the field it names in
+ * OpenAI's words (`messages[3].tool_call_id`, not the core's `toolCallId`).
+ */
+function checkToolMessages(messages: readonly ConversationMessage[]): void {
+  try {
+    checkConversation(messages, 'messages');
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    const openai = (text: string) => text.replace(/\.toolCallId\b/g, '.tool_call_id').replace(/\.toolCalls\[/g, '.tool_calls[');
+    const param = /for (messages\[\d+\][\w.[\]]*)/.exec(error.message)?.[1];
+    throw new HttpError(400, openai(error.message), { param: param === undefined ? 'messages' : openai(param), code: 'invalid_value' });
+  }
+}
+
 export function parseChatRequest(body: Body): ChatRequest {
-  const base = sampling(body, ['messages', 'logprobs', 'top_logprobs']);
+  const base = sampling(body, ['messages', 'logprobs', 'top_logprobs', 'tools', 'tool_choice', 'parallel_tool_calls']);
   const logprobs = optBoolean(body, 'logprobs') ?? false;
   const top = optInteger(body, 'top_logprobs', 0, 20);
   if (top !== undefined && !logprobs) {
     throw new HttpError(400, "'top_logprobs' needs 'logprobs': true.", { param: 'top_logprobs', code: 'invalid_value' });
   }
   if (logprobs) base.logprobs = { top: top ?? 0 };
+  const turn = toolTurnOf(body);
   const messages = body.messages;
   if (!Array.isArray(messages) || messages.length === 0) throw bad('messages', 'a non-empty array of messages', messages);
-  const parsed = messages.map((m, i): ChatMessage => {
-    if (!isObject(m)) throw bad(`messages[${i}]`, 'an object', m);
-    for (const key of Object.keys(m)) {
-      if (key === 'role' || key === 'content') continue;
-      const value = m[key];
-      // What OpenAI's own answers carry (an assistant message sent back as history): accepted when it says nothing.
-      if (MESSAGE_NOTHING.has(key) && (value === null || (Array.isArray(value) && value.length === 0))) continue;
-      if (key === 'name') {
-        throw new HttpError(400, `messages[${i}].name: participant names are not supported by this server's chat templates; leave it out.`, {
-          param: `messages[${i}].name`, code: 'unsupported_parameter',
-        });
-      }
-      throw unknownKey(`messages[${i}].${key}`);
-    }
-    let role;
-    try {
-      role = normalizeRole((m as Body).role, `messages[${i}].role`);
-    } catch {
-      throw bad(`messages[${i}].role`, 'one of system, user, assistant, 系统, 用户, 助手', (m as Body).role);
-    }
-    return { role, content: contentText((m as Body).content ?? '', `messages[${i}].content`) };
-  });
-  return { ...base, messages: parsed };
+  const parsed = messages.map(messageOf);
+  checkToolMessages(parsed);
+  return turn === undefined ? { ...base, messages: parsed } : { ...base, messages: parsed, toolTurn: turn };
 }
 
 export function parseCompletionRequest(body: Body): CompletionRequest {

@@ -3,6 +3,8 @@
 // names and id prefixes); each endpoint kind is one object here behind the same interface, so that the code
 // streaming a generation never asks which endpoint it serves.
 import { randomBytes } from 'node:crypto';
+import { ChatAnswerError } from '../chat/json.js';
+import { parseToolTurn, type ToolTurn } from '../chat/tools.js';
 import type { GenerationResult, StopReason, TokenLogprob } from '../generation.js';
 
 /** OpenAI's `usage`, with the prompt tokens a slot's cache held as `cached_tokens`. */
@@ -39,10 +41,13 @@ export interface ResponseShape {
   response(results: readonly GenerationResult[], usage: Usage): object;
   /** The events choice `index`'s stream opens with, before any generated text. */
   opening(index: number): object[];
-  /** The event carrying choice `index`'s newly generated text (and its tokens' logprobs, when asked for). */
-  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object;
-  /** The event that says why choice `index` ended. */
-  final(index: number, reason: StopReason): object;
+  /**
+   * The events for choice `index`'s newly generated text (and its tokens' logprobs, when asked for): one, or
+   * none while the text is held until the choice ends (a tool turn's JSON).
+   */
+  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object[];
+  /** The events that end choice `index`: what was held back, then the one that says why it ended. */
+  final(index: number, result: GenerationResult): object[];
   /** The event with the usage, last before `[DONE]` (`stream_options.include_usage`). */
   usage(usage: Usage): object;
 }
@@ -120,48 +125,150 @@ function chatLogprob(t: TokenLogprob): object {
   };
 }
 
-/** /v1/chat/completions: a message in `role`, streamed as deltas after one that names the role. */
+/** A tool call as OpenAI's chat answers carry it: the arguments as JSON text. */
+interface OpenAIToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
+/** What a choice says: text, or tool calls (`content` null), and why it ended. */
+interface ChatAnswer {
+  content: string | null;
+  toolCalls?: OpenAIToolCall[];
+  finish: 'stop' | 'length' | 'tool_calls';
+}
+
+/**
+ * A request's tool turn, for its answers: the turn, and the call ids its conversation holds already (a new call's
+ * id is never one of them).
+ */
+export interface ChatTools {
+  turn: ToolTurn;
+  taken: ReadonlySet<string>;
+}
+
+/**
+ * /v1/chat/completions: a message in `role`, streamed as deltas after one that names the role. With tools
+ * offered, each choice is a tool turn: its text is JSON until the turn ends, so it is held (with its logprobs)
+ * and sent at the end as `tool_calls` (`content` null, `finish_reason` 'tool_calls') or as the text of the
+ * model's response. A turn that did not end where its grammar does (`max_tokens`, a full slot, a stop string)
+ * is sent as the JSON text it got to, with its own finish reason.
+ */
 export class ChatShape implements ResponseShape {
   readonly #id = completionId('chatcmpl');
   readonly #created = Math.floor(Date.now() / 1000);
   readonly #model: string;
   readonly #role: string;
   readonly #logprobs: AnswerTokens | undefined;
+  readonly #tools: ChatTools | undefined;
+  /** Tool turns: each streamed choice's logprob entries, held until the turn ends. */
+  readonly #held = new Map<number, TokenLogprob[]>();
+  /** Ids given to calls of this answer (all choices), besides those of the conversation. */
+  readonly #ids = new Set<string>();
 
-  /** `logprobs`: when the request asked for them (else each choice's `logprobs` is null). */
-  constructor(model: string, role: string, logprobs?: AnswerTokens) {
+  /**
+   * `logprobs`: when the request asked for them (else each choice's `logprobs` is null). `tools`: the turn when
+   * the request offers tools.
+   */
+  constructor(model: string, role: string, logprobs?: AnswerTokens, tools?: ChatTools) {
     this.#model = model;
     this.#role = role;
     this.#logprobs = logprobs;
+    this.#tools = tools;
   }
 
   response(results: readonly GenerationResult[], usage: Usage): object {
     return {
       id: this.#id, object: 'chat.completion', created: this.#created, model: this.#model,
-      choices: results.map((result, index) => ({
-        index,
-        message: { role: this.#role, content: result.text },
-        logprobs: this.#logprobs ? { content: this.#logprobs.of(result).map(chatLogprob), refusal: null } : null,
-        finish_reason: finishReason(result.stopReason),
-      })),
+      choices: results.map((result, index) => {
+        const answer = this.#answer(result);
+        return {
+          index,
+          message: { role: this.#role, content: answer.content, ...(answer.toolCalls ? { tool_calls: answer.toolCalls } : {}) },
+          logprobs: this.#logprobs ? { content: this.#logprobs.of(result).map(chatLogprob), refusal: null } : null,
+          finish_reason: answer.finish,
+        };
+      }),
       usage,
     };
   }
 
+  /** A tool turn opens with the role alone: its content is null when it calls tools. */
   opening(index: number): object[] {
-    return [this.#chunk(index, { role: this.#role, content: '' }, null)];
+    return [this.#chunk(index, this.#tools === undefined ? { role: this.#role, content: '' } : { role: this.#role }, null)];
   }
 
-  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object {
-    return this.#chunk(index, { content: text }, null, logprobs);
+  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object[] {
+    if (this.#tools === undefined) return [this.#chunk(index, { content: text }, null, logprobs)];
+    if (logprobs && logprobs.length > 0) {
+      const held = this.#held.get(index);
+      if (held) held.push(...logprobs);
+      else this.#held.set(index, [...logprobs]);
+    }
+    return [];
   }
 
-  final(index: number, reason: StopReason): object {
-    return this.#chunk(index, {}, finishReason(reason));
+  /**
+   * A tool turn's calls go out as the `openai` client accumulates them: per call (by `index`), one delta with
+   * its id, type, name and empty arguments, then one with the arguments; the held logprobs ride on the first.
+   */
+  final(index: number, result: GenerationResult): object[] {
+    if (this.#tools === undefined) return [this.#chunk(index, {}, finishReason(result.stopReason))];
+    const answer = this.#answer(result);
+    const logprobs = this.#held.get(index);
+    this.#held.delete(index);
+    const events: object[] = [];
+    const first = () => (events.length === 0 ? logprobs : undefined);
+    if (answer.toolCalls) {
+      answer.toolCalls.forEach((call, i) => {
+        events.push(this.#chunk(index, {
+          tool_calls: [{ index: i, id: call.id, type: call.type, function: { name: call.function.name, arguments: '' } }],
+        }, null, first()));
+        events.push(this.#chunk(index, { tool_calls: [{ index: i, function: { arguments: call.function.arguments } }] }, null));
+      });
+    } else if (answer.content !== '' || (logprobs && logprobs.length > 0)) {
+      events.push(this.#chunk(index, { content: answer.content }, null, first()));
+    }
+    events.push(this.#chunk(index, {}, answer.finish));
+    return events;
   }
 
   usage(usage: Usage): object {
     return { id: this.#id, object: 'chat.completion.chunk', created: this.#created, model: this.#model, choices: [], usage };
+  }
+
+  /** What a choice's generation says: its text, or for a tool turn that ended as its grammar does, the parsed turn. */
+  #answer(result: GenerationResult): ChatAnswer {
+    const plain: ChatAnswer = { content: result.text, finish: finishReason(result.stopReason) };
+    if (this.#tools === undefined || result.stopReason !== 'eog') return plain;
+    let parsed;
+    try {
+      parsed = parseToolTurn(result.text, this.#tools.turn);
+    } catch (error) {
+      // The grammar allows only what parses; should the two ever disagree, the client gets the text as it is.
+      if (error instanceof ChatAnswerError) return plain;
+      throw error;
+    }
+    if ('response' in parsed) return { content: parsed.response, finish: 'stop' };
+    return {
+      content: null,
+      toolCalls: parsed.calls.map((c) => ({
+        id: this.#callId(), type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) },
+      })),
+      finish: 'tool_calls',
+    };
+  }
+
+  /** A new call id, `call_` and 24 hex digits as OpenAI's look, never one the conversation or this answer has. */
+  #callId(): string {
+    for (;;) {
+      const id = `call_${randomBytes(12).toString('hex')}`;
+      if (!this.#tools!.taken.has(id) && !this.#ids.has(id)) {
+        this.#ids.add(id);
+        return id;
+      }
+    }
   }
 
   #chunk(index: number, delta: Record<string, unknown>, finish: string | null, logprobs?: readonly TokenLogprob[]): object {
@@ -291,18 +398,18 @@ export class CompletionShape implements ResponseShape {
     return this.#echo ? [this.#chunk(index, this.#echo, null)] : [];
   }
 
-  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object {
+  chunk(index: number, text: string, logprobs?: readonly TokenLogprob[]): object[] {
     let legacy: object | null = null;
     if (this.#logprobs && logprobs) {
       let state = this.#streamed.get(index);
       if (!state) this.#streamed.set(index, (state = new LegacyLogprobs(this.#echo.length, this.#logprobs)));
       legacy = state.of(logprobs);
     }
-    return this.#chunk(index, text, null, legacy);
+    return [this.#chunk(index, text, null, legacy)];
   }
 
-  final(index: number, reason: StopReason): object {
-    return this.#chunk(index, '', finishReason(reason));
+  final(index: number, result: GenerationResult): object[] {
+    return [this.#chunk(index, '', finishReason(result.stopReason))];
   }
 
   usage(usage: Usage): object {

@@ -489,8 +489,8 @@ describe('request fields are implemented or refused, never ignored', () => {
     ['an unknown key in a content part', { messages: [{ role: 'user', content: [{ type: 'text', text: 'x', cache_control: {} }] }] }, 'messages[0].content[0].cache_control'],
     ['an unknown key in stream_options', { stream: true, stream_options: { include_usag: true } }, 'stream_options.include_usag'],
     ['stream_options without stream', { stream_options: { include_usage: true } }, 'stream_options'],
-    ['tools', { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }, 'tools'],
     // Implemented since issue #16: a value they cannot take is still a 400 naming them.
+    ['tools with a name the server cannot take', { tools: [{ type: 'function', function: { name: '1f', parameters: {} } }] }, 'tools[0].function.name'],
     ['response_format of an unknown type', { response_format: { type: 'yaml' } }, 'response_format.type'],
     ['logprobs not a boolean', { logprobs: 'yes' }, 'logprobs'],
     ['logit_bias outside -100..100', { logit_bias: { 5: 1000 } }, 'logit_bias.5'],

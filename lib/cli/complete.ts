@@ -27,8 +27,9 @@ export function register(program: Command): void {
 }
 
 export async function complete(opts: CompleteOptions): Promise<void> {
-  const prompt = opts.prompt ?? (await readStdin());
+  // Before standard input is read or the model loads: a bad grammar ends the command at once.
   const grammar = await cliGrammar(opts);
+  const prompt = opts.prompt ?? (await readStdin());
   await using model = await loadCliModel(opts);
   await using context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
   const controller = new AbortController();

@@ -5,7 +5,7 @@ import type { Interface } from 'node:readline';
 import type { ChatPromptOptions, ChatSession } from '../chat/session.js';
 import type { TemplateOption } from '../chat/detect.js';
 import {
-  addFlags, cliSampling, loadCliModel, maxTokensFlag, negatedFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag, type FlagValues,
+  addFlags, cliGrammar, cliSampling, GRAMMAR_FLAGS, loadCliModel, maxTokensFlag, negatedFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag, type FlagValues,
 } from './flags.js';
 import { readStdin } from './stdin.js';
 
@@ -15,6 +15,7 @@ const CHAT_FLAGS = [
   maxTokensFlag.describe('most tokens per answer'),
   switchFlag('whole', '--whole', 'with piped input: send all of standard input as one message'),
   negatedFlag('color', '--no-color', 'plain output'),
+  ...GRAMMAR_FLAGS,
   ...RUN_FLAGS,
   ...SAMPLING_FLAGS,
 ] as const;
@@ -46,10 +47,12 @@ function templateOption(name: string): TemplateOption {
 
 export async function chat(opts: ChatCliOptions): Promise<void> {
   const { ChatSession } = await import('../chat/session.js');
+  // Compiled once: every answer is held to it.
+  const grammar = await cliGrammar(opts);
   const model = await loadCliModel(opts);
   const context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
   const session = new ChatSession(context, { systemPrompt: opts.system, template: templateOption(opts.template) });
-  const turn: ChatPromptOptions = { ...cliSampling(opts), maxTokens: opts.maxTokens };
+  const turn: ChatPromptOptions = { ...cliSampling(opts), maxTokens: opts.maxTokens, ...(grammar ? { grammar } : {}) };
   try {
     if (process.stdin.isTTY && process.stdout.isTTY) await interactive(session, turn, opts.color);
     else await scripted(session, turn, opts.whole);

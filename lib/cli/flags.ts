@@ -5,6 +5,7 @@
 import { Option, type Command } from 'commander';
 import type { Model } from '../model.js';
 import type { SamplingOptions } from '../generation.js';
+import type { Grammar } from '../grammar.js';
 
 // The parsers only turn text into numbers: ranges and their messages come from the library's validation.
 export function intArg(value: string): number {
@@ -149,6 +150,13 @@ export const SAMPLING_FLAGS = [
 ] as const;
 export type SamplingFlags = FlagValues<typeof SAMPLING_FLAGS>;
 
+/** chat and complete: an answer constrained to a grammar, or to JSON that a schema describes (at most one). */
+export const GRAMMAR_FLAGS = [
+  stringFlag('grammarFile', '--grammar-file <path>', 'constrain the output to a GBNF grammar (its rule "root")'),
+  stringFlag('jsonSchema', '--json-schema <file|json>', 'constrain the output to JSON valid under a JSON Schema (a file, or the schema inline)'),
+] as const;
+export type GrammarFlags = FlagValues<typeof GRAMMAR_FLAGS>;
+
 /** Commands that write a file (convert, imatrix, synth); the file is checked before any work (lib/util/output.ts). */
 export const outputFlag = requiredFlag('output', '-o, --output <file>', 'where to write the GGUF');
 
@@ -174,4 +182,61 @@ export function cliSampling(opts: SamplingFlags): SamplingOptions {
     repeatPenalty: opts.repeatPenalty,
     ...(opts.seed === undefined ? {} : { seed: opts.seed }),
   };
+}
+
+/** Prefixes an error's message with the flag it came from, so that `huozi-gguf: <message>` says which input is wrong. */
+function blame(flag: string, error: unknown): Error {
+  const e = error instanceof Error ? error : new Error(String(error));
+  e.message = `${flag}: ${e.message}`;
+  return e;
+}
+
+/**
+ * The grammar --grammar-file or --json-schema asks for, compiled once (before the model loads, so that a typo
+ * costs no load) and reused by every answer; undefined when neither is given.
+ */
+export async function cliGrammar(opts: GrammarFlags): Promise<Grammar | undefined> {
+  if (opts.grammarFile !== undefined && opts.jsonSchema !== undefined) {
+    throw new Error('--grammar-file and --json-schema cannot be used together: give one of them');
+  }
+  if (opts.grammarFile === undefined && opts.jsonSchema === undefined) return undefined;
+  const { readFile } = await import('node:fs/promises');
+  const { Grammar } = await import('../grammar.js');
+  if (opts.grammarFile !== undefined) {
+    const flag = `--grammar-file ${opts.grammarFile}`;
+    let gbnf: string;
+    try {
+      gbnf = await readFile(opts.grammarFile, 'utf8');
+    } catch (error) {
+      throw blame(flag, error);
+    }
+    try {
+      return Grammar.compile(gbnf);
+    } catch (error) {
+      throw blame(flag, error);
+    }
+  }
+  // Inline JSON starts with "{" (a schema is an object); anything else names a file.
+  const value = opts.jsonSchema!;
+  const inline = value.trimStart().startsWith('{');
+  const flag = inline ? '--json-schema' : `--json-schema ${value}`;
+  let text = value;
+  if (!inline) {
+    try {
+      text = await readFile(value, 'utf8');
+    } catch (error) {
+      throw blame(flag, error);
+    }
+  }
+  let schema: unknown;
+  try {
+    schema = JSON.parse(text);
+  } catch (error) {
+    throw blame(flag, `not valid JSON: ${(error as Error).message}`);
+  }
+  try {
+    return Grammar.fromJsonSchema(schema as object);
+  } catch (error) {
+    throw blame(flag, error);
+  }
 }

@@ -1,6 +1,6 @@
 // The chat CLI in a real terminal (tmux) and through a pipe.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, existsSync } from 'node:fs';
+import { mkdtempSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -23,6 +23,60 @@ describe('huozi-gguf chat through a pipe', () => {
     });
     expect(r.status).toBe(0);
     expect(r.stdout).toContain('春眠不觉晓');
+  });
+
+  it('holds every answer to --json-schema: each line of output parses and fits the schema', () => {
+    const schema = {
+      type: 'object',
+      properties: { title: { type: 'string', maxLength: 8 }, lines: { type: 'integer', minimum: 1, maximum: 8 }, form: { enum: ['五言', '七言'] } },
+      required: ['title', 'lines', 'form'],
+      additionalProperties: false,
+    };
+    // The converter's grammar allows newlines and up to 20 blanks between tokens (a small model takes them):
+    // -n leaves room for all of them.
+    const r = spawnSync(process.execPath, [cli, 'chat', '--temp', '0', '-n', '512', '--json-schema', JSON.stringify(schema)], {
+      input: '请背诵《春晓》\n作者是谁？\n', encoding: 'utf8', timeout: 110_000,
+    });
+    expect(r.status).toBe(0);
+    // Answers may span lines: each is the shortest run of lines that parses.
+    const values: unknown[] = [];
+    let pending = '';
+    for (const line of r.stdout.split('\n')) {
+      pending += `${line}\n`;
+      try {
+        values.push(JSON.parse(pending));
+        pending = '';
+      } catch {
+        // not a whole answer yet
+      }
+    }
+    expect(pending.trim()).toBe('');
+    expect(values).toHaveLength(2);
+    for (const value of values as { title: string; lines: number; form: string }[]) {
+      expect(Object.keys(value).sort()).toEqual(['form', 'lines', 'title']);
+      expect([...value.title].length).toBeLessThanOrEqual(8);
+      expect(Number.isInteger(value.lines) && value.lines >= 1 && value.lines <= 8).toBe(true);
+      expect(['五言', '七言']).toContain(value.form);
+    }
+  }, 120_000);
+
+  it('holds answers to --grammar-file, and reports a bad one naming the flag', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'huozi-cli-'));
+    const grammar = join(dir, 'author.gbnf');
+    writeFileSync(grammar, 'root ::= "作者：" [一-龥]{2,4} "。"\n');
+    const r = spawnSync(process.execPath, [cli, 'chat', '--temp', '0', '--grammar-file', grammar], {
+      input: '请背诵《春晓》\n', encoding: 'utf8', timeout: 60_000,
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^作者：[一-龥]{2,4}。\n$/);
+    writeFileSync(grammar, 'root ::= [一-\n');
+    const bad = spawnSync(process.execPath, [cli, 'chat', '--grammar-file', grammar], { input: 'x\n', encoding: 'utf8', timeout: 60_000 });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/^huozi-gguf: --grammar-file \S+author\.gbnf: .* at byte \d+/);
+    expect(bad.stderr.trimEnd().split('\n')).toHaveLength(1);
+    const schema = spawnSync(process.execPath, [cli, 'chat', '--json-schema', '{"type":"string","not":{"const":""}}'], { input: 'x\n', encoding: 'utf8', timeout: 60_000 });
+    expect(schema.status).toBe(1);
+    expect(schema.stderr).toMatch(/^huozi-gguf: --json-schema: JSON Schema keyword "not" at #\/not/);
   });
 });
 

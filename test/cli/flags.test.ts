@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import {
-  addFlags, Flag, intFlag, negatedFlag, repeatableFlag, requiredFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag,
+  addFlags, Flag, GRAMMAR_FLAGS, intFlag, negatedFlag, repeatableFlag, requiredFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag,
 } from '../../dist/cli/flags.js';
 
 /** Parses a command line against a command with these flags, as commander hands it to the action. */
@@ -19,7 +19,7 @@ describe('CLI flags (lib/cli/flags.ts)', () => {
   it("refuses a key that is not the name commander stores the value under", () => {
     expect(() => stringFlag('gpu', '--ngl, --gpu-layers <n>', 'x').option()).toThrow(/"gpuLayers", not "gpu"/);
     expect(() => negatedFlag('noWeb', '--no-web', 'x').option()).toThrow(/"web", not "noWeb"/);
-    for (const f of [...RUN_FLAGS, ...SAMPLING_FLAGS]) expect(f.option().attributeName()).toBe(f.key);
+    for (const f of [...RUN_FLAGS, ...SAMPLING_FLAGS, ...GRAMMAR_FLAGS]) expect(f.option().attributeName()).toBe(f.key);
   });
 
   it('gives each value its type, with or without a default', () => {

@@ -30,6 +30,13 @@ const FORMATS = new Set(['date', 'time', 'date-time', 'uuid', 'uuid1', 'uuid2', 
 const MAX_REPEAT = 2000;
 /** Nesting of schemas (objects in objects, items of items, ...): the converter recurses once per level. */
 export const JSON_SCHEMA_MAX_DEPTH = 64;
+/**
+ * llama.cpp's converter is cubic in an object's optional properties (every suffix of the list is copied
+ * recursively, json-schema-to-grammar.cpp get_recursive_refs), synchronously: 2,000 take 9 s, 10,000 minutes.
+ * At most this many in one object, and at most 4 such objects' worth of that work in a schema (about 0.1 s).
+ */
+export const JSON_SCHEMA_MAX_OPTIONAL_PROPERTIES = 256;
+const MAX_OPTIONAL_COST = 4 * JSON_SCHEMA_MAX_OPTIONAL_PROPERTIES ** 3;
 
 type Schema = Record<string, unknown>;
 
@@ -65,6 +72,7 @@ export function patternsOf(root: object): { pattern: string; path: string }[] {
 
 class Walker {
   readonly #root: Schema;
+  #optionalCost = 0;
   readonly #refs = new Set<string>();
   constructor(root: Schema) {
     this.#root = root;
@@ -210,6 +218,22 @@ class Walker {
     }
     const extra = schema.additionalProperties;
     if (extra !== undefined && typeof extra !== 'boolean') this.node(extra, `${path}/additionalProperties`, depth + 1);
+    const required = new Set(Array.isArray(schema.required) ? schema.required : []);
+    const optional = Object.keys(props ?? {}).filter((name) => !required.has(name)).length;
+    if (optional > JSON_SCHEMA_MAX_OPTIONAL_PROPERTIES) {
+      throw new GrammarError(
+        `The object at ${path} has ${optional} optional properties, more than ${JSON_SCHEMA_MAX_OPTIONAL_PROPERTIES} ` +
+          '(llama.cpp\'s converter takes time cubic in their number)', { limit: 'properties', keyword: 'properties', path },
+      );
+    }
+    this.#optionalCost += optional ** 3;
+    if (this.#optionalCost > MAX_OPTIONAL_COST) {
+      throw new GrammarError(
+        `The schema's objects have too many optional properties in all (at ${path}; at most the work of ` +
+          `${4} objects of ${JSON_SCHEMA_MAX_OPTIONAL_PROPERTIES}: llama.cpp's converter takes time cubic in them)`,
+        { limit: 'properties', keyword: 'properties', path },
+      );
+    }
   }
 
   #allOf(schema: Schema, path: string, depth: number): void {
@@ -255,6 +279,7 @@ class Walker {
     }
     count(schema, 'minItems', path);
     count(schema, 'maxItems', path);
+    ordered(schema, 'minItems', 'maxItems', path);
   }
 
   #string(schema: Schema, path: string): void {
@@ -271,6 +296,7 @@ class Walker {
     }
     count(schema, 'minLength', path);
     count(schema, 'maxLength', path);
+    ordered(schema, 'minLength', 'maxLength', path);
   }
 }
 
@@ -288,6 +314,13 @@ function count(schema: Schema, key: string, path: string): void {
   const value = schema[key];
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_REPEAT) {
     fail(key, `${path}/${key}`, `must be an integer from 0 to ${MAX_REPEAT} (llama.cpp's repetition limit)`);
+  }
+}
+
+/** A minimum above its maximum matches nothing, and llama.cpp's parser would loop on the {min,max} it becomes. */
+function ordered(schema: Schema, min: string, max: string, path: string): void {
+  if (Object.hasOwn(schema, min) && Object.hasOwn(schema, max) && (schema[min] as number) > (schema[max] as number)) {
+    fail(min, `${path}/${min}`, `${String(schema[min])} is above "${max}" (${String(schema[max])}): nothing matches`);
   }
 }
 

@@ -274,6 +274,9 @@ describe('JSON Schema', () => {
     ['a bound ignored next to another', { type: 'integer', minimum: 1, exclusiveMinimum: 3 }, 'exclusiveMinimum', '#/exclusiveMinimum'],
     ['a typo', { type: 'object', properties: { a: { type: 'string', maxLenght: 3 } } }, 'maxLenght', '#/properties/a/maxLenght'],
     ['in a $def', { $defs: { d: { type: 'integer', multipleOf: 2 } }, $ref: '#/$defs/d' }, 'multipleOf', '#/$defs/d/multipleOf'],
+    // The grammar fuzzer's finds: {999,9} made llama.cpp's parser add rules until memory ran out.
+    ['minItems above maxItems', { type: 'array', items: { type: 'string' }, minItems: 1000, maxItems: 10 }, 'minItems', '#/minItems'],
+    ['minLength above maxLength', { type: 'string', minLength: 5, maxLength: 2 }, 'minLength', '#/minLength'],
   ])('names the keyword and its path: %s', (_, schema, keyword, path) => {
     expect(() => Grammar.fromJsonSchema(schema)).toThrow(grammarError({ keyword, path }));
   });
@@ -289,6 +292,18 @@ describe('JSON Schema', () => {
     expect(Grammar.fromJsonSchema({ oneOf: [{ type: 'string', deprecated: true }, { type: 'integer', readOnly: true }] }).gbnf).toContain('|');
     expect(Grammar.fromJsonSchema({ allOf: [{ properties: { a: { type: 'string' } } }, { properties: { b: { type: 'integer' } } }] }).gbnf).toContain('b');
     expect(Grammar.fromJsonSchema({ type: ['string', 'null'], maxLength: 4 }).gbnf).toContain('null');
+  });
+
+  it('bounds the optional properties the converter takes cubic time over (the grammar fuzzer: 10,000 took minutes)', () => {
+    const props = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, { type: 'integer' }]));
+    const started = Date.now();
+    expect(Grammar.fromJsonSchema({ type: 'object', properties: props(256) }).gbnf).toContain('k255');
+    expect(() => Grammar.fromJsonSchema({ type: 'object', properties: props(10_000) })).toThrow(grammarError({ limit: 'properties', path: '#' }));
+    // Required properties cost nothing extra; many objects of 256 optional ones add up to the same limit.
+    expect(Grammar.fromJsonSchema({ type: 'object', properties: props(1000), required: Object.keys(props(1000)) }).gbnf).toContain('k999');
+    const five = Object.fromEntries(Array.from({ length: 5 }, (_, j) => [`o${j}`, { type: 'object', properties: props(256) }]));
+    expect(() => Grammar.fromJsonSchema({ type: 'object', properties: five, required: Object.keys(five) })).toThrow(grammarError({ limit: 'properties' }));
+    expect(Date.now() - started).toBeLessThan(20_000); // minutes before the bound
   });
 
   it('bounds deep schemas and never crashes on odd ones', () => {

@@ -42,6 +42,7 @@ export const classes = {
   'rejected: GrammarError limit elements': '`GrammarError`: repetitions expand to more elements than `GRAMMAR_LIMITS.elements`',
   'rejected: GrammarError schema keyword': '`GrammarError` naming the schema `keyword` the converter would ignore or cannot honour, and its `path`',
   'rejected: GrammarError schema limit depth': '`GrammarError`: the schema nests deeper than the converter may recurse',
+  'rejected: GrammarError schema limit properties': '`GrammarError`: an object has more optional properties than the converter handles in reasonable time (`JSON_SCHEMA_MAX_OPTIONAL_PROPERTIES`, its time is cubic in them), or the schema\'s objects have too many in all',
   'rejected: GrammarError schema limit bytes': "`GrammarError`: the schema's grammar is longer than `GRAMMAR_LIMITS.bytes` (a huge enum)",
   'rejected: GrammarError schema': "`GrammarError`: llama.cpp's converter cannot convert the schema (a dangling or remote `$ref`, ...)",
   'rejected: TypeError': 'an argument error (`ERR_INVALID_ARG_TYPE`): a schema that is not an object',

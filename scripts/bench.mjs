@@ -8,6 +8,7 @@
 //
 //   npm run bench -- --gpu: the GPU tables instead (scripts/gpu-check.mjs, on a CUDA build)
 //   npm run bench -- --server: the server benchmark instead (scripts/bench/server.mjs)
+//   npm run bench -- --constrained: generation under a JSON Schema against llama-server (scripts/bench/constrained.mjs)
 //   npm run bench [-- --rounds 5 --threads 1,2 --models a.gguf,b.gguf --no-node-llama-cpp --nlc-default-rounds 3
 //                     --out docs/benchmarks.md]
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -34,6 +35,12 @@ if (process.argv.includes('--gpu')) {
 if (process.argv.includes('--server')) {
   // The server benchmark (huozi-gguf serve vs llama-server) has its own options: scripts/bench/server.mjs.
   await import('./bench/server.mjs');
+  process.exit(0);
+}
+if (process.argv.includes('--constrained')) {
+  // Constrained generation (huozi-gguf serve vs llama-server under one JSON Schema) and the grammar compile time:
+  // scripts/bench/constrained.mjs, with its own options.
+  await import('./bench/constrained.mjs');
   process.exit(0);
 }
 const { values } = parseArgs({

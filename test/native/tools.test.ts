@@ -16,7 +16,8 @@ let model: Model;
 let context: Context;
 beforeAll(async () => {
   model = await loadModel(demoPath);
-  context = await model.createContext({ contextSize: 2048, threads: 2 });
+  // Room for two rounds of long JSON turns (the tiny model indents with tabs; see LONG).
+  context = await model.createContext({ contextSize: 4096, threads: 2 });
 });
 afterAll(async () => {
   await model.dispose();
@@ -53,6 +54,20 @@ function expectValid(calls: ToolCall[], names: readonly string[]): void {
     expect(validate(call.arguments), `${JSON.stringify(call)}: ${ajv.errorsText(validate.errors)}`).toBe(true);
   }
 }
+/**
+ * The first seed (of 32) whose outcome satisfies `wanted`. Which seed makes the model do something is a property of
+ * the CPU kernels and the build (the numbers differ in the last bits, and a sampled turn follows them), never of
+ * this code: the tests look for one instead of naming it, and fail only if none of 32 does.
+ */
+async function findSeed<T>(run: (seed: number) => Promise<T>, wanted: (outcome: T) => boolean): Promise<{ seed: number; outcome: T }> {
+  for (let seed = 0; seed < 32; seed++) {
+    const outcome = await run(seed);
+    if (wanted(outcome)) return { seed, outcome };
+  }
+  throw new Error('no seed of 32 gave the outcome this test needs');
+}
+const SUMS = '请计算 1+2 和 3+4，再算 5+6';
+
 /** Every tool result in a history answers a call made before it (what setHistory checks). */
 const consistent = (history: ConversationMessage[]) => new ChatSession(context).setHistory(history);
 
@@ -72,33 +87,33 @@ describe('tool calls', () => {
 
   it('with a named tool: only that tool, valid arguments; several calls in a turn unless parallelToolCalls is false', async () => {
     const chat = new ChatSession(context, { systemPrompt: SYSTEM });
-    const counts: number[] = [];
-    for (const seed of [0, 1, 2, 3]) {
+    // Every seed tried calls only add, validly; some seed calls it more than once in one turn.
+    const { seed } = await findSeed(async (seed) => {
       chat.reset();
-      const answer = await chat.prompt('请计算 1+2 和 3+4，再算 5+6', { tools, toolChoice: { name: 'add' }, seed, ...LONG });
+      const answer = await chat.prompt(SUMS, { tools, toolChoice: { name: 'add' }, seed, ...LONG });
       expectValid(answer.toolCalls!, ['add']);
-      counts.push(answer.toolCalls!.length);
       expect(new Set(answer.toolCalls!.map((c) => c.id)).size).toBe(answer.toolCalls!.length);
-    }
-    // Seeds 2 and 3 call add twice in one turn.
-    expect(Math.max(...counts)).toBeGreaterThan(1);
-    for (const seed of [2, 3]) {
-      chat.reset();
-      const answer = await chat.prompt('请计算 1+2 和 3+4，再算 5+6', {
-        tools, toolChoice: { name: 'add' }, parallelToolCalls: false, seed, ...LONG,
-      });
-      expect(answer.toolCalls).toHaveLength(1);
-      expectValid(answer.toolCalls!, ['add']);
-    }
+      return answer.toolCalls!.length;
+    }, (calls) => calls > 1);
+    // The same request with parallelToolCalls false: one call.
+    chat.reset();
+    const answer = await chat.prompt(SUMS, { tools, toolChoice: { name: 'add' }, parallelToolCalls: false, seed, ...LONG });
+    expect(answer.toolCalls).toHaveLength(1);
+    expectValid(answer.toolCalls!, ['add']);
   }, 300_000);
 
   it('runs the handlers and completes a two-round conversation', async () => {
-    const seen: { args: unknown; call: ToolCall }[] = [];
+    let seen: { args: unknown; call: ToolCall }[] = [];
     const chat = new ChatSession(context, { systemPrompt: SYSTEM });
-    const answer = await chat.prompt('北京天气怎么样？', {
-      tools: { get_weather: { ...weather, handler: (args, call) => (seen.push({ args, call }), { sky: '晴', temperature: 21 }) } },
-      toolChoice: 'required', seed: 0, ...LONG,
-    });
+    // A seed where the model calls once, then answers with the result (it may also call again: findSeed).
+    const { outcome: answer } = await findSeed(async (seed) => {
+      chat.reset();
+      seen = [];
+      return chat.prompt('北京天气怎么样？', {
+        tools: { get_weather: { ...weather, handler: (args, call) => (seen.push({ args, call }), { sky: '晴', temperature: 21 }) } },
+        toolChoice: 'required', seed, ...LONG,
+      });
+    }, () => seen.length === 1 && chat.history.length === 5);
     expect(seen).toHaveLength(1);
     expectValid([seen[0].call], ['get_weather']);
     expect(seen[0].args).toEqual(seen[0].call.arguments);
@@ -115,11 +130,15 @@ describe('tool calls', () => {
 
   it("turns a handler's throw into the tool's result and goes on", async () => {
     const chat = new ChatSession(context, { systemPrompt: SYSTEM });
-    const answer = await chat.prompt('北京天气怎么样？', {
-      tools: { get_weather: { ...weather, handler: async () => { throw new Error('the weather service is down'); } } },
-      toolChoice: 'required', seed: 0, ...LONG,
-    });
-    expect(typeof answer.text).toBe('string');
+    // A seed where the model answers after the error (it may also call again, up to maxToolRounds: findSeed).
+    const { outcome: answer } = await findSeed(async (seed) => {
+      chat.reset();
+      return chat.prompt('北京天气怎么样？', {
+        tools: { get_weather: { ...weather, handler: async () => { throw new Error('the weather service is down'); } } },
+        toolChoice: 'required', maxToolRounds: 2, seed, ...LONG,
+      }).catch((e: unknown) => e);
+    }, (outcome) => !(outcome instanceof Error));
+    expect(typeof (answer as { text: string }).text).toBe('string');
     const tool = chat.history.find((m) => m.role === 'tool');
     expect(tool).toMatchObject({ role: 'tool', toolCallId: 'call_1', content: 'Error: the weather service is down' });
   }, 120_000);
@@ -127,10 +146,15 @@ describe('tool calls', () => {
   it('gives up past maxToolRounds with a ToolCallError, the last calls left waiting', async () => {
     let runs = 0;
     const chat = new ChatSession(context, { systemPrompt: SYSTEM });
-    const error = await chat.prompt('北京天气怎么样？', {
-      tools: { get_weather: { ...weather, handler: () => (runs++, { sky: '晴', temperature: 21 }) } }, toolChoice: 'required', maxToolRounds: 2,
-      seed: 1, ...LONG,
-    }).catch((e: unknown) => e as ToolCallError);
+    // After the first round the model may answer instead of calling again: a seed where it keeps calling.
+    const { outcome: error } = await findSeed(async (seed) => {
+      chat.reset();
+      runs = 0;
+      return chat.prompt('北京天气怎么样？', {
+        tools: { get_weather: { ...weather, handler: () => (runs++, { sky: '晴', temperature: 21 }) } }, toolChoice: 'required', maxToolRounds: 2,
+        seed, ...LONG,
+      }).catch((e: unknown) => e as ToolCallError);
+    }, (outcome) => outcome instanceof ToolCallError);
     expect(error).toBeInstanceOf(ToolCallError);
     expect(error).toMatchObject({ code: 'ERR_HUOZI_TOOL_CALL', reason: 'maxToolRounds' });
     expect(runs).toBe(2);
@@ -141,7 +165,10 @@ describe('tool calls', () => {
 
   it('lets the caller run the calls: addToolResult, then respond()', async () => {
     const chat = new ChatSession(context, { systemPrompt: SYSTEM });
-    const answer = await chat.prompt('请计算 1+2 和 3+4，再算 5+6', { tools, toolChoice: { name: 'add' }, seed: 2, ...LONG });
+    const { outcome: answer } = await findSeed(async (seed) => {
+      chat.reset();
+      return chat.prompt(SUMS, { tools, toolChoice: { name: 'add' }, seed, ...LONG });
+    }, (a) => a.toolCalls?.length === 2);
     const calls = answer.toolCalls!;
     expect(calls).toHaveLength(2);
     // Until every call has its result, a new user message is refused, as is an unknown id.

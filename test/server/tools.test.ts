@@ -116,14 +116,15 @@ describe('tool calls through the openai client', () => {
 
   it('parallel_tool_calls false: one call per turn', async () => {
     let several = false;
-    for (let seed = 0; seed < 4; seed++) {
+    // Which seeds make several calls depends on the CPU kernels (the numbers' last bits): up to 16 are tried.
+    for (let seed = 0; seed < 16 && (seed < 4 || !several); seed++) {
       const free = await client.chat.completions.create({ ...base, tool_choice: 'required', seed });
       several ||= free.choices[0].message.tool_calls!.length > 1;
       const r = await client.chat.completions.create({ ...base, tool_choice: 'required', parallel_tool_calls: false, seed });
       expectCalls(r.choices[0], ['get_weather', 'add']);
       expect(r.choices[0].message.tool_calls).toHaveLength(1);
     }
-    // Without the limit the same seeds make several calls in a turn at least once.
+    // Without the limit one of those seeds makes several calls in a turn.
     expect(several).toBe(true);
   }, 300_000);
 

@@ -28,15 +28,15 @@
 //
 //   npm run bench -- --constrained [--rounds 5 --requests 8 --threads 2 --parallel 1 --ctx 2048 --max-tokens 1024
 //                                  --gen 128 --compile-samples 20 --model m.gguf --out docs/constrained-bench.md]
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { createServer as netServer } from 'node:net';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildNativeTools, nativeTool } from '../native-tools.mjs';
+import { launch } from './launch.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const { values } = parseArgs({
@@ -165,15 +165,6 @@ let prompt;
 }
 const validate = new Ajv({ strict: false }).compile(SCHEMA);
 
-function freePort() {
-  return new Promise((res) => {
-    const s = netServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
 const OURS = 'huozi-gguf serve';
 const THEIRS = 'llama-server';
 const servers = {
@@ -190,25 +181,7 @@ const servers = {
 };
 
 async function start(name) {
-  const port = await freePort();
-  const [cmd, args] = servers[name](port);
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d) => {
-    stderr += d;
-    if (stderr.length > 20000) stderr = stderr.slice(-10000);
-  });
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 600; i++) {
-    if (child.exitCode !== null) throw new Error(`${name} exited: ${stderr}`);
-    try {
-      const r = await fetch(`${url}/health`);
-      if (r.ok) return { url, child };
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill();
-  throw new Error(`${name} did not become healthy: ${stderr}`);
+  return launch(name, servers[name]);
 }
 
 const SAMPLING = { top_k: 40, top_p: 0.95, min_p: 0.05 };

@@ -13,16 +13,15 @@
 // docs/server-bench.md, all of it, from what this run measured.
 //
 //   npm run bench -- --server [--rounds 3 --threads 2 --parallel 8 --gen 128 --requests 4 --model m.gguf]
-import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { createServer as netServer } from 'node:net';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 import { buildNativeTools, nativeTool } from '../native-tools.mjs';
+import { launch } from './launch.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const { values } = parseArgs({
@@ -56,15 +55,6 @@ const addonInfo = systemInfo();
 
 const PROMPTS = ['春眠不觉晓，', '床前明月光，', '白日依山尽，', '红豆生南国，', '千山鸟飞绝，', '松下问童子，', '独在异乡为异客，', '朝辞白帝彩云间，'];
 
-function freePort() {
-  return new Promise((res) => {
-    const s = netServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
 const servers = {
   'huozi-gguf serve': (port) => [
     process.execPath,
@@ -81,26 +71,9 @@ const servers = {
 // llama-server's log line naming the CPU backend ggml loaded (prebuilt libraries only).
 let serverCpuBackend;
 async function start(name) {
-  const port = await freePort();
-  const [cmd, args] = servers[name](port);
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d) => {
-    stderr += d;
-    if (name === 'llama-server') serverCpuBackend ??= /loaded CPU backend from (\S+)/.exec(stderr)?.[1];
-    if (stderr.length > 20000) stderr = stderr.slice(-10000);
+  return launch(name, servers[name], (text) => {
+    if (name === 'llama-server') serverCpuBackend ??= /loaded CPU backend from (\S+)/.exec(text)?.[1];
   });
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 600; i++) {
-    if (child.exitCode !== null) throw new Error(`${name} exited: ${stderr}`);
-    try {
-      const r = await fetch(`${url}/health`);
-      if (r.ok) return { url, child };
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill();
-  throw new Error(`${name} did not become healthy: ${stderr}`);
 }
 
 // The ways of asking: [label, server, request fields].

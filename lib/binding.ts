@@ -165,10 +165,11 @@ export interface NativeParallelContext {
     contextSize: number; slotContextSize: number; parallel: number; batchSize: number; ubatchSize?: number; threads?: number;
     batchThreads?: number;
   };
-  submit(id: number, prompt: Int32Array, params: NativeGenerateParams): void;
+  /** Requests of one `group` (not 0) with the same prompt evaluate it once. */
+  submit(id: number, prompt: Int32Array, params: NativeGenerateParams, group?: number): void;
   cancel(id: number): void;
   stats(): {
-    busySlots: number; waiting: number; outstanding: number; promptTokens: number; generatedTokens: number; reusedTokens: number;
+    busySlots: number; waiting: number; outstanding: number; promptTokens: number; generatedTokens: number; reusedTokens: number; sharedTokens: number;
     decodeCalls: number; completed: number; cancelled: number; failed: number;
   };
   memory(): NativeMemoryRow[];

@@ -3,6 +3,7 @@ import { checkContextOptions, type ParallelContextOptions } from './context-opti
 import { DisposedError, fromNative } from './errors.js';
 import {
   abortError, emptyResult, generationError, promptTokens, prepareGeneration, toResult, type Generation, type GenerateOptions, type GenerationResult,
+  type PreparedGeneration,
 } from './generation.js';
 import { Lifecycle, nativeModel } from './lifecycle.js';
 import { memoryUse, type DeviceMemoryUse } from './memory.js';
@@ -25,8 +26,13 @@ export interface ParallelStats {
   outstanding: number;
   promptTokens: number;
   generatedTokens: number;
-  /** Prompt tokens whose KV cache a slot already held. */
+  /** Prompt tokens whose KV cache a slot already held or copied from another slot. */
   reusedTokens: number;
+  /**
+   * Of reusedTokens: those copied from another busy slot's cells (the other choices of
+   * {@link ParallelContext.generateChoices}, requests sharing a long prefix such as a system prompt).
+   */
+  sharedTokens: number;
   decodeCalls: number;
   completed: number;
   cancelled: number;
@@ -85,6 +91,7 @@ export class ParallelContext {
 
   readonly #life: Lifecycle<NativeParallelContext>;
   #nextId = 1;
+  #nextGroup = 1;
   readonly #pending = new Map<number, Pending>();
 
   /** @internal Use {@link Model.createParallelContext}. */
@@ -124,53 +131,98 @@ export class ParallelContext {
    */
   generate(prompt: string | ArrayLike<number>, options?: ParallelGenerateOptions): Generation {
     this.#life.alive();
-    const { prompt: prepared, params, o, signal, generation } = prepareGeneration(this.model, prompt, options, this.slotContextSize);
-    const callSite = new Error();
-    const id = this.#nextId++;
-    let promptLength = typeof prepared === 'string' ? 0 : prepared.length;
-    const aborted = () => abortError<ParallelGenerationResult>({ ...emptyResult('abort', promptLength), slot: -1, queueMs: 0 });
-    if (signal?.aborted) {
-      generation.attach(Promise.reject(aborted()), () => {});
-      return generation;
-    }
-    let fail!: (error: unknown) => void;
-    const result = new Promise<ParallelGenerationResult>((resolve, reject) => {
-      fail = reject;
-      this.#pending.set(id, { generation, promptTokens: promptLength, resolve, reject, callSite });
-    });
-    // Until the request is submitted (a text prompt is tokenized on a worker thread first), stopping it only
-    // takes it out of this object; after, the native loop drops it from its queue or stops its slot.
-    let submitted = false;
-    const dropped = (error: unknown) => {
-      if (this.#pending.delete(id)) fail(error);
-    };
-    const submit = (ids: Int32Array) => {
-      const entry = this.#pending.get(id);
-      if (!entry) return; // stopped or disposed meanwhile
-      promptLength = entry.promptTokens = ids.length;
-      this.model.checkFile();
-      this.#life.alive().submit(id, ids, params);
-      submitted = true;
-    };
-    const cancel = () => {
-      if (submitted && !this.#life.disposed) this.#life.alive().cancel(id);
-      else dropped(aborted());
-    };
-    if (typeof prepared === 'string') {
-      promptTokens(this.model, prepared, o, this.slotContextSize)
-        .then(submit)
-        .catch((error: unknown) => dropped(fromNative(error, callSite)));
+    const prepared = prepareGeneration(this.model, prompt, options, this.slotContextSize);
+    const [start] = this.#start([prepared], 0);
+    if (typeof prepared.prompt === 'string') {
+      promptTokens(this.model, prepared.prompt, prepared.o, this.slotContextSize).then(start.submit, start.fail);
     } else {
-      try {
-        submit(prepared);
-      } catch (error) {
-        dropped(fromNative(error, callSite));
+      start.submit(prepared.prompt);
+    }
+    return prepared.generation;
+  }
+
+  /**
+   * Several answers to one prompt (OpenAI's `n`), each with options of its own (a different seed, say), each in
+   * a slot of its own: the prompt is tokenized and evaluated once, and the other choices copy its KV cache
+   * (a seeded choice gives the same tokens as its own {@link ParallelContext.generate} call). A prompt given as
+   * text is tokenized with the first choice's `addBos` and `parseSpecial`; the others must not differ.
+   */
+  generateChoices(prompt: string | ArrayLike<number>, choices: readonly ParallelGenerateOptions[]): Generation[] {
+    this.#life.alive();
+    if (!Array.isArray(choices) || choices.length === 0) {
+      throw new TypeError('Expected choices to be a non-empty array of generate options');
+    }
+    const prepared = choices.map((c) => prepareGeneration(this.model, prompt, c, this.slotContextSize));
+    for (const key of ['addBos', 'parseSpecial'] as const) {
+      const i = prepared.findIndex((p) => p.o[key] !== prepared[0].o[key]);
+      if (typeof prompt === 'string' && i > 0) {
+        throw new TypeError(`choices[${i}].${key} differs from choices[0].${key}: the choices share one tokenization of the prompt`);
       }
     }
-    signal?.addEventListener('abort', cancel, { once: true });
-    const settled = result.finally(() => signal?.removeEventListener('abort', cancel));
-    generation.attach(settled, cancel);
-    return generation;
+    const starts = this.#start(prepared, this.#nextGroup++);
+    const text = prepared[0].prompt;
+    if (typeof text === 'string') {
+      promptTokens(this.model, text, prepared[0].o, this.slotContextSize).then(
+        (ids) => {
+          for (const s of starts) s.submit(ids);
+        },
+        (error: unknown) => {
+          for (const s of starts) s.fail(error);
+        },
+      );
+    } else {
+      for (const s of starts) s.submit(text as Int32Array);
+    }
+    return prepared.map((p) => p.generation);
+  }
+
+  /**
+   * Registers prepared generations and wires their stopping; each is submitted (`submit`) once its prompt is
+   * tokens, or fails (`fail`) with why it could not be. `group` (not 0) lets the native loop evaluate a prompt
+   * the group shares once.
+   */
+  #start(prepared: PreparedGeneration<ParallelGenerateOptions>[], group: number): { submit: (ids: Int32Array) => void; fail: (error: unknown) => void }[] {
+    return prepared.map(({ prompt, params, signal, generation }) => {
+      const callSite = new Error();
+      const id = this.#nextId++;
+      let promptLength = typeof prompt === 'string' ? 0 : prompt.length;
+      const aborted = () => abortError<ParallelGenerationResult>({ ...emptyResult('abort', promptLength), slot: -1, queueMs: 0 });
+      if (signal?.aborted) {
+        generation.attach(Promise.reject(aborted()), () => {});
+        return { submit: () => {}, fail: () => {} };
+      }
+      let reject!: (error: unknown) => void;
+      const result = new Promise<ParallelGenerationResult>((resolve, rej) => {
+        reject = rej;
+        this.#pending.set(id, { generation, promptTokens: promptLength, resolve, reject: rej, callSite });
+      });
+      // Until the request is submitted (a text prompt is tokenized on a worker thread first), stopping it only
+      // takes it out of this object; after, the native loop drops it from its queue or stops its slot.
+      let submitted = false;
+      const dropped = (error: unknown) => {
+        if (this.#pending.delete(id)) reject(error);
+      };
+      const submit = (ids: Int32Array) => {
+        const entry = this.#pending.get(id);
+        if (!entry) return; // stopped or disposed meanwhile
+        try {
+          promptLength = entry.promptTokens = ids.length;
+          this.model.checkFile();
+          this.#life.alive().submit(id, ids, params, group);
+          submitted = true;
+        } catch (error) {
+          dropped(fromNative(error, callSite));
+        }
+      };
+      const cancel = () => {
+        if (submitted && !this.#life.disposed) this.#life.alive().cancel(id);
+        else dropped(aborted());
+      };
+      signal?.addEventListener('abort', cancel, { once: true });
+      const settled = result.finally(() => signal?.removeEventListener('abort', cancel));
+      generation.attach(settled, cancel);
+      return { submit, fail: (error: unknown) => dropped(fromNative(error, callSite)) };
+    });
   }
 
   /** @internal Events from the native loop, in order: text first, then outcomes. */

@@ -24,6 +24,10 @@ namespace {
 constexpr size_t kParseStack = 64u << 20;
 // Rules after repetitions are expanded (`x{0,5}` adds 5): the same bound as lib/grammar.ts's estimate.
 constexpr size_t kMaxRules = 100000;
+// Most parse stacks a grammar may hold while it generates (llama_grammar::max_stacks, our patch 0004): each is
+// walked against the vocabulary for every token. JSON-schema grammars hold a few dozen; an ambiguous grammar
+// such as (a | b)+ with overlapping a and b holds thousands after a few words, at seconds per token.
+constexpr size_t kMaxStacks = 1024;
 
 // Runs `fn` on a new thread with a `bytes` stack and waits for it; what it throws is rethrown here.
 template <typename F>
@@ -241,6 +245,14 @@ llama_grammar *Build(const std::string &text, const std::string &root, const lla
   llama_grammar_stack rules = parser.c_rules();
   TakeThreadErrors();
   llama_grammar *grammar = llama_grammar_init_impl(vocab, rules.data(), rules.size(), start->second);
+  if (grammar != nullptr && grammar->stacks.size() > kMaxStacks) {
+    fault.message = "the grammar is too ambiguous: it can start in " + std::to_string(grammar->stacks.size()) +
+                    " ways, more than the limit of " + std::to_string(kMaxStacks);
+    fault.limit = "stacks";
+    llama_grammar_free_impl(grammar);
+    return nullptr;
+  }
+  if (grammar != nullptr) grammar->max_stacks = kMaxStacks;
   if (grammar == nullptr) {
     const std::string why = TakeThreadErrors();
     const size_t at = why.find("at index ");

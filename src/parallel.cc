@@ -16,6 +16,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Without a unified cache, copying another slot's cells moves its whole buffer: worth it from this many tokens.
+constexpr size_t kMinSharedTokens = 16;
+
 double MsBetween(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
 uint32_t U32(Napi::Object o, const char *key, uint32_t fallback) {
@@ -85,6 +88,7 @@ Napi::Value ParallelContext::Create(Napi::Env env, std::shared_ptr<ModelHandle> 
         self->model_ = model;
         self->vocab_ = llama_model_get_vocab(model->model);
         self->n_vocab_ = llama_vocab_n_tokens(self->vocab_);
+        self->can_share_ = !llama_model_is_recurrent(model->model) && !llama_model_is_hybrid(model->model);
         self->on_events_ = std::move(*callback);
         // The wrapper stays alive until the outbox is closed and its last wake has run (after dispose), so
         // that no queued delivery can reach a collected object.
@@ -154,7 +158,8 @@ Napi::Value ParallelContext::Info(const Napi::CallbackInfo &info) {
   return out;
 }
 
-// submit(id: number, prompt: Int32Array, params) -> void. The outcome comes as a done or error event.
+// submit(id: number, prompt: Int32Array, params, group?: number) -> void. The outcome comes as a done or error
+// event. Requests of one group with the same prompt evaluate it once (Request::group).
 Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (disposed_) Throw(env, code::kDisposed, "the parallel context has been disposed");
@@ -174,6 +179,7 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   request->sampling = SamplerParams::FromJs(env, p, n_vocab_);
   request->stops = StopRules::FromJs(env, p, n_vocab_);
   if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
+  if (info.Length() > 3 && info[3].IsNumber()) request->group = info[3].As<Napi::Number>().Int64Value();
   request->stream_interval = StreamIntervalFromJs(p);
   if (outstanding_++ == 0) outbox_.Ref(env);
   {
@@ -211,6 +217,7 @@ Napi::Value ParallelContext::Stats(const Napi::CallbackInfo &info) {
   set("promptTokens", prompt_tokens_);
   set("generatedTokens", generated_tokens_);
   set("reusedTokens", reused_tokens_);
+  set("sharedTokens", shared_tokens_);
   set("decodeCalls", decode_calls_);
   set("completed", completed_);
   set("cancelled", cancelled_);
@@ -373,6 +380,16 @@ void ParallelContext::Finish(Slot &slot, const char *stop_reason) {
   Post(std::move(e));
 }
 
+bool ParallelContext::WaitsForSibling(const Request &request) const {
+  if (request.group == 0 || !can_share_) return false;
+  for (const Slot &slot : slots_) {
+    if (!slot.active) continue;
+    const Active &a = *slot.active;
+    if (a.req->group == request.group && a.prompt_pos < a.req->prompt.size() && a.req->prompt == request.prompt) return true;
+  }
+  return false;
+}
+
 void ParallelContext::Assign(std::unique_ptr<Request> request) {
   // The free slot sharing the longest prefix with the prompt; among equals, the one unused longest.
   // A slot whose last prompt was this very prompt has its logits: nothing to evaluate.
@@ -381,29 +398,58 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
   const bool seeded = request->sampling.seeded;
   const std::vector<llama_token> &prompt = request->prompt;
   auto kept_for = [&](const Slot &slot) {
-    return request->reuse_cache && !slot.prompt_logits.empty() && slot.prompt_logits_at == prompt.size() &&
-           (!seeded || slot.prompt_logits_exact) && slot.cache.size() >= prompt.size() &&
-           std::equal(prompt.begin(), prompt.end(), slot.cache.begin());
+    return !slot.prompt_logits.empty() && slot.prompt_logits_at == prompt.size() && (!seeded || slot.prompt_logits_exact) &&
+           slot.cache.size() >= prompt.size() && std::equal(prompt.begin(), prompt.end(), slot.cache.begin());
+  };
+  // How much of the prompt a slot's cells can serve: all of it with its kept logits, else its common prefix
+  // short of the last token (whose logits are needed); for a seeded request only the slot's canonical prefix.
+  auto usable = [&](const Slot &slot) -> size_t {
+    if (kept_for(slot)) return prompt.size();
+    size_t keep = 0;
+    const size_t limit = std::min(slot.cache.size(), prompt.size() - 1);
+    while (keep < limit && slot.cache[keep] == prompt[keep]) ++keep;
+    return seeded ? std::min(keep, slot.canonical) / n_ubatch_ * n_ubatch_ : keep;
   };
   Slot *best = nullptr;
   size_t best_keep = 0;
   for (Slot &slot : slots_) {
     if (slot.active) continue;
-    size_t keep = 0;
-    if (kept_for(slot)) {
-      keep = prompt.size();
-    } else if (request->reuse_cache) {
-      const size_t limit = std::min(slot.cache.size(), prompt.size() - 1);
-      while (keep < limit && slot.cache[keep] == prompt[keep]) ++keep;
-      if (seeded) keep = std::min(keep, slot.canonical) / n_ubatch_ * n_ubatch_;
-    }
+    const size_t keep = request->reuse_cache ? usable(slot) : 0;
     if (best == nullptr || keep > best_keep || (keep == best_keep && slot.last_used < best->last_used)) {
       best = &slot;
       best_keep = keep;
     }
   }
+  // A busy slot that can serve more of the prompt (another choice of this prompt, another request with the same
+  // system prompt): its cells are copied instead of evaluated again. Without a unified cache the copy moves
+  // the whole sequence's buffer, so a few tokens are not worth it; the prompt's kept logits always are.
+  // `reuseCache: false` takes only its own group's cells (the same request's prompt, evaluated whole).
+  Slot *donor = nullptr;
+  size_t donor_keep = best_keep;
+  if (can_share_) {
+    for (Slot &other : slots_) {
+      if (!other.active) continue;
+      if (!request->reuse_cache && (request->group == 0 || other.active->req->group != request->group)) continue;
+      const size_t keep = usable(other);
+      if (keep > donor_keep && (keep == prompt.size() || keep >= best_keep + kMinSharedTokens)) {
+        donor = &other;
+        donor_keep = keep;
+      }
+    }
+  }
   Slot &slot = *best;
   llama_memory_t mem = llama_get_memory(ctx_);
+  if (donor != nullptr) {
+    llama_memory_seq_rm(mem, slot.seq, -1, -1);
+    llama_memory_seq_cp(mem, donor->seq, slot.seq, -1, -1);
+    slot.cache.assign(donor->cache.begin(), donor->cache.end());
+    slot.canonical = donor->canonical;
+    slot.prompt_logits = donor->prompt_logits;
+    slot.prompt_logits_at = donor->prompt_logits_at;
+    slot.prompt_logits_exact = donor->prompt_logits_exact;
+    best_keep = donor_keep;
+    shared_tokens_.fetch_add(static_cast<int64_t>(best_keep));
+  }
   if (!llama_memory_seq_rm(mem, slot.seq, static_cast<llama_pos>(best_keep), -1)) {
     llama_memory_seq_rm(mem, slot.seq, -1, -1);
     best_keep = 0;
@@ -467,9 +513,14 @@ void ParallelContext::Loop() {
         }
       }
     }
-    while (!waiting_.empty() && busy_slots_.load() < static_cast<int64_t>(slots_.size())) {
-      std::unique_ptr<Request> r = std::move(waiting_.front());
-      waiting_.pop_front();
+    // In order, except that a choice whose sibling is still evaluating their prompt lets the next ones by.
+    for (auto it = waiting_.begin(); it != waiting_.end() && busy_slots_.load() < static_cast<int64_t>(slots_.size());) {
+      if (WaitsForSibling(**it)) {
+        ++it;
+        continue;
+      }
+      std::unique_ptr<Request> r = std::move(*it);
+      it = waiting_.erase(it);
       const int64_t id = r->id;
       // An exception must not leave this thread (std::terminate would end the process): it fails the request.
       try {

@@ -50,6 +50,9 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     SamplerParams sampling;
     StopRules stops;
     bool reuse_cache = true;  // start from the slot's cached prefix (else evaluate the whole prompt)
+    // Requests of one group (the choices of one prompt) evaluate their prompt once: the first evaluates it, the
+    // others wait for it and copy its cells and logits. 0: none.
+    int64_t group = 0;
     std::chrono::milliseconds stream_interval = kDefaultStreamInterval;  // 0: every token's text on its own
     std::chrono::steady_clock::time_point submitted;
   };
@@ -95,6 +98,8 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   // Loop thread.
   void Loop();
   void Assign(std::unique_ptr<Request> request);
+  // Whether `request` waits for a request of its group that is still evaluating the same prompt.
+  bool WaitsForSibling(const Request &request) const;
   void Step();
   // One llama_decode of the rows of `group` (generating slots' next tokens, then prompt chunks), then sampling.
   void DecodeGroup(const std::vector<Slot *> &group, bool alone);
@@ -126,6 +131,8 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   llama_batch batch_{};
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
+  // Whether one sequence's cells can be copied to another and cut at a position (not recurrent state).
+  bool can_share_ = false;
   std::string piece_;  // token text scratch (loop thread)
 
   // Shared between the main thread and the loop thread.
@@ -152,6 +159,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   std::atomic<int64_t> prompt_tokens_{0};
   std::atomic<int64_t> generated_tokens_{0};
   std::atomic<int64_t> reused_tokens_{0};
+  std::atomic<int64_t> shared_tokens_{0};  // of reused_tokens_: copied from another slot's cells
   std::atomic<int64_t> decode_calls_{0};
   std::atomic<int64_t> completed_{0};
   std::atomic<int64_t> cancelled_{0};

@@ -222,7 +222,14 @@ llama_token Sampler::Sample(const float *logits) {
     }
     token = arr.data[arr.selected].id;
   }
-  if (grammar_) llama_grammar_accept_impl(*grammar_, token);
+  if (grammar_) {
+    try {
+      llama_grammar_accept_impl(*grammar_, token);
+    } catch (const std::exception &e) {
+      // Its stacks past the limit (kMaxStacks): this generation fails, not the others in its batch.
+      throw CodedError(code::kGrammar, e.what());
+    }
+  }
   llama_sampler_accept(chain_.get(), token);
   if (top_logprobs_ >= 0) {
     if (post_) {

@@ -330,7 +330,8 @@ export class Completions {
     grammarField: string | undefined,
   ): Promise<Usage | undefined> {
     if (res.destroyed) throw new AbortError('The client left before its generation started');
-    const generations = options.map((o) => this.#context.generate(prompt, o));
+    // The choices evaluate the prompt once; the others copy its cache.
+    const generations = this.#context.generateChoices(prompt, options);
     const stopAll = () => {
       for (const g of generations) g.stop();
     };

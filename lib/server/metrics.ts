@@ -50,6 +50,7 @@ export class Metrics {
       metric('huozi_requests_waiting', 'gauge', 'Requests waiting for a free slot.', [['', s.waiting]]);
       metric('huozi_prompt_tokens_total', 'counter', 'Prompt tokens evaluated.', [['', s.promptTokens]]);
       metric('huozi_prompt_tokens_reused_total', 'counter', 'Prompt tokens served from a slot\'s cache.', [['', s.reusedTokens]]);
+      metric('huozi_prompt_tokens_shared_total', 'counter', 'Of the reused prompt tokens, those copied from another busy slot (the choices of one prompt, a shared system prompt).', [['', s.sharedTokens]]);
       metric('huozi_generated_tokens_total', 'counter', 'Tokens generated.', [['', s.generatedTokens]]);
       metric('huozi_decode_calls_total', 'counter', 'llama_decode calls (batches).', [['', s.decodeCalls]]);
       metric('huozi_generations_completed_total', 'counter', 'Generations that ended normally.', [['', s.completed]]);

@@ -85,6 +85,29 @@ describe('GBNF', () => {
     expect((await parallel.generate('x', { maxTokens: 3 }).result).tokens).toHaveLength(3);
   });
 
+  it('fails fast, alone, when an ambiguous grammar would read the text in too many ways', async () => {
+    // Every letter may close with "b", "c" or "d": after n letters, 3^n ways to read the text (stacks). Unbounded,
+    // 4 tokens took 1 s and the 5th more than 100 s; the bound fails it within a few tokens.
+    const ambiguous = Grammar.compile('root ::= e\ne ::= [a-z] e "b" | [a-z] e "c" | [a-z] e "d" | ""');
+    const started = Date.now();
+    const running = parallel.generate('x', { grammar: ambiguous, temperature: 1, seed: 1, maxTokens: 40 }).result;
+    // Another slot is served meanwhile and ends normally.
+    const other = parallel.generate('x', { maxTokens: 8, temperature: 0 }).result;
+    const e = await running.catch((error: unknown) => error as GrammarError & { result: { tokens: number[] } });
+    expect(e).toBeInstanceOf(GrammarError);
+    expect(e.message).toMatch(/too ambiguous: reading the text so far in \d+ ways exceeds the limit of 1024/);
+    expect(e.result.tokens.length).toBeLessThan(10);
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect((await other).tokens).toHaveLength(8);
+    await expect(context.generate('x', { grammar: ambiguous, temperature: 1, seed: 1, maxTokens: 40 }).result).rejects.toThrow(/too ambiguous/);
+    // Too many ways to start: 11 levels, each leaving "x" or "y" to read after the "z" at the bottom, start in
+    // 2^11 ways; refused when compiled, naming the limit. 10 levels (1024 ways) are within it.
+    const levels = (n: number) => ['root ::= l1', ...Array.from({ length: n }, (_, i) => `l${i + 1} ::= l${i + 2} "x" | l${i + 2} "y"`), `l${n + 1} ::= "z"`].join('\n');
+    expect(() => Grammar.compile(levels(11))).toThrow(grammarError({ limit: 'stacks' }));
+    expect(() => Grammar.compile(levels(11))).toThrow(/can start in 2048 ways, more than the limit of 1024/);
+    expect(() => Grammar.compile(levels(10))).not.toThrow();
+  });
+
   it.each([
     ['a syntax error', 'root ::= "a" @', { position: 13, line: 1, column: 14 }],
     ['an unterminated literal', 'root ::= "abc', { position: 13 }],

@@ -77,6 +77,65 @@ describe('ParallelContext', () => {
     await par.dispose();
   });
 
+  it.each([false, true])('generateChoices (unifiedCache %s): the prompt is evaluated once, and each seeded choice answers as it would alone', async (unifiedCache) => {
+    const prompt = reference.greedy[8].prompt_ids;
+    const sampling = { temperature: 1.5, topK: 0, topP: 1, minP: 0, maxTokens: 24, stopAtEog: false };
+    // Each seed alone, in a context of its own: what the choices must give.
+    const alone = await model.createParallelContext({ parallel: 1, contextSize: 1024, threads: 1 });
+    const want: number[][] = [];
+    for (let i = 0; i < 4; i++) want.push(Array.from((await alone.generate(prompt, { ...sampling, seed: 70 + i }).result).tokens));
+    await alone.dispose();
+    expect(new Set(want.map((t) => t.join())).size).toBe(4);
+
+    const par = await model.createParallelContext({ parallel: 4, contextSize: 4096, unifiedCache, threads: 1 });
+    const generations = par.generateChoices(prompt, [0, 1, 2, 3].map((i) => ({ ...sampling, seed: 70 + i })));
+    const results = await Promise.all(generations.map((g) => g.result));
+    expect(results.map((r) => Array.from(r.tokens))).toEqual(want);
+    expect(new Set(results.map((r) => r.slot)).size).toBe(4);
+    const stats = par.stats();
+    expect(stats.promptTokens).toBe(prompt.length);
+    expect(stats.sharedTokens).toBe(3 * prompt.length);
+    expect(results.map((r) => r.evaluatedTokens).sort()).toEqual([0, 0, 0, prompt.length]);
+    // A text prompt is tokenized once; unseeded choices differ from one another.
+    const texts = await Promise.all(par.generateChoices(reference.greedy[3].prompt, [{ maxTokens: 8, temperature: 2 }, { maxTokens: 8, temperature: 2 }]).map((g) => g.result));
+    expect(texts[0].promptTokens).toBe(texts[1].promptTokens);
+    expect(par.stats().sharedTokens).toBeGreaterThan(3 * prompt.length);
+    await par.dispose();
+  });
+
+  it('generateChoices: stopping the choice that evaluates the prompt leaves the others to evaluate it', async () => {
+    const par = await model.createParallelContext({ parallel: 2, contextSize: 2048, threads: 1 });
+    const prompt = reference.greedy[0].prompt_ids;
+    const [first, second, third] = par.generateChoices(prompt, [
+      { temperature: 0, maxTokens: 48, stopTokens: [EOU] }, { temperature: 0, maxTokens: 48, stopTokens: [EOU] }, { temperature: 0, maxTokens: 48, stopTokens: [EOU] },
+    ]);
+    first.stop();
+    await expect(first.result).rejects.toBeInstanceOf(AbortError);
+    expect(Array.from((await second.result).tokens)).toEqual(expected[0]);
+    expect(Array.from((await third.result).tokens)).toEqual(expected[0]);
+    expect(() => par.generateChoices(prompt, [])).toThrow(TypeError);
+    expect(() => par.generateChoices('x', [{}, { addBos: false }])).toThrow(/choices\[1\]\.addBos/);
+    expect(() => par.generateChoices(prompt, [{}, { bogus: 1 } as never])).toThrow(TypeError);
+    await par.dispose();
+  });
+
+  it('a request sharing a long prefix with a busy slot copies its cells instead of evaluating them', async () => {
+    const par = await model.createParallelContext({ parallel: 2, contextSize: 4096, threads: 1 });
+    const g = reference.greedy[8];
+    expect(g.prompt_ids.length).toBeGreaterThan(40);
+    // A long answer keeps one slot busy while a prompt that starts with its prompt arrives.
+    const busy = par.generate(g.prompt_ids.slice(0, 40), { temperature: 1, maxTokens: 2000, stopAtEog: false });
+    const it = busy[Symbol.asyncIterator]();
+    await it.next();
+    const b = await par.generate(g.prompt_ids, { temperature: 0, maxTokens: 48, stopTokens: [EOU] }).result;
+    busy.stop();
+    await busy.result.catch(() => {});
+    expect(b.reusedTokens).toBeGreaterThanOrEqual(40);
+    expect(par.stats().sharedTokens).toBeGreaterThanOrEqual(40);
+    expect(Array.from(b.tokens)).toEqual(expected[8]);
+    await par.dispose();
+  });
+
   it('rejects what does not fit and bad options with typed errors', async () => {
     await expect(model.createParallelContext({ parallel: 0 })).rejects.toMatchObject({ name: 'RangeError' });
     await expect(model.createParallelContext({ parallel: 4, contextSize: 2 })).rejects.toMatchObject({ name: 'RangeError' });

@@ -208,6 +208,19 @@ describe('n and seed', () => {
     expect(three.usage!.completion_tokens).toBe(30);
   });
 
+  it('n = 4 evaluates the prompt once: the other choices copy its cache (huozi_prompt_tokens_shared_total)', async () => {
+    const counter = async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await (await fetch(`${url}/metrics`)).text())?.[1]);
+    const before = { evaluated: await counter('huozi_prompt_tokens_total'), shared: await counter('huozi_prompt_tokens_shared_total') };
+    // A prompt no slot holds yet.
+    const r = await client.chat.completions.create({
+      model: 'huozi', messages: [{ role: 'user', content: `请背诵第${Date.now()}首诗` }], temperature: 1.5, max_tokens: 6, n: 4,
+    });
+    expect(r.choices).toHaveLength(4);
+    const prompt = r.usage!.prompt_tokens;
+    expect(await counter('huozi_prompt_tokens_shared_total') - before.shared).toBe(3 * prompt);
+    expect(await counter('huozi_prompt_tokens_total') - before.evaluated).toBeLessThanOrEqual(prompt);
+  });
+
   it('n = 2 streamed: chunks of both indexes, each choice ends with its finish_reason, the same texts as unstreamed', async () => {
     const body = { model: 'huozi', messages: open, temperature: 2, max_tokens: 10, n: 2, seed: 9 };
     const whole = await client.chat.completions.create(body);

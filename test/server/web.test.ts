@@ -162,6 +162,7 @@ describe('web chat page', () => {
     for (let attempt = 0; attempt < 8 && !partial; attempt++) {
       await page.click('#new-chat');
       await expect.poll(() => page.locator('.turn').count()).toBe(0);
+      const failedBefore = failed.length;
       await page.fill('#input', '1 2 3 4 5');
       await page.press('#input', 'Enter');
       const last = page.locator('.msg.assistant').last();
@@ -175,7 +176,13 @@ describe('web chat page', () => {
         continue; // it finished before the click
       }
       await expect.poll(() => last.getAttribute('data-state')).not.toMatch(/waiting|streaming/);
-      if ((await last.getAttribute('data-state')) === 'stopped') partial = (await last.textContent()) ?? '';
+      if ((await last.getAttribute('data-state')) !== 'stopped') continue;
+      // Playwright reports the aborted request a moment later, and only if the browser had not yet received the
+      // whole stream when Stop was clicked (a short answer can reach the network layer in full while the page
+      // still reads it; then nothing was left to abort on the server): wait for the report, else try again.
+      const deadline = Date.now() + 2000;
+      while (failed.length === failedBefore && Date.now() < deadline) await page.waitForTimeout(50);
+      if (failed.length > failedBefore) partial = (await last.textContent()) ?? '';
     }
     expect(partial).not.toBe('');
     // The fetch was aborted, the text stays as it was, and the page is ready for the next message.

@@ -2,32 +2,12 @@
 // grammar / json_schema, on the tiny Huozi model through the official `openai` client where a client would send
 // them, with answers checked by a real JSON Schema validator (ajv) and by JavaScript's own regexes.
 import Ajv from 'ajv';
-import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, Grammar, loadModel, type HuoziServer, type Model } from '../../dist/index.js';
+import { describe, expect, it } from 'vitest';
+import { Grammar } from '../../dist/index.js';
 import { regexToGbnf, RegexError } from '../../dist/server/regex.js';
-import { f16Path } from '../helpers.js';
+import { serveTinyModel } from './serve.js';
 
-let model: Model;
-let server: HuoziServer;
-let url: string;
-let client: OpenAI;
-
-beforeAll(async () => {
-  model = await loadModel(f16Path);
-  server = await createServer(model, { servedModelName: 'huozi', parallel: 4, contextSize: 4096, threads: 1 });
-  ({ url } = await server.listen(0));
-  client = new OpenAI({ apiKey: 'EMPTY', baseURL: `${url}/v1`, maxRetries: 0 });
-});
-afterAll(async () => {
-  await server?.close();
-  await model?.dispose();
-});
-
-async function post(body: Record<string, unknown>, path = '/v1/chat/completions'): Promise<{ status: number; json: Record<string, any> }> {
-  const res = await fetch(`${url}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-  return { status: res.status, json: (await res.json()) as Record<string, any> };
-}
+const served = serveTinyModel({ parallel: 4, contextSize: 4096 });
 
 const ask = (content: string) => ({ model: 'huozi', messages: [{ role: 'user' as const, content }] });
 
@@ -58,7 +38,7 @@ describe('response_format json_schema through the openai client', () => {
   it('20 seeded answers at temperature 1.5 all parse and validate with ajv', async () => {
     const validate = new Ajv({ strict: false }).compile(PERSON);
     for (let seed = 0; seed < 20; seed++) {
-      const completion = await client.chat.completions.create({
+      const completion = await served.client.chat.completions.create({
         ...ask('介绍一位诗人'),
         temperature: 1.5,
         seed,
@@ -74,7 +54,7 @@ describe('response_format json_schema through the openai client', () => {
   });
 
   it('streams an answer that validates too', async () => {
-    const stream = await client.chat.completions.create({
+    const stream = await served.client.chat.completions.create({
       ...ask('介绍一位诗人'), temperature: 1, seed: 3, max_tokens: 1000, stream: true,
       response_format: { type: 'json_schema', json_schema: { name: 'person', schema: PERSON } },
     });
@@ -85,7 +65,7 @@ describe('response_format json_schema through the openai client', () => {
 
   it('json_object: any JSON object', async () => {
     for (let seed = 0; seed < 3; seed++) {
-      const completion = await client.chat.completions.create({
+      const completion = await served.client.chat.completions.create({
         ...ask('用JSON回答'), temperature: 0.8, seed, max_tokens: 200, response_format: { type: 'json_object' },
       });
       const text = completion.choices[0].message.content!;
@@ -97,10 +77,10 @@ describe('response_format json_schema through the openai client', () => {
   });
 
   it('a json_schema without a schema is any JSON object; text asks for nothing', async () => {
-    const r = await post({ ...ask('用JSON回答'), temperature: 0, max_tokens: 100, response_format: { type: 'json_schema', json_schema: { name: 'any' } } });
+    const r = await served.post({ ...ask('用JSON回答'), temperature: 0, max_tokens: 100, response_format: { type: 'json_schema', json_schema: { name: 'any' } } });
     expect(r.status).toBe(200);
     expect(r.json.choices[0].message.content.trimStart().startsWith('{')).toBe(true);
-    const plain = await post({ ...ask('请背诵《春晓》'), temperature: 0, max_tokens: 12, response_format: { type: 'text' } });
+    const plain = await served.post({ ...ask('请背诵《春晓》'), temperature: 0, max_tokens: 12, response_format: { type: 'text' } });
     expect(plain.json.choices[0].message.content).toContain('春晓');
   });
 
@@ -110,20 +90,20 @@ describe('response_format json_schema through the openai client', () => {
     ['an unknown member', { type: 'json_object', schema: {} }, 'response_format.schema'],
     ['strict not a boolean', { type: 'json_schema', json_schema: { name: 'x', schema: {}, strict: 'yes' } }, 'response_format.json_schema.strict'],
   ])('%s: 400 naming it', async (_, format, param) => {
-    const r = await post({ ...ask('x'), response_format: format });
+    const r = await served.post({ ...ask('x'), response_format: format });
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe(param);
   });
 
   it('a schema keyword the converter cannot honour: 400 naming response_format and the keyword', async () => {
-    const r = await post({
+    const r = await served.post({
       ...ask('x'),
       response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object', properties: { n: { type: 'integer', multipleOf: 3 } } } } },
     });
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe('response_format');
     expect(r.json.error.message).toContain('multipleOf');
-    await expect(client.chat.completions.create({
+    await expect(served.client.chat.completions.create({
       ...ask('x'), response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { not: { type: 'string' } } } },
     })).rejects.toMatchObject({ status: 400 });
   });
@@ -136,7 +116,7 @@ describe("vLLM's guided decoding", () => {
       additionalProperties: false,
     };
     for (const guided of [schema, JSON.stringify(schema)]) {
-      const r = await post({ ...ask('季节'), temperature: 1, seed: 7, max_tokens: 300, guided_json: guided });
+      const r = await served.post({ ...ask('季节'), temperature: 1, seed: 7, max_tokens: 300, guided_json: guided });
       expect(r.status).toBe(200);
       expect(new Ajv().validate(schema, JSON.parse(r.json.choices[0].message.content))).toBe(true);
     }
@@ -146,11 +126,11 @@ describe("vLLM's guided decoding", () => {
     const choices = ['春天', '夏天', '秋天 and "冬天"'];
     const seen = new Set<string>();
     for (let seed = 0; seed < 6; seed++) {
-      const r = await post({ ...ask('哪个季节最好？'), temperature: 1.5, seed, max_tokens: 20, guided_choice: choices });
+      const r = await served.post({ ...ask('哪个季节最好？'), temperature: 1.5, seed, max_tokens: 20, guided_choice: choices });
       expect(choices).toContain(r.json.choices[0].message.content);
       seen.add(r.json.choices[0].message.content);
     }
-    const c = await post({ model: 'huozi', prompt: '春眠', temperature: 1, seed: 1, max_tokens: 20, guided_choice: ['A', 'B'] }, '/v1/completions');
+    const c = await served.post({ model: 'huozi', prompt: '春眠', temperature: 1, seed: 1, max_tokens: 20, guided_choice: ['A', 'B'] }, '/v1/completions');
     expect(['A', 'B']).toContain(c.json.choices[0].text);
   });
 
@@ -158,7 +138,7 @@ describe("vLLM's guided decoding", () => {
     for (const pattern of ['\\d{3}-[a-z]{2,4}', '(春|夏|秋|冬)天[^\\s，。]{1,3}', '[A-Z][a-z]+(, [A-Z][a-z]+)?\\.', 'v\\d{1,3}\\.\\d{1,3}(\\.\\d{1,3})?']) {
       const re = new RegExp(`^(?:${pattern})$`);
       for (let seed = 0; seed < 4; seed++) {
-        const r = await post({ ...ask('回答'), temperature: 1.2, seed, max_tokens: 40, guided_regex: pattern });
+        const r = await served.post({ ...ask('回答'), temperature: 1.2, seed, max_tokens: 40, guided_regex: pattern });
         expect(r.status).toBe(200);
         const text = r.json.choices[0].message.content as string;
         expect(r.json.choices[0].finish_reason, `${pattern}: ${text}`).toBe('stop');
@@ -176,7 +156,7 @@ describe("vLLM's guided decoding", () => {
     ['a$b', "'$'"],
     ['\\p{L}+', 'Unicode property'],
   ])('guided_regex %s: 400 naming guided_regex and the feature', async (pattern, feature) => {
-    const r = await post({ ...ask('x'), guided_regex: pattern });
+    const r = await served.post({ ...ask('x'), guided_regex: pattern });
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe('guided_regex');
     expect(r.json.error.code).toBe('unsupported_parameter');
@@ -186,9 +166,9 @@ describe("vLLM's guided decoding", () => {
   it('guided_grammar and llama-server grammar: the answer is in the language; a bad grammar is 400 with its position', async () => {
     const gbnf = 'root ::= "答：" digit digit? "个"\ndigit ::= [0-9]';
     for (const field of ['guided_grammar', 'grammar']) {
-      const r = await post({ ...ask('几个？'), temperature: 1, seed: 2, max_tokens: 20, [field]: gbnf });
+      const r = await served.post({ ...ask('几个？'), temperature: 1, seed: 2, max_tokens: 20, [field]: gbnf });
       expect(r.json.choices[0].message.content).toMatch(/^答：\d\d?个$/);
-      const broken = await post({ ...ask('x'), [field]: 'root ::= "a" undefined-rule' });
+      const broken = await served.post({ ...ask('x'), [field]: 'root ::= "a" undefined-rule' });
       expect(broken.status).toBe(400);
       expect(broken.json.error.param).toBe(field);
       expect(broken.json.error.message).toMatch(/undefined-rule|byte \d+/);
@@ -197,22 +177,22 @@ describe("vLLM's guided decoding", () => {
 
   it("llama-server's json_schema validates", async () => {
     const schema = { type: 'array', items: { type: 'integer', minimum: 0, maximum: 99 }, minItems: 2, maxItems: 3 };
-    const r = await post({ model: 'huozi', prompt: '数字：', temperature: 1, seed: 5, max_tokens: 40, json_schema: schema }, '/v1/completions');
+    const r = await served.post({ model: 'huozi', prompt: '数字：', temperature: 1, seed: 5, max_tokens: 40, json_schema: schema }, '/v1/completions');
     expect(new Ajv().validate(schema, JSON.parse(r.json.choices[0].text))).toBe(true);
   });
 
   it('two constraints: 400 naming both', async () => {
-    const r = await post({ ...ask('x'), response_format: { type: 'json_object' }, guided_choice: ['a'] });
+    const r = await served.post({ ...ask('x'), response_format: { type: 'json_object' }, guided_choice: ['a'] });
     expect(r.status).toBe(400);
     expect(r.json.error.message).toContain("'response_format' and 'guided_choice'");
-    const t = await post({ ...ask('x'), grammar: 'root ::= "a"', json_schema: {} });
+    const t = await served.post({ ...ask('x'), grammar: 'root ::= "a"', json_schema: {} });
     expect(t.json.error.message).toContain("'grammar' and 'json_schema'");
     // response_format text asks for nothing: no conflict.
-    expect((await post({ ...ask('x'), max_tokens: 3, response_format: { type: 'text' }, guided_choice: ['a'] })).json.choices[0].message.content).toBe('a');
+    expect((await served.post({ ...ask('x'), max_tokens: 3, response_format: { type: 'text' }, guided_choice: ['a'] })).json.choices[0].message.content).toBe('a');
   });
 
   it('guided_whitespace_pattern is not implemented: 400 naming it', async () => {
-    const r = await post({ ...ask('x'), guided_json: {}, guided_whitespace_pattern: '[ ]?' });
+    const r = await served.post({ ...ask('x'), guided_json: {}, guided_whitespace_pattern: '[ ]?' });
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe('guided_whitespace_pattern');
   });

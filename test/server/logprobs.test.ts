@@ -1,42 +1,17 @@
 // logprobs, logit_bias, n and seed on the server, in OpenAI's shapes (chat's `logprobs.content`, the legacy
 // completions object), compared with what the library itself reports for the same request.
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, huoziTemplate, loadModel, type HuoziServer, type Model } from '../../dist/index.js';
-import { f16Path } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { huoziTemplate } from '../../dist/index.js';
+import { serveTinyModel } from './serve.js';
 
-let model: Model;
-let server: HuoziServer;
-let url: string;
-let client: OpenAI;
-
-beforeAll(async () => {
-  model = await loadModel(f16Path);
-  server = await createServer(model, { servedModelName: 'huozi', parallel: 4, contextSize: 4096, threads: 1, chatTemplate: 'huozi' });
-  ({ url } = await server.listen(0));
-  client = new OpenAI({ apiKey: 'EMPTY', baseURL: `${url}/v1`, maxRetries: 0 });
-});
-afterAll(async () => {
-  await server?.close();
-  await model?.dispose();
-});
-
-async function post(body: Record<string, unknown>, path = '/v1/chat/completions'): Promise<{ status: number; json: Record<string, any> }> {
-  const res = await fetch(`${url}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-  return { status: res.status, json: (await res.json()) as Record<string, any> };
-}
-
-async function events(body: Record<string, unknown>, path: string): Promise<Record<string, any>[]> {
-  const res = await fetch(`${url}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
-  const text = await res.text();
-  return text.split('\n\n').filter((b) => b.startsWith('data: {')).map((b) => JSON.parse(b.slice(6)));
-}
+const served = serveTinyModel({ parallel: 4, contextSize: 4096, chatTemplate: 'huozi' });
 
 const messages = [{ role: 'user' as const, content: '请背诵《静夜思》' }];
 
 describe('chat logprobs', () => {
   it('the shape: every token with its logprob, bytes and top_logprobs; the tokens make the content', async () => {
-    const completion = await client.chat.completions.create({ model: 'huozi', messages, temperature: 0, max_tokens: 24, logprobs: true, top_logprobs: 3 });
+    const completion = await served.client.chat.completions.create({ model: 'huozi', messages, temperature: 0, max_tokens: 24, logprobs: true, top_logprobs: 3 });
     const choice = completion.choices[0];
     const content = choice.logprobs!.content!;
     expect(content.length).toBe(completion.usage!.completion_tokens - (choice.finish_reason === 'stop' ? 1 : 0));
@@ -54,14 +29,14 @@ describe('chat logprobs', () => {
   it("equal within 1e-4 to the library's logprobs for the same prompt and options", async () => {
     const seed = 11;
     const body = { model: 'huozi', messages, temperature: 1, seed, max_tokens: 16, logprobs: true, top_logprobs: 5 };
-    const r = await post(body);
+    const r = await served.post(body);
     const text = huoziTemplate.render(messages, true).map((s) => s.text).join('');
-    const ids = model.tokenize(text, { parseSpecial: true });
+    const ids = served.model.tokenize(text, { parseSpecial: true });
     expect(r.json.usage.prompt_tokens).toBe(ids.length);
-    const context = await model.createContext({ contextSize: 1024, threads: 1 });
+    const context = await served.model.createContext({ contextSize: 1024, threads: 1 });
     try {
       const result = await context.generate(ids, {
-        temperature: 1, seed, maxTokens: 16, logprobs: true, topLogprobs: 5, stopTokens: [model.specialTokens.get('<|endofutterance|>')!],
+        temperature: 1, seed, maxTokens: 16, logprobs: true, topLogprobs: 5, stopTokens: [served.model.specialTokens.get('<|endofutterance|>')!],
       }).result;
       const ours = r.json.choices[0].logprobs.content as { token: string; logprob: number; top_logprobs: { token: string; logprob: number }[] }[];
       expect(ours.length).toBeGreaterThan(3);
@@ -81,8 +56,8 @@ describe('chat logprobs', () => {
 
   it('streamed: each chunk carries the logprobs of its own text; all chunks together equal the whole answer', async () => {
     const body = { model: 'huozi', messages, temperature: 0, max_tokens: 24, logprobs: true, top_logprobs: 2, stream_interval_ms: 0 };
-    const whole = await post(body);
-    const stream = await client.chat.completions.create({ ...body, stream: true } as OpenAI.ChatCompletionCreateParamsStreaming);
+    const whole = await served.post(body);
+    const stream = await served.client.chat.completions.create({ ...body, stream: true } as OpenAI.ChatCompletionCreateParamsStreaming);
     const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
     let text = '';
     for await (const chunk of stream) {
@@ -99,12 +74,12 @@ describe('chat logprobs', () => {
   });
 
   it('logprobs false or absent: logprobs null; top_logprobs without logprobs or above 20: 400', async () => {
-    const r = await post({ model: 'huozi', messages, max_tokens: 2 });
+    const r = await served.post({ model: 'huozi', messages, max_tokens: 2 });
     expect(r.json.choices[0].logprobs).toBeNull();
-    const without = await post({ model: 'huozi', messages, max_tokens: 2, top_logprobs: 2 });
+    const without = await served.post({ model: 'huozi', messages, max_tokens: 2, top_logprobs: 2 });
     expect(without.status).toBe(400);
     expect(without.json.error.param).toBe('top_logprobs');
-    const many = await post({ model: 'huozi', messages, max_tokens: 2, logprobs: true, top_logprobs: 21 });
+    const many = await served.post({ model: 'huozi', messages, max_tokens: 2, logprobs: true, top_logprobs: 21 });
     expect(many.status).toBe(400);
     expect(many.json.error.param).toBe('top_logprobs');
   });
@@ -112,7 +87,7 @@ describe('chat logprobs', () => {
 
 describe('completions logprobs (the legacy shape)', () => {
   it('tokens, token_logprobs, top_logprobs (the k most likely and the sampled token) and text_offset', async () => {
-    const completion = await client.completions.create({ model: 'huozi', prompt: '床前明月光，', temperature: 1.3, seed: 4, max_tokens: 12, logprobs: 2 });
+    const completion = await served.client.completions.create({ model: 'huozi', prompt: '床前明月光，', temperature: 1.3, seed: 4, max_tokens: 12, logprobs: 2 });
     const choice = completion.choices[0];
     const lp = choice.logprobs!;
     expect(lp.token_logprobs).toHaveLength(lp.tokens!.length);
@@ -124,16 +99,16 @@ describe('completions logprobs (the legacy shape)', () => {
       expect(top[token]).toBeCloseTo(lp.token_logprobs![i], 6);
       expect(Object.keys(top).length).toBeLessThanOrEqual(3);
     });
-    const greedy = (await client.completions.create({ model: 'huozi', prompt: '床前明月光，', temperature: 0, max_tokens: 8, logprobs: 2 })).choices[0];
+    const greedy = (await served.client.completions.create({ model: 'huozi', prompt: '床前明月光，', temperature: 0, max_tokens: 8, logprobs: 2 })).choices[0];
     // Control tokens are listed by their text but render nothing.
-    expect(greedy.logprobs!.tokens!.filter((t) => !model.specialTokens.has(t)).join('')).toBe(greedy.text);
+    expect(greedy.logprobs!.tokens!.filter((t) => !served.model.specialTokens.has(t)).join('')).toBe(greedy.text);
     expect(greedy.logprobs!.top_logprobs!.every((top) => Object.keys(top).length === 2)).toBe(true);
   });
 
   it('streamed: the chunks continue one logprobs object (offsets go on from chunk to chunk)', async () => {
     const body = { model: 'huozi', prompt: '床前明月光，', temperature: 0, max_tokens: 12, logprobs: 1, stream_interval_ms: 0 };
-    const whole = (await post(body, '/v1/completions')).json.choices[0].logprobs;
-    const chunks = await events(body, '/v1/completions');
+    const whole = (await served.post(body, '/v1/completions')).json.choices[0].logprobs;
+    const chunks = await served.events(body, '/v1/completions');
     const tokens: string[] = [];
     const offsets: number[] = [];
     for (const c of chunks) {
@@ -148,7 +123,7 @@ describe('completions logprobs (the legacy shape)', () => {
 
   it('logprobs above 5, or with echo: 400 naming logprobs', async () => {
     for (const extra of [{ logprobs: 6 }, { logprobs: 1, echo: true }]) {
-      const r = await post({ model: 'huozi', prompt: '春', max_tokens: 2, ...extra }, '/v1/completions');
+      const r = await served.post({ model: 'huozi', prompt: '春', max_tokens: 2, ...extra }, '/v1/completions');
       expect(r.status).toBe(400);
       expect(r.json.error.param).toBe('logprobs');
     }
@@ -157,22 +132,22 @@ describe('completions logprobs (the legacy shape)', () => {
 
 describe('logit_bias', () => {
   // The token whose text is `text` alone (the tokenizer may put a space prefix token first).
-  const tokenOf = (text: string) => model.tokenize(text, { addBos: false }).find((id) => model.detokenize([id]) === text)!;
+  const tokenOf = (text: string) => served.model.tokenize(text, { addBos: false }).find((id) => served.model.detokenize([id]) === text)!;
 
   it('-100 bans the token greedy decoding would pick; +100 makes it the only one', async () => {
-    const prompt = model.tokenize('床前明月光，');
+    const prompt = served.model.tokenize('床前明月光，');
     const base = { model: 'huozi', prompt: Array.from(prompt), temperature: 0, max_tokens: 3 };
-    const first = (await server.context.generate(prompt, { temperature: 0, maxTokens: 1 }).result).tokens[0];
-    const plain = (await post(base, '/v1/completions')).json.choices[0].text as string;
-    expect(plain.startsWith(model.detokenize([first]))).toBe(true);
-    const banned = (await post({ ...base, logit_bias: { [first]: -100 } }, '/v1/completions')).json.choices[0].text as string;
-    expect(banned.startsWith(model.detokenize([first]))).toBe(false);
-    const only = (await post({ ...base, logit_bias: { [tokenOf('月')]: 100 } }, '/v1/completions')).json.choices[0];
+    const first = (await served.server.context.generate(prompt, { temperature: 0, maxTokens: 1 }).result).tokens[0];
+    const plain = (await served.post(base, '/v1/completions')).json.choices[0].text as string;
+    expect(plain.startsWith(served.model.detokenize([first]))).toBe(true);
+    const banned = (await served.post({ ...base, logit_bias: { [first]: -100 } }, '/v1/completions')).json.choices[0].text as string;
+    expect(banned.startsWith(served.model.detokenize([first]))).toBe(false);
+    const only = (await served.post({ ...base, logit_bias: { [tokenOf('月')]: 100 } }, '/v1/completions')).json.choices[0];
     expect(only.text).toBe('月月月');
   });
 
   it('through the openai client on chat', async () => {
-    const completion = await client.chat.completions.create({ model: 'huozi', messages, temperature: 0, max_tokens: 2, logit_bias: { [tokenOf('月')]: 100 } });
+    const completion = await served.client.chat.completions.create({ model: 'huozi', messages, temperature: 0, max_tokens: 2, logit_bias: { [tokenOf('月')]: 100 } });
     expect(completion.choices[0].message.content).toBe('月月');
   });
 
@@ -182,7 +157,7 @@ describe('logit_bias', () => {
     ['a token outside the vocabulary', { 10000000: 1 }],
     ['not an object', [1, 2]],
   ])('%s: 400 naming logit_bias', async (_, bias) => {
-    const r = await post({ model: 'huozi', messages, max_tokens: 2, logit_bias: bias });
+    const r = await served.post({ model: 'huozi', messages, max_tokens: 2, logit_bias: bias });
     expect(r.status).toBe(400);
     expect(r.json.error.param).toMatch(/^logit_bias/);
   });
@@ -194,25 +169,25 @@ describe('n and seed', () => {
 
   it('n = 3 with a seed: indexes 0..2, each choice as the single request seeded seed+i, usage summed', async () => {
     const body = { model: 'huozi', messages: open, temperature: 2, max_tokens: 10 };
-    const three = await client.chat.completions.create({ ...body, n: 3, seed: 40 });
+    const three = await served.client.chat.completions.create({ ...body, n: 3, seed: 40 });
     expect(three.choices.map((c) => c.index)).toEqual([0, 1, 2]);
     for (let i = 0; i < 3; i++) {
-      const single = await client.chat.completions.create({ ...body, seed: 40 + i });
+      const single = await served.client.chat.completions.create({ ...body, seed: 40 + i });
       expect(three.choices[i].message.content).toBe(single.choices[0].message.content);
     }
-    const again = await client.chat.completions.create({ ...body, n: 3, seed: 40 });
+    const again = await served.client.chat.completions.create({ ...body, n: 3, seed: 40 });
     expect(again.choices.map((c) => c.message.content)).toEqual(three.choices.map((c) => c.message.content));
     expect(new Set(three.choices.map((c) => c.message.content)).size).toBeGreaterThan(1);
-    const single = await client.chat.completions.create({ ...body, seed: 40 });
+    const single = await served.client.chat.completions.create({ ...body, seed: 40 });
     expect(three.usage!.prompt_tokens).toBe(single.usage!.prompt_tokens);
     expect(three.usage!.completion_tokens).toBe(30);
   });
 
   it('n = 4 evaluates the prompt once: the other choices copy its cache (huozi_prompt_tokens_shared_total)', async () => {
-    const counter = async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await (await fetch(`${url}/metrics`)).text())?.[1]);
+    const counter = async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await (await fetch(`${served.url}/metrics`)).text())?.[1]);
     const before = { evaluated: await counter('huozi_prompt_tokens_total'), shared: await counter('huozi_prompt_tokens_shared_total') };
     // A prompt no slot holds yet.
-    const r = await client.chat.completions.create({
+    const r = await served.client.chat.completions.create({
       model: 'huozi', messages: [{ role: 'user', content: `请背诵第${Date.now()}首诗` }], temperature: 1.5, max_tokens: 6, n: 4,
     });
     expect(r.choices).toHaveLength(4);
@@ -223,8 +198,8 @@ describe('n and seed', () => {
 
   it('n = 2 streamed: chunks of both indexes, each choice ends with its finish_reason, the same texts as unstreamed', async () => {
     const body = { model: 'huozi', messages: open, temperature: 2, max_tokens: 10, n: 2, seed: 9 };
-    const whole = await client.chat.completions.create(body);
-    const stream = await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } });
+    const whole = await served.client.chat.completions.create(body);
+    const stream = await served.client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } });
     const texts = ['', ''];
     const finish: (string | null)[] = [null, null];
     let usage: OpenAI.CompletionUsage | undefined;
@@ -241,26 +216,26 @@ describe('n and seed', () => {
   });
 
   it('n on completions, and n beyond what the server holds: 400', async () => {
-    const r = await post({ model: 'huozi', prompt: '春眠', max_tokens: 3, n: 2, seed: 1 }, '/v1/completions');
+    const r = await served.post({ model: 'huozi', prompt: '春眠', max_tokens: 3, n: 2, seed: 1 }, '/v1/completions');
     expect(r.json.choices.map((c: { index: number }) => c.index)).toEqual([0, 1]);
-    const tooMany = await post({ model: 'huozi', prompt: '春眠', max_tokens: 3, n: 128 }, '/v1/completions');
+    const tooMany = await served.post({ model: 'huozi', prompt: '春眠', max_tokens: 3, n: 128 }, '/v1/completions');
     expect(tooMany.status).toBe(400);
     expect(tooMany.json.error.param).toBe('n');
-    expect((await post({ model: 'huozi', prompt: '春眠', n: 0 }, '/v1/completions')).json.error.param).toBe('n');
+    expect((await served.post({ model: 'huozi', prompt: '春眠', n: 0 }, '/v1/completions')).json.error.param).toBe('n');
   });
 
   it('best_of equal to n is accepted; other values 400', async () => {
-    expect((await post({ model: 'huozi', prompt: '春眠', max_tokens: 2, n: 2, best_of: 2 }, '/v1/completions')).status).toBe(200);
-    const r = await post({ model: 'huozi', prompt: '春眠', max_tokens: 2, best_of: 3 }, '/v1/completions');
+    expect((await served.post({ model: 'huozi', prompt: '春眠', max_tokens: 2, n: 2, best_of: 2 }, '/v1/completions')).status).toBe(200);
+    const r = await served.post({ model: 'huozi', prompt: '春眠', max_tokens: 2, best_of: 3 }, '/v1/completions');
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe('best_of');
   });
 
   it('the same seed at temperature 2 gives the same answer; another seed another one', async () => {
     const body = { model: 'huozi', messages: open, temperature: 2, max_tokens: 16 };
-    const a = await client.chat.completions.create({ ...body, seed: 123 });
-    const b = await client.chat.completions.create({ ...body, seed: 123 });
-    const others = await Promise.all([124, 125, 126].map((seed) => client.chat.completions.create({ ...body, seed })));
+    const a = await served.client.chat.completions.create({ ...body, seed: 123 });
+    const b = await served.client.chat.completions.create({ ...body, seed: 123 });
+    const others = await Promise.all([124, 125, 126].map((seed) => served.client.chat.completions.create({ ...body, seed })));
     expect(b.choices[0].message.content).toBe(a.choices[0].message.content);
     expect(others.some((o) => o.choices[0].message.content !== a.choices[0].message.content)).toBe(true);
   });
@@ -272,15 +247,15 @@ describe('fields that did nothing before: they act, are metadata, or get 400', (
     ['web_search_options', {}],
     ['moderation', { input: {} }],
   ])('%s: 400 naming it', async (field, value) => {
-    const r = await post({ model: 'huozi', messages, max_tokens: 2, [field]: value });
+    const r = await served.post({ model: 'huozi', messages, max_tokens: 2, [field]: value });
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe(field);
   });
 
   it('metadata fields are accepted and change nothing', async () => {
     const body = { model: 'huozi', messages, temperature: 0, max_tokens: 8 };
-    const plain = await post(body);
-    const tagged = await post({
+    const plain = await served.post(body);
+    const tagged = await served.post({
       ...body, user: 'u', store: false, metadata: { a: 'b' }, service_tier: 'auto', safety_identifier: 's', prompt_cache_key: 'k',
       prompt_cache_retention: '24h', prompt_cache_options: { ttl: '30m' }, verbosity: 'medium',
     });

@@ -1,27 +1,14 @@
 // The OpenAI-compatible server on the tiny Huozi model, driven by the official `openai` npm client and by
 // plain fetch for what a client library would not send.
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, loadModel, type HuoziServer, type Model } from '../../dist/index.js';
-import { EOU, f16Path } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { createServer } from '../../dist/index.js';
+import { EOU } from '../helpers.js';
+import { serveTinyModel } from './serve.js';
 
 const POEMS = ['春晓', '静夜思', '登鹳雀楼', '相思', '江雪', '寻隐者不遇', '九月九日忆山东兄弟', '早发白帝城'];
 
-let model: Model;
-let server: HuoziServer;
-let url: string;
-let client: OpenAI;
-
-beforeAll(async () => {
-  model = await loadModel(f16Path);
-  server = await createServer(model, { servedModelName: 'huozi', parallel: 4, contextSize: 4096, threads: 1, responseRole: '助手' });
-  ({ url } = await server.listen(0));
-  client = new OpenAI({ apiKey: 'EMPTY', baseURL: `${url}/v1`, maxRetries: 0 });
-});
-afterAll(async () => {
-  await server?.close();
-  await model?.dispose();
-});
+const served = serveTinyModel({ parallel: 4, contextSize: 4096, responseRole: '助手' });
 
 // Huozi's README sends these with every request.
 const huoziExtras = { stop: ['<|endofutterance|>'], stop_token_ids: [EOU], repetition_penalty: 1.0 };
@@ -30,7 +17,7 @@ function ask(poem: string) {
   return { model: 'huozi', messages: [{ role: 'user' as const, content: `请背诵《${poem}》` }], temperature: 0, max_tokens: 128 };
 }
 
-async function metric(name: string, base = url): Promise<number> {
+async function metric(name: string, base = served.url): Promise<number> {
   const text = await (await fetch(`${base}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return Number(line?.split(' ')[1]);
@@ -38,12 +25,12 @@ async function metric(name: string, base = url): Promise<number> {
 
 describe('the openai client', () => {
   it('lists the served model', async () => {
-    const models = await client.models.list();
+    const models = await served.client.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['huozi']);
   });
 
   it('chat: non-streaming, with Huozi README request shape, answers in the configured role', async () => {
-    const completion = await client.chat.completions.create({ ...ask('春晓'), ...huoziExtras } as never);
+    const completion = await served.client.chat.completions.create({ ...ask('春晓'), ...huoziExtras } as never);
     const choice = (completion as OpenAI.ChatCompletion).choices[0];
     expect(choice.message.role).toBe('助手');
     expect(choice.message.content).toContain('春眠不觉晓，处处闻啼鸟。');
@@ -55,8 +42,8 @@ describe('the openai client', () => {
   });
 
   it('chat: streaming gives the same text as non-streaming, then usage and [DONE]', async () => {
-    const whole = await client.chat.completions.create(ask('静夜思'));
-    const stream = await client.chat.completions.create({ ...ask('静夜思'), stream: true, stream_options: { include_usage: true } });
+    const whole = await served.client.chat.completions.create(ask('静夜思'));
+    const stream = await served.client.chat.completions.create({ ...ask('静夜思'), stream: true, stream_options: { include_usage: true } });
     let text = '';
     let chunks = 0;
     let finish: string | null = null;
@@ -80,7 +67,7 @@ describe('the openai client', () => {
   it('streaming delivers text while it is generated, not all at the end', async () => {
     // A poem is ~30 tokens, ~10 ms on a fast machine: one delivery (text is coalesced for up to 16 ms) is then
     // right. 1500 tokens that cannot stop early take hundreds of ms, which must arrive in many pieces.
-    const stream = await client.completions.create({
+    const stream = await served.client.completions.create({
       model: 'huozi', prompt: '春', max_tokens: 1500, temperature: 0, stream: true, ignore_eos: true,
     } as never) as unknown as AsyncIterable<OpenAI.Completion>;
     const arrivals: number[] = [];
@@ -98,7 +85,7 @@ describe('the openai client', () => {
   });
 
   it('chat: Huozi role names 系统/用户/助手, a multi-turn history, max_tokens gives finish_reason length', async () => {
-    const r = await client.chat.completions.create({
+    const r = await served.client.chat.completions.create({
       model: 'huozi',
       messages: [
         { role: '系统', content: '你是一个智能助手' },
@@ -119,14 +106,14 @@ describe('the openai client', () => {
     // bit-identical; reusing a slot's cached prefix evaluates only the last token, which can differ in the
     // last bits and, at temperature 0.9, pick another token (seen with the AVX2 CPU backend).
     const extra = { cache_prompt: false } as never;
-    const a = await client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42, ...(extra as object) });
-    const b = await client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42, ...(extra as object) });
+    const a = await served.client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42, ...(extra as object) });
+    const b = await served.client.completions.create({ model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42, ...(extra as object) });
     expect(a.choices[0].text).toBe(b.choices[0].text);
     expect(a.object).toBe('text_completion');
     // cache_prompt false: nothing came from the cache, and the server says so (the field is always there).
     expect(a.usage?.prompt_tokens_details?.cached_tokens).toBe(0);
     expect(b.usage?.prompt_tokens_details?.cached_tokens).toBe(0);
-    const stream = await client.completions.create({
+    const stream = await served.client.completions.create({
       model: 'huozi', prompt, max_tokens: 12, temperature: 0.9, seed: 42, stream: true, ...(extra as object),
     });
     let text = '';
@@ -143,11 +130,11 @@ describe('per-token streaming (stream_interval_ms / streamIntervalMs 0)', () => 
     // The oracle: the answer's tokens, from the same parallel context with the whole prompt evaluated (as the
     // requests below, with cache_prompt false), and the text each token completes: the detokenized prompt and
     // answer up to it, less that up to the token before (a token that ends inside a character adds none).
-    const reference = await server.context.generate(prompt, { temperature: 0, maxTokens: n, stopAtEog: false, reuseCache: false }).result;
+    const reference = await served.server.context.generate(prompt, { temperature: 0, maxTokens: n, stopAtEog: false, reuseCache: false }).result;
     expect(reference.tokens).toHaveLength(n);
     expect(reference.text).not.toContain('\uFFFD'); // no invalid bytes, whose text the prefixes could not place
-    const ids = Array.from(model.tokenizeToArray(prompt));
-    const upTo = (i: number) => model.detokenize([...ids, ...reference.tokens.slice(0, i)]).replace(/\uFFFD+$/, '');
+    const ids = Array.from(served.model.tokenizeToArray(prompt));
+    const upTo = (i: number) => served.model.detokenize([...ids, ...reference.tokens.slice(0, i)]).replace(/\uFFFD+$/, '');
     const expected: string[] = [];
     for (let i = 1; i <= n; i++) {
       const piece = upTo(i).slice(upTo(i - 1).length);
@@ -178,12 +165,12 @@ describe('per-token streaming (stream_interval_ms / streamIntervalMs 0)', () => 
     };
 
     // A request's stream_interval_ms 0 on a server with the default interval.
-    const perToken = await events(url, { stream_interval_ms: 0 });
+    const perToken = await events(served.url, { stream_interval_ms: 0 });
     expect(perToken.usage?.completion_tokens).toBe(n);
     expect(perToken.texts).toEqual(expected);
 
     // The server's own setting (--stream-interval-ms 0): the same events without the request field.
-    const s = await createServer(model, { servedModelName: 'huozi', parallel: 1, contextSize: 512, threads: 1, streamIntervalMs: 0 });
+    const s = await createServer(served.model, { servedModelName: 'huozi', parallel: 1, contextSize: 512, threads: 1, streamIntervalMs: 0 });
     const { url: u } = await s.listen(0);
     try {
       expect(s.streamIntervalMs).toBe(0);
@@ -193,19 +180,19 @@ describe('per-token streaming (stream_interval_ms / streamIntervalMs 0)', () => 
     }
 
     // The default (16 ms): the same text in at most one event per 16 ms of the request, plus the last.
-    const coalesced = await events(url, {});
+    const coalesced = await events(served.url, {});
     expect(coalesced.texts.join('')).toBe(reference.text);
     expect(coalesced.texts.length).toBeLessThanOrEqual(Math.floor(coalesced.ms / 16) + 2);
 
     // Checked, never ignored.
-    const bad = await fetch(`${url}/v1/completions`, {
+    const bad = await fetch(`${served.url}/v1/completions`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ ...body, stream_interval_ms: -1 }),
     });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { param: string } }).error.param).toBe('stream_interval_ms');
-    await expect(createServer(model, { streamIntervalMs: 1.5 })).rejects.toThrow(/streamIntervalMs/);
+    await expect(createServer(served.model, { streamIntervalMs: 1.5 })).rejects.toThrow(/streamIntervalMs/);
   });
 });
 
@@ -213,13 +200,13 @@ describe('parallel slots', () => {
   it('32 concurrent streaming clients each get their complete, correct answer', async () => {
     // The answers one at a time first (greedy), then all 32 at once.
     const expected = new Map<string, string>();
-    for (const poem of POEMS) expected.set(poem, (await client.chat.completions.create(ask(poem))).choices[0].message.content!);
+    for (const poem of POEMS) expected.set(poem, (await served.client.chat.completions.create(ask(poem))).choices[0].message.content!);
     const decodesBefore = await metric('huozi_decode_calls_total');
     const tokensBefore = await metric('huozi_generated_tokens_total');
     const runs = await Promise.all(
       Array.from({ length: 32 }, async (_, i) => {
         const poem = POEMS[i % POEMS.length];
-        const c = new OpenAI({ apiKey: 'EMPTY', baseURL: `${url}/v1`, maxRetries: 0 });
+        const c = new OpenAI({ apiKey: 'EMPTY', baseURL: `${served.url}/v1`, maxRetries: 0 });
         const stream = await c.chat.completions.create({ ...ask(poem), stream: true });
         let text = '';
         let finish: string | null = null;
@@ -243,7 +230,7 @@ describe('parallel slots', () => {
 
   it('a client that disconnects mid-stream frees its slot at once', async () => {
     // A slot of 32768 tokens: the generation cannot reach its end (context full) before the client leaves.
-    const s = await createServer(model, { servedModelName: 'huozi', parallel: 1, contextSize: 32768, threads: 1 });
+    const s = await createServer(served.model, { servedModelName: 'huozi', parallel: 1, contextSize: 32768, threads: 1 });
     const { url: u } = await s.listen(0);
     try {
       const controller = new AbortController();
@@ -273,7 +260,7 @@ describe('parallel slots', () => {
 
 describe('bad requests', () => {
   const post = (body: unknown, path = '/v1/chat/completions', headers: Record<string, string> = {}) =>
-    fetch(`${url}${path}`, {
+    fetch(`${served.url}${path}`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', ...headers },
       body: typeof body === 'string' ? body : JSON.stringify(body),
@@ -307,28 +294,28 @@ describe('bad requests', () => {
     expect(error.code).toBe('context_length_exceeded');
     expect(error.message).toMatch(/maximum context length is 1024 tokens\. However, your messages resulted in \d{4} tokens/);
     // The openai client surfaces it as a BadRequestError.
-    await expect(client.chat.completions.create({ ...good, messages: [{ role: 'user', content: '春'.repeat(1500) }] })).rejects.toMatchObject({
+    await expect(served.client.chat.completions.create({ ...good, messages: [{ role: 'user', content: '春'.repeat(1500) }] })).rejects.toMatchObject({
       status: 400,
     });
   });
 
   it('unknown model 404, wrong method 405, unknown path 404', async () => {
     expect((await post({ ...good, model: 'gpt-4' })).status).toBe(404);
-    expect((await fetch(`${url}/v1/chat/completions`)).status).toBe(405);
-    expect((await fetch(`${url}/v2/nothing`)).status).toBe(404);
+    expect((await fetch(`${served.url}/v1/chat/completions`)).status).toBe(405);
+    expect((await fetch(`${served.url}/v2/nothing`)).status).toBe(404);
   });
 
   it('the server keeps serving after all of that', async () => {
-    const r = await client.chat.completions.create(ask('春晓'));
+    const r = await served.client.chat.completions.create(ask('春晓'));
     expect(r.choices[0].message.content).toContain('春眠不觉晓');
-    const health = (await (await fetch(`${url}/health`)).json()) as { status: string; slots_total: number };
+    const health = (await (await fetch(`${served.url}/health`)).json()) as { status: string; slots_total: number };
     expect(health).toMatchObject({ status: 'ok', slots_total: 4 });
   });
 });
 
 describe('api key, queue bound, loopback', () => {
   it('--api-key: 401 without or with a wrong key, 200 with it; the page and /health stay open', async () => {
-    const locked = await createServer(model, { servedModelName: 'huozi', parallel: 1, contextSize: 512, threads: 1, apiKey: 'sk-test' });
+    const locked = await createServer(served.model, { servedModelName: 'huozi', parallel: 1, contextSize: 512, threads: 1, apiKey: 'sk-test' });
     const { url: u } = await locked.listen(0);
     try {
       expect((await fetch(`${u}/v1/models`)).status).toBe(401);
@@ -347,7 +334,7 @@ describe('api key, queue bound, loopback', () => {
   it('a full queue answers 503 with Retry-After; the queued requests still complete', async () => {
     // The first request runs for seconds (3000 tokens that cannot stop early), so the slot and the one queue
     // place are certainly taken when the third arrives, however fast the machine.
-    const small = await createServer(model, { servedModelName: 'huozi', parallel: 1, maxQueue: 1, contextSize: 4096, threads: 1 });
+    const small = await createServer(served.model, { servedModelName: 'huozi', parallel: 1, maxQueue: 1, contextSize: 4096, threads: 1 });
     const { url: u } = await small.listen(0);
     try {
       const long = (max: number) =>
@@ -374,7 +361,7 @@ describe('api key, queue bound, loopback', () => {
   });
 
   it('listens on loopback unless told otherwise', async () => {
-    const s = await createServer(model, { parallel: 1, contextSize: 256, threads: 1 });
+    const s = await createServer(served.model, { parallel: 1, contextSize: 256, threads: 1 });
     const address = await s.listen(0);
     expect(address.host).toBe('127.0.0.1');
     await s.close();

@@ -16,7 +16,7 @@ export const description = `Each case is a GBNF grammar (two cases in three) or 
 llama.cpp's example grammars (\`vendor/llama.cpp/grammars/*.gbnf\`) and grammars built here, mutated (spans deleted,
 repeated, swapped or cut short, GBNF syntax and odd escapes inserted, rules renamed or dropped), or built whole:
 random rules of nested groups, classes, literals and token references, nesting 10 to 100,000 levels deep (and
-unbalanced), direct, indirect and hidden left recursion, undefined rules and roots, repetitions \`{n,m}\` up to
+unbalanced), ambiguous grammars whose ways of reading the text multiply (always generated), direct, indirect and hidden left recursion, undefined rules and roots, repetitions \`{n,m}\` up to
 2^64 (and nested ones that multiply), escapes \`\\x\`/\`\\u\`/\`\\U\` cut short or out of range, lone surrogates,
 invalid UTF-8 read from a file as the CLI reads it, NUL. Schemas are a few real-world ones mutated (nodes replaced,
 keys dropped, unsupported keywords added, subtrees nested) or built whole: \`$ref\` cycles (self, mutual, through
@@ -32,6 +32,8 @@ export const classes = {
   compiled: 'a `Grammar`',
   'compiled, generated': 'a `Grammar`; a generation under it yields text the grammar allows',
   'compiled, generation refused: GrammarError': 'a `Grammar`; a generation under it rejects with `GrammarError` (no token of the vocabulary fits), carrying the result so far',
+  'compiled, generation refused: GrammarError too ambiguous': 'a `Grammar`; a generation under it rejects with `GrammarError` when the text can be read in more ways than the stack bound (1024, patch 0004), carrying the result so far',
+  'rejected: GrammarError limit stacks': '`GrammarError`: the grammar can start in more ways than the stack bound (1024)',
   'rejected: GrammarError syntax': '`GrammarError` with the byte `position` (`line`, `column`) where the GBNF stops parsing; NUL bytes',
   'rejected: GrammarError undefined rule': '`GrammarError` naming the `rule` referenced but never defined',
   'rejected: GrammarError no root': '`GrammarError`: no rule named as the root',
@@ -134,8 +136,22 @@ function expression(rand, names, depth) {
 /** A grammar built whole, of one of the kinds the description lists. */
 function builtGrammar(rand, kinds) {
   const pick = pickOf(rand);
-  const kind = Math.floor(rand() * 9);
+  const kind = Math.floor(rand() * 10);
   switch (kind) {
+    case 8: {
+      // Ambiguous: many ways to read the same text, the stacks llama.cpp keeps multiply (patch 0004 bounds them).
+      const k = 2 + Math.floor(rand() * 4);
+      const x = pick(['[a-z]', '.', '[^"]', '"a"', '[a-z]+', '[0-9a-z]?']);
+      const levels = 6 + Math.floor(rand() * 10);
+      kinds.push('ambiguous');
+      return pick([
+        `root ::= e\ne ::= ${Array.from({ length: k }, (_, i) => `${x} e "${'bcdef'[i]}"`).join(' | ')} | ""`,
+        ['root ::= l1', ...Array.from({ length: levels }, (_, i) => `l${i + 1} ::= l${i + 2} "x" | l${i + 2} "y"`), `l${levels + 1} ::= ${x}+`].join('\n'),
+        `root ::= (a | b | c)+\na ::= ${x}\nb ::= ${x}{1,3}\nc ::= ${x}* " "?`,
+        `root ::= (${x}+)+ (${x}*)*`,
+        `root ::= t\nt ::= "(" t ")" t | ${x} t | ${x} | ""`,
+      ]);
+    }
     case 0: {
       const depth = pick(DEPTHS);
       const balanced = rand() < 0.8;
@@ -182,6 +198,7 @@ function builtGrammar(rand, kinds) {
       kinds.push('lone surrogate');
       return pick(['root ::= "\uD800"', 'root ::= [\uDC00-\uDFFF]', 'root\uD83D ::= "a"', 'root ::= "\uDE00\uD83D"']);
     }
+    case 9:
     default: {
       const names = ['root', 'a', 'b', 'expr', 'ws', 'x-y', 'r1'].slice(0, 1 + Math.floor(rand() * 7));
       kinds.push(`random ${names.length} rules`);
@@ -449,6 +466,8 @@ export function makeCase(state, seed, index) {
       spec.json = builtSchema(rand, kinds);
     }
   }
+  // Ambiguous grammars show their cost only while generating.
+  if (kinds.includes('ambiguous')) spec.generate = true;
   if (spec.generate) kinds.push('generate');
   const path = join(state.workDir, `case-${index % 2}.json`);
   writeFileSync(path, JSON.stringify(spec));
@@ -506,7 +525,10 @@ export async function runCase(path) {
     const tokens = model.tokenize(prompt, { addBos: true, parseSpecial: true });
     result = await context.generate(tokens, { grammar, temperature: 1, seed: spec.seed % 0xfffffffe, maxTokens: 12 }).result;
   } catch (error) {
-    if (error instanceof GrammarError && error.result !== undefined) return clean('compiled, generation refused: GrammarError', error.message);
+    if (error instanceof GrammarError && error.result !== undefined) {
+      if (/too ambiguous/.test(error.message)) return clean('compiled, generation refused: GrammarError too ambiguous', error.message);
+      return clean('compiled, generation refused: GrammarError', error.message);
+    }
     return unexpected(error, 'generate');
   }
   // A schema's grammar that completed (the model then ended) has produced a whole JSON value.

@@ -224,6 +224,13 @@ export interface NativeFitParams {
   flashAttention?: number;
   marginBytes?: number;
   minContextSize?: number;
+  /** The most a plan may use on every GPU, and per device name (src/fit.cc Margins). */
+  budgetBytes?: number;
+  budgets?: Record<string, number>;
+  /** RPC servers, resolved "ip:port" (estimateMemory). */
+  rpcServers?: string[];
+  /** Tensor overrides (estimateMemory): pattern → device or buffer name. */
+  overrides?: { pattern: string; buffer: string }[];
 }
 
 /** llama_model_quantize's parameters (src/quantize.cc), as lib/quantize/quantize.ts and child.ts build them. */

@@ -1,10 +1,15 @@
 // loadModel's options and their checks, done before anything is read.
 import type { NativeLoadParams } from './binding.js';
+import { checkPlacementRequest, type FitOptions, type PlacementOptions, type PlacementRequest } from './placement.js';
 import { validateRpcServers } from './rpc.js';
 import * as v from './validate.js';
 
-/** Options of {@link loadModel}. Unknown keys throw a `TypeError` naming the closest known one. */
-export interface LoadModelOptions {
+/**
+ * Options of {@link loadModel}. Unknown keys throw a `TypeError` naming the closest known one. `cpuMoe` and
+ * `tensorOverrides` ({@link PlacementOptions}) place tensors by hand; with `gpuLayers: 'auto'` the plan places
+ * them itself and they are refused.
+ */
+export interface LoadModelOptions extends PlacementOptions {
   /**
    * Layers to offload to the GPU (llama.cpp `-ngl`): a number, `'max'` for all of them, or `'auto'`: the
    * most layers (and, for MoE models, which expert tensors stay on the CPU, like llama.cpp's `--n-cpu-moe`)
@@ -15,12 +20,7 @@ export interface LoadModelOptions {
    */
   gpuLayers?: number | 'max' | 'auto';
   /** For gpuLayers 'auto': the context to leave room for (default 4096) and the margin per GPU (default 1024 MiB). */
-  fit?: {
-    /** Tokens of context to leave room for. Default: 4096. */
-    contextSize?: number;
-    /** Free memory to leave on each GPU, in MiB. Default: 1024. */
-    marginMiB?: number;
-  };
+  fit?: FitOptions;
   /** The GPU for the whole model with splitMode 'none' (llama.cpp `-mg`). Default: 0. */
   mainGpu?: number;
   /** How to use several GPUs (llama.cpp `-sm`): 'none', 'layer' (default) or 'row'. */
@@ -62,7 +62,7 @@ export interface LoadModelOptions {
 }
 
 const LOAD_OPTIONS = [
-  'gpuLayers', 'fit', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'rpcServers',
+  'gpuLayers', 'fit', 'cpuMoe', 'tensorOverrides', 'mainGpu', 'splitMode', 'tensorSplit', 'useMmap', 'useMlock', 'vocabOnly', 'checkTensors', 'rpcServers',
   'onProgress', 'signal', 'checkChatTemplate',
 ] as const;
 
@@ -70,8 +70,8 @@ const LOAD_OPTIONS = [
 export interface CheckedLoadOptions {
   o: Partial<LoadModelOptions>;
   params: NativeLoadParams;
-  fitContext: number;
-  fitMargin: number;
+  /** gpuLayers, cpuMoe, tensorOverrides and fit, checked: lib/gpu.ts placeWeights() turns them into params. */
+  request: PlacementRequest;
   rpcServers: { host: string; port: number }[] | undefined;
   checkTemplate: boolean;
   onProgress: ((progress: number) => void) | undefined;
@@ -82,18 +82,13 @@ export interface CheckedLoadOptions {
 export function checkLoadOptions(options: LoadModelOptions | undefined): CheckedLoadOptions {
   const o = v.options<LoadModelOptions>('options', options, LOAD_OPTIONS);
   const params: NativeLoadParams = {};
-  if (o.gpuLayers !== undefined && o.gpuLayers !== 'auto') {
-    params.gpuLayers = o.gpuLayers === 'max' ? -1 : v.integer('gpuLayers', o.gpuLayers, 0, 100_000);
-  }
   if (o.mainGpu !== undefined) params.mainGpu = v.integer('mainGpu', o.mainGpu, 0, 127);
   if (o.splitMode !== undefined) params.splitMode = { none: 0, layer: 1, row: 2 }[v.oneOf('splitMode', o.splitMode, ['none', 'layer', 'row'] as const)];
   if (o.tensorSplit !== undefined) {
     if (!Array.isArray(o.tensorSplit)) throw v.typeError('array of numbers', 'tensorSplit', o.tensorSplit);
     params.tensorSplit = o.tensorSplit.map((x, i) => v.number(`tensorSplit[${i}]`, x, 0));
   }
-  const fitOptions = v.options<{ contextSize: number; marginMiB: number }>('fit', o.fit, ['contextSize', 'marginMiB']);
-  const fitContext = fitOptions.contextSize === undefined ? 4096 : v.integer('fit.contextSize', fitOptions.contextSize, 1, 1 << 24);
-  const fitMargin = fitOptions.marginMiB === undefined ? 1024 : v.number('fit.marginMiB', fitOptions.marginMiB, 0);
+  const request = checkPlacementRequest(o.gpuLayers, o.fit, o, 4096);
   if (o.useMmap !== undefined) params.useMmap = v.boolean('useMmap', o.useMmap);
   if (o.useMlock !== undefined) params.useMlock = v.boolean('useMlock', o.useMlock);
   if (o.vocabOnly !== undefined) params.vocabOnly = v.boolean('vocabOnly', o.vocabOnly);
@@ -106,5 +101,5 @@ export function checkLoadOptions(options: LoadModelOptions | undefined): Checked
   const checkTemplate = o.checkChatTemplate === undefined ? false : v.boolean('checkChatTemplate', o.checkChatTemplate);
   const onProgress = o.onProgress === undefined ? undefined : v.func<(p: number) => void>('onProgress', o.onProgress);
   const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
-  return { o, params, fitContext, fitMargin, rpcServers, checkTemplate, onProgress, signal };
+  return { o, params, request, rpcServers, checkTemplate, onProgress, signal };
 }

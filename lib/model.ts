@@ -7,24 +7,13 @@ import { AbortError, fromNative, GgufError, ModelLoadError } from './errors.js';
 import { checkIdentity, closeIdentity, openIdentity, type FileIdentity } from './file-identity.js';
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
-import { fitToMemory } from './gpu.js';
+import { hasDevice, placeWeights, type GpuPlan } from './gpu.js';
+import { weightLayout } from './placement.js';
 import { Lifecycle, registerModel } from './lifecycle.js';
 import { checkLoadOptions, type LoadModelOptions } from './load-options.js';
 import { createParallelContext, type ParallelContext } from './parallel.js';
 import { prepareRpcServers, retainRpcServers } from './rpc.js';
 import * as v from './validate.js';
-
-/** How the model was placed on the devices when loaded with gpuLayers 'auto'. */
-export interface GpuPlan {
-  /** Layers placed on the GPU(s) (-1: all of them). */
-  gpuLayers: number;
-  /** Tensors kept on another device than their layer's (MoE experts on the CPU). */
-  overrides: { pattern: string; buffer: string }[];
-  /** The context size the plan leaves room for (`fit.contextSize`). */
-  contextSize: number;
-  /** `fits`, `doesNotFit` (even the smallest choice exceeds free memory) or `error`. */
-  status: 'fits' | 'doesNotFit' | 'error';
-}
 
 /** The special tokens of a model's vocabulary (`null` where the vocabulary has none). */
 export interface SpecialTokens {
@@ -78,14 +67,16 @@ export interface DetokenizeOptions {
  */
 export async function loadModel(path: string, options?: LoadModelOptions): Promise<Model> {
   v.string('path', path, { allowEmpty: false });
-  const { o, params, fitContext, fitMargin, rpcServers, checkTemplate, onProgress, signal } = checkLoadOptions(options);
+  const { o, params, request, rpcServers, checkTemplate, onProgress, signal } = checkLoadOptions(options);
   if (signal?.aborted) throw new AbortError('model loading was aborted');
 
   const fullPath = resolve(path);
   const callSite = new Error();
   // Check the file in TypeScript first: what llama.cpp would abort() on becomes a GgufError here.
+  let gguf: Awaited<ReturnType<typeof readGguf>>;
   try {
-    validateForLlama(await readGguf(fullPath));
+    gguf = await readGguf(fullPath);
+    validateForLlama(gguf);
   } catch (error) {
     if (error instanceof GgufError || error instanceof ModelLoadError) throw error; // NotRegularFileError keeps its code
     throw new ModelLoadError(`Failed to load model from ${fullPath}: ${(error as Error).message}`, { cause: error });
@@ -95,14 +86,11 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     params.rpcServers = await prepareRpcServers(rpcServers);
     if (signal?.aborted) throw new AbortError('model loading was aborted');
   }
-  let gpuPlan: GpuPlan | undefined;
-  if (o.gpuLayers === 'auto') {
-    const fitted = await fitToMemory(fullPath, { contextSize: fitContext, marginBytes: Math.round(fitMargin * 2 ** 20) });
-    gpuPlan = { gpuLayers: fitted.gpuLayers, overrides: fitted.overrides, contextSize: fitted.contextSize, status: fitted.status };
-    params.gpuLayers = fitted.gpuLayers;
-    if (fitted.overrides.length) params.overrides = fitted.overrides;
-    if (fitted.tensorSplit.some((x) => x > 0)) params.tensorSplit = fitted.tensorSplit;
-  }
+  const placed = await placeWeights(fullPath, weightLayout(gguf), request, hasDevice(rpcServers?.length ?? 0));
+  const gpuPlan = placed.plan;
+  params.gpuLayers = placed.gpuLayers;
+  if (placed.overrides.length > 0) params.overrides = placed.overrides;
+  if (placed.tensorSplit) params.tensorSplit = placed.tensorSplit;
   let last = -1;
   let done = false;
   let callbackError: unknown;

@@ -2,13 +2,14 @@
 // Run on the GPU machine (see docs/gpu.md): Huozi's VRAM table and the speed table, ours against llama.cpp's
 // own llama-bench built from the same libraries, in one run. Needs a CUDA build with --native-tools.
 //
-//   node scripts/gpu-check.mjs prepare <dir>        synth Huozi-3.5-shaped q4_0, quantize it to q2_k
+//   node scripts/gpu-check.mjs prepare <dir>        synth Huozi-3.5-shaped q4_0 and q2_k
+//   node scripts/gpu-check.mjs placement <dir> <out.jsonl> [threads]   issue #17's budgets and recipe
 //   node scripts/gpu-check.mjs measure <dir> <out.md>
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { devices, estimateMemory, loadModel, quantize, synth } from '../dist/index.js';
+import { devices, estimateMemory, loadModel, synth } from '../dist/index.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const [command, dir, out, threadsArg] = process.argv.slice(2);
@@ -59,8 +60,10 @@ if (command === 'prepare') {
   console.log(`synth q4_0: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   const t1 = Date.now();
   if (!configs.some((c) => c.file === q2)) process.exit(0);
-  if (!existsSync(q2)) await quantize(q4, q2, { type: 'q2_k', allowRequantize: true });
-  console.log(`quantize q2_k (from q4_0, requantized): ${((Date.now() - t1) / 1000).toFixed(0)} s`);
+  // synth writes q2_k with the per-tensor types llama-quantize picks (test/native/gguf-validate.test.ts checks it):
+  // seconds instead of the 235 s requantizing took.
+  if (!existsSync(q2)) await synth(q2, { shape: 'huozi3.5', type: 'q2_k' });
+  console.log(`synth q2_k: ${((Date.now() - t1) / 1000).toFixed(0)} s`);
 } else if (command === 'measure') {
   console.log(JSON.stringify(devices()));
   const rows = [];
@@ -143,6 +146,59 @@ if (command === 'prepare') {
   console.log(`free after: ${JSON.stringify(devices().map((d) => [d.name, Math.round(d.free / MiB)]))}`);
   await model.dispose();
   for (const h of holders) h.kill();
+} else if (command === 'placement') {
+  // Issue #17: at each VRAM budget, ours ('auto' with fit.budgetMiB) against llama-bench's best placement that
+  // fits the same budget, in each family (-ngl L; -ngl 99 -ncmoe N), searched by llama.cpp's own accounting and
+  // checked by the measured peak; then Huozi README's recipe (q2_k -ngl 16) against our plan at its VRAM.
+  // HUOZI_PLACEMENT_FILES=q4,q2 and HUOZI_BUDGETS=8192,12288 choose the rows (to split over device calls).
+  const budgets = (process.env.HUOZI_BUDGETS ?? '8192,12288').split(',').map(Number);
+  const files = (process.env.HUOZI_PLACEMENT_FILES ?? 'q4,q2').split(',').map((f) => ({ q4, q2 })[f]);
+  const benchReps = process.env.HUOZI_GPU_REPS ?? '2';
+  const gen = process.env.HUOZI_PLACEMENT_GEN ?? '64';
+  const results = [];
+  const overhead = 768; // lib/gpu.ts GPU_OVERHEAD_MIB: CUDA context and slack beyond llama.cpp's buffers
+  const estimateGpu = async (file, options) => {
+    const rows = await estimateMemory(file, { contextSize: 512, flashAttention: true, ...options });
+    return rows.filter((d) => d.name !== 'host').reduce((a, d) => a + d.total, 0) / MiB + overhead;
+  };
+  const native = async (file, args, threadArgs = ['-t', threads]) => {
+    const run = await withPeak(bench, ['-m', file, ...args, '-fa', '1', ...threadArgs, '-p', '512', '-n', gen, '-r', benchReps, '-o', 'json']);
+    const json = JSON.parse(run.stdout);
+    return { pp: json.find((r) => r.n_prompt > 0).avg_ts, tg: json.find((r) => r.n_gen > 0).avg_ts, peak: run.peak };
+  };
+  const ours = async (file, options) => {
+    const run = await withPeak(process.execPath, [join(root, 'scripts/bench/addon.mjs'), file, threads, '512', gen, JSON.stringify(options), '1', benchReps]);
+    return { ...JSON.parse(run.stdout.trim().split('\n').at(-1)), peak: run.peak };
+  };
+  const log = (row) => { results.push(row); console.log(JSON.stringify(row)); };
+  for (const file of files) {
+    const layers = 32;
+    for (const budget of budgets) {
+      // -ngl: the most layers whose estimate fits; a measured peak over the budget steps back one.
+      let ngl = 0;
+      for (let l = layers + 1; l >= 0; l--) if ((await estimateGpu(file, { gpuLayers: l })) <= budget) { ngl = l; break; }
+      let layerRun = await native(file, ['-ngl', String(ngl)]);
+      while (layerRun.peak > budget && ngl > 0) layerRun = await native(file, ['-ngl', String(--ngl)]);
+      log({ file, budget, who: 'native', placement: `-ngl ${ngl}`, ...layerRun });
+      // -ncmoe: the fewest layers' experts in host memory whose estimate fits.
+      let ncmoe = layers;
+      for (let n = 0; n <= layers; n++) if ((await estimateGpu(file, { gpuLayers: 'max', cpuMoe: n })) <= budget) { ncmoe = n; break; }
+      let moeRun = await native(file, ['-ngl', '99', '-ncmoe', String(ncmoe)]);
+      while (moeRun.peak > budget && ncmoe < layers) moeRun = await native(file, ['-ngl', '99', '-ncmoe', String(++ncmoe)]);
+      log({ file, budget, who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe}`, ...moeRun });
+      const o = await ours(file, { gpuLayers: 'auto', fit: { budgetMiB: budget, contextSize: 512 } });
+      log({ file, budget, who: 'ours', placement: `auto, budgetMiB ${budget}`, ...o });
+    }
+    if (file === q2) {
+      // Huozi's README: -ngl 16, llama.cpp's default threads (llama-bench: the physical cores), then with ours.
+      const recipe = await native(q2, ['-ngl', '16'], []);
+      log({ file, who: 'native', placement: '-ngl 16 (README), default threads', ...recipe });
+      log({ file, who: 'native', placement: `-ngl 16 (README), -t ${threads}`, ...(await native(q2, ['-ngl', '16'])) });
+      const o = await ours(q2, { gpuLayers: 'auto', fit: { budgetMiB: recipe.peak, contextSize: 512 } });
+      log({ file, budget: recipe.peak, who: 'ours', placement: `auto, budgetMiB ${recipe.peak} (the recipe's peak)`, ...o });
+    }
+  }
+  if (out) writeFileSync(out, `${results.map((r) => JSON.stringify(r)).join('\n')}\n`);
 } else if (command === 'split') {
   // Two GPUs (or more): the q4_0 model split by layer across all of them; each device's measured share.
   const mib = (b) => Math.round(b / MiB);

@@ -5,6 +5,7 @@
 //   fitParams(path, params) -> Promise<{ status, gpuLayers, contextSize, tensorSplit, overrides: [{ pattern, buffer }] }>
 #include <napi.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "ggml-backend.h"
 #include "llama.h"
 #include "log.h"
+#include "placement.h"
 #include "promise_worker.h"
 
 namespace huozi {
@@ -40,6 +42,11 @@ struct FitArgs {
   int32_t flash_attention = -1;
   int64_t margin = 1024ll * 1024 * 1024;
   uint32_t n_ctx_min = 0;
+  // The most a plan may use per GPU: for every GPU (-1: no cap), and per device name.
+  int64_t budget = -1;
+  std::vector<std::pair<std::string, int64_t>> budgets;
+  std::vector<std::pair<std::string, std::string>> overrides;  // tensor pattern -> device or buffer name
+  std::vector<std::string> rpc_servers;  // "host:port", checked reachable (lib/rpc.ts); estimateMemory only
 };
 
 FitArgs ParseFitArgs(Napi::Env env, const Napi::CallbackInfo &info) {
@@ -55,16 +62,69 @@ FitArgs ParseFitArgs(Napi::Env env, const Napi::CallbackInfo &info) {
   if (num("flashAttention") != INT64_MIN) a.flash_attention = static_cast<int32_t>(num("flashAttention"));
   if (num("marginBytes") != INT64_MIN) a.margin = num("marginBytes");
   if (num("minContextSize") != INT64_MIN) a.n_ctx_min = static_cast<uint32_t>(num("minContextSize"));
+  if (num("budgetBytes") != INT64_MIN) a.budget = num("budgetBytes");
+  if (o.Get("budgets").IsObject()) {
+    Napi::Object b = o.Get("budgets").As<Napi::Object>();
+    Napi::Array names = b.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); ++i) {
+      const std::string name = names.Get(i).ToString().Utf8Value();
+      a.budgets.emplace_back(name, b.Get(name).As<Napi::Number>().Int64Value());
+    }
+  }
+  if (o.Get("rpcServers").IsArray()) {
+    Napi::Array list = o.Get("rpcServers").As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); ++i) a.rpc_servers.push_back(list.Get(i).ToString().Utf8Value());
+  }
+  if (o.Get("overrides").IsArray()) {
+    Napi::Array list = o.Get("overrides").As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      Napi::Object e = list.Get(i).As<Napi::Object>();
+      a.overrides.emplace_back(e.Get("pattern").ToString().Utf8Value(), e.Get("buffer").ToString().Utf8Value());
+    }
+  }
   return a;
+}
+
+// The devices a model loads onto by default, in llama.cpp's order (llama_model_load_from_file_impl): the GPUs,
+// or the integrated ones when there is no discrete GPU. common_fit_params reads one margin per device in it.
+std::vector<ggml_backend_dev_t> ModelDevices() {
+  std::vector<ggml_backend_dev_t> gpus, igpus;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) gpus.push_back(dev);
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU) igpus.push_back(dev);
+  }
+  return gpus.empty() ? igpus : gpus;
+}
+
+// The free memory each device must keep: the margin, or more where a budget caps what the plan may use
+// (free - budget). A budget naming no device is an error (lib/gpu.ts checks the names first).
+std::vector<size_t> Margins(const FitArgs &a) {
+  std::vector<size_t> margins(llama_max_devices(), static_cast<size_t>(a.margin));
+  const std::vector<ggml_backend_dev_t> devs = ModelDevices();
+  for (size_t i = 0; i < devs.size() && i < margins.size(); ++i) {
+    int64_t budget = a.budget;
+    for (const auto &[name, bytes] : a.budgets) {
+      if (name == ggml_backend_dev_name(devs[i])) budget = bytes;
+    }
+    if (budget < 0) continue;
+    size_t free = 0, total = 0;
+    ggml_backend_dev_memory(devs[i], &free, &total);
+    const int64_t keep = static_cast<int64_t>(free) - budget;
+    margins[i] = static_cast<size_t>(std::max<int64_t>(a.margin, keep));
+  }
+  return margins;
 }
 
 struct LlamaParams {
   llama_model_params mp;
   llama_context_params cp;
+  ResolvedOverrides overrides;  // mp.tensor_buft_overrides points into it
+  std::vector<ggml_backend_dev_t> devices;  // with RPC servers: mp.devices points into it
 };
 
 LlamaParams Params(const FitArgs &a) {
-  LlamaParams p{llama_model_default_params(), llama_context_default_params()};
+  LlamaParams p{llama_model_default_params(), llama_context_default_params(), {}, {}};
   llama_model_params &mp = p.mp;
   llama_context_params &cp = p.cp;
   if (a.gpu_layers >= 0) mp.n_gpu_layers = a.gpu_layers;
@@ -73,6 +133,18 @@ LlamaParams Params(const FitArgs &a) {
   cp.n_ubatch = a.n_ubatch;
   cp.flash_attn_type = static_cast<llama_flash_attn_type>(a.flash_attention);
   return p;
+}
+
+// The RPC devices and tensor overrides of `a` into `p` (after `p` has its final place: the parameters point into it).
+void BindOverrides(const FitArgs &a, LlamaParams &p) {
+  if (!a.rpc_servers.empty()) {
+    const std::string error = RpcDevices(a.rpc_servers, p.devices);
+    if (!error.empty()) throw CodedError(code::kModelLoad, error);
+    p.mp.devices = p.devices.data();
+  }
+  p.overrides = ResolveOverrides(a.overrides, p.devices);
+  if (!p.overrides.error.empty()) throw CodedError(code::kModelLoad, p.overrides.error);
+  p.mp.tensor_buft_overrides = p.overrides.list.empty() ? nullptr : p.overrides.list.data();
 }
 
 Napi::Value Devices(const Napi::CallbackInfo &info) {
@@ -108,6 +180,7 @@ Napi::Value EstimateMemory(const Napi::CallbackInfo &info) {
       [a]() {
         std::lock_guard<std::mutex> lock(fit_mutex);
         LlamaParams p = Params(a);
+        BindOverrides(a, p);
         Estimate e;
         std::vector<ggml_backend_dev_t> devs;
         e.data = common_get_device_memory_data(a.path.c_str(), &p.mp, &p.cp, devs, e.layers, e.n_ctx_train, e.experts, GGML_LOG_LEVEL_ERROR);
@@ -153,7 +226,7 @@ Napi::Value FitParams(const Napi::CallbackInfo &info) {
         llama_context_params &cp = p.cp;
         std::vector<float> split(llama_max_devices(), 0.0f);
         std::vector<llama_model_tensor_buft_override> overrides(llama_max_tensor_buft_overrides(), {nullptr, nullptr});
-        std::vector<size_t> margins(llama_max_devices(), static_cast<size_t>(a.margin));
+        std::vector<size_t> margins = Margins(a);
         Fitted f;
         f.status = common_fit_params(a.path.c_str(), &mp, &cp, split.data(), overrides.data(), margins.data(), a.n_ctx_min,
                                      nullptr, GGML_LOG_LEVEL_ERROR);

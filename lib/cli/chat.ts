@@ -49,7 +49,7 @@ export async function chat(opts: ChatCliOptions): Promise<void> {
   const { ChatSession } = await import('../chat/session.js');
   // Compiled once: every answer is held to it.
   const grammar = await cliGrammar(opts);
-  const model = await loadCliModel(opts);
+  const model = await loadCliModel(opts, opts.ctxSize);
   const context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
   const session = new ChatSession(context, { systemPrompt: opts.system, template: templateOption(opts.template) });
   const turn: ChatPromptOptions = { ...cliSampling(opts), maxTokens: opts.maxTokens, ...(grammar ? { grammar } : {}) };

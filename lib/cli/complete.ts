@@ -30,7 +30,7 @@ export async function complete(opts: CompleteOptions): Promise<void> {
   // Before standard input is read or the model loads: a bad grammar ends the command at once.
   const grammar = await cliGrammar(opts);
   const prompt = opts.prompt ?? (await readStdin());
-  await using model = await loadCliModel(opts);
+  await using model = await loadCliModel(opts, opts.ctxSize);
   await using context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
   const controller = new AbortController();
   const onSigint = () => controller.abort();

@@ -119,21 +119,37 @@ export function requiredFlag<K extends string>(key: K, flags: string, descriptio
 
 // Loading a model: chat, complete and serve (modelfile names the model only; inspect --memory places layers).
 export const modelFlag = stringFlag('model', '-m, --model <file>', 'GGUF model (default: the embedded huozi-tiny demo model)');
-export const gpuLayersFlag = stringFlag('gpuLayers', '--ngl, --gpu-layers <n>', 'layers to offload to the GPU, or "max" (also -ngl)');
+export const gpuLayersFlag = stringFlag(
+  'gpuLayers',
+  '--ngl, --gpu-layers <n>',
+  'layers to offload to the GPU, "max", or "auto": the fastest placement that fits free memory (and --vram-budget) (also -ngl)',
+);
+/** Where the weights go besides --ngl: llama.cpp's --cpu-moe, --n-cpu-moe, -ot, and a VRAM budget for --ngl auto. */
+export const PLACEMENT_FLAGS = [
+  switchFlag('cpuMoe', '--cpu-moe', "keep every layer's MoE expert tensors in host memory (llama.cpp --cpu-moe)"),
+  intFlag('nCpuMoe', '--n-cpu-moe <n>', 'keep the MoE experts of the first <n> layers in host memory (llama.cpp --n-cpu-moe, also -ncmoe)'),
+  repeatableFlag(
+    'overrideTensor',
+    '--override-tensor <pattern=device>',
+    'put tensors whose name matches <pattern> on <device> (CPU, CUDA0, ...); comma-separated or repeatable (llama.cpp -ot, also -ot)',
+  ),
+  floatFlag('vramBudget', '--vram-budget <MiB>', 'with --ngl auto: use at most this much memory on each GPU, even when more is free'),
+] as const;
+export type PlacementFlags = FlagValues<typeof PLACEMENT_FLAGS>;
 export const rpcFlag = stringFlag(
   'rpc',
   '--rpc <servers>',
   'RPC servers for layers, comma-separated host:port (huozi-gguf rpc-server; llama.cpp --rpc)',
 );
 /** The flags loadCliModel() reads; every command that loads a model registers them. */
-export type ModelFlags = FlagValues<[typeof modelFlag, Flag<'gpuLayers', string>, typeof rpcFlag]>;
+export type ModelFlags = FlagValues<[typeof modelFlag, Flag<'gpuLayers', string>, typeof rpcFlag]> & PlacementFlags;
 
 // The context: its size (each command says what it sizes) and the CPU threads that run it.
 export const ctxSizeFlag = intFlag('ctxSize', '-c, --ctx-size <n>', 'context size in tokens');
 export const threadsFlag = intFlag('threads', '-t, --threads <n>', 'CPU threads (default: available cores)');
 
 /** chat and complete: a model and a context on it; -c 2048 as Huozi's README runs it. */
-export const RUN_FLAGS = [modelFlag, ctxSizeFlag.default(2048), threadsFlag, gpuLayersFlag.default('max'), rpcFlag] as const;
+export const RUN_FLAGS = [modelFlag, ctxSizeFlag.default(2048), threadsFlag, gpuLayersFlag.default('max'), ...PLACEMENT_FLAGS, rpcFlag] as const;
 export type RunFlags = FlagValues<typeof RUN_FLAGS>;
 
 export const maxTokensFlag = intFlag('maxTokens', '-n, --max-tokens <n>', 'most tokens to generate');
@@ -160,17 +176,46 @@ export type GrammarFlags = FlagValues<typeof GRAMMAR_FLAGS>;
 /** Commands that write a file (convert, imatrix, synth); the file is checked before any work (lib/util/output.ts). */
 export const outputFlag = requiredFlag('output', '-o, --output <file>', 'where to write the GGUF');
 
-/** The model -m names (the demo model when none), loaded with --ngl and --rpc. */
-export async function loadCliModel(opts: ModelFlags): Promise<Model> {
+/** The model -m names (the demo model when none), loaded with --ngl, the placement flags and --rpc; `contextSize`: what --ngl auto leaves room for. */
+export async function loadCliModel(opts: ModelFlags, contextSize?: number): Promise<Model> {
   const { demoModelPath } = await import('../demo.js');
   const { loadModel } = await import('../model.js');
   const path = opts.model ?? demoModelPath;
   if (!opts.model) {
     process.stderr.write('note: no -m given; using the embedded demo model huozi-tiny (6.6M parameters, q4_0)\n');
   }
-  const gpuLayers = opts.gpuLayers === 'max' ? 'max' : Number(opts.gpuLayers);
   const rpcServers = opts.rpc?.split(',').map((s) => s.trim()).filter(Boolean);
-  return loadModel(path, { gpuLayers, ...(rpcServers?.length ? { rpcServers } : {}) });
+  return loadModel(path, { ...cliPlacement(opts, contextSize), ...(rpcServers?.length ? { rpcServers } : {}) });
+}
+
+/**
+ * --ngl, --cpu-moe, --n-cpu-moe, -ot and --vram-budget as the library's placement options (which check them: a
+ * bad value is its RangeError naming the option). `contextSize` is what --ngl auto leaves room for.
+ */
+export function cliPlacement(
+  opts: PlacementFlags & { gpuLayers?: string },
+  contextSize?: number,
+): { gpuLayers: number | 'max' | 'auto'; cpuMoe?: number | 'all'; tensorOverrides?: { pattern: string; device: string }[]; fit?: { budgetMiB?: number; contextSize?: number } } {
+  const g = opts.gpuLayers;
+  const gpuLayers = g === undefined || g === 'max' ? 'max' : g === 'auto' ? 'auto' : Number(g);
+  if (opts.cpuMoe && opts.nCpuMoe !== undefined) throw new Error('--cpu-moe and --n-cpu-moe both say where the experts go: give one');
+  const out: ReturnType<typeof cliPlacement> = { gpuLayers };
+  if (opts.cpuMoe) out.cpuMoe = 'all';
+  else if (opts.nCpuMoe !== undefined) out.cpuMoe = opts.nCpuMoe;
+  const rules = opts.overrideTensor.flatMap((arg) => arg.split(',')).filter((r) => r.trim() !== '');
+  if (rules.length > 0) {
+    out.tensorOverrides = rules.map((rule) => {
+      const at = rule.lastIndexOf('=');
+      if (at <= 0 || at === rule.length - 1) throw new Error(`--override-tensor expects <pattern>=<device>, got "${rule}"`);
+      return { pattern: rule.slice(0, at), device: rule.slice(at + 1) };
+    });
+  }
+  if (opts.vramBudget !== undefined) {
+    if (gpuLayers !== 'auto') throw new Error('--vram-budget sizes the plan of --ngl auto: add --ngl auto');
+    out.fit = { budgetMiB: opts.vramBudget };
+  }
+  if (gpuLayers === 'auto' && contextSize !== undefined) out.fit = { ...out.fit, contextSize };
+  return out;
 }
 
 export function cliSampling(opts: SamplingFlags): SamplingOptions {

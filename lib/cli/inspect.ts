@@ -1,13 +1,14 @@
 // huozi-gguf inspect: what a GGUF holds, from its header alone; with --memory, what loading it would take.
 import type { Command } from 'commander';
 import type { GgufInspection } from '../gguf/inspect.js';
-import { addFlags, ctxSizeFlag, gpuLayersFlag, switchFlag, type FlagValues } from './flags.js';
+import { addFlags, cliPlacement, ctxSizeFlag, gpuLayersFlag, PLACEMENT_FLAGS, switchFlag, type FlagValues } from './flags.js';
 
 const INSPECT_FLAGS = [
   switchFlag('json', '--json', 'machine-readable output'),
   switchFlag('tensors', '--tensors', 'list every tensor'),
   switchFlag('memory', '--memory', 'estimate memory per device (weights, KV cache, compute) without loading'),
-  gpuLayersFlag.describe('with --memory: layers on the GPU, or "max" (also -ngl)'),
+  gpuLayersFlag.describe('with --memory: layers on the GPU, "max", or "auto": the plan loading would choose (also -ngl)'),
+  ...PLACEMENT_FLAGS,
   ctxSizeFlag.describe('with --memory: context size').default(4096),
 ] as const;
 
@@ -71,21 +72,41 @@ export function formatInspection(i: GgufInspection, withTensors: boolean): strin
   return `${lines.join('\n')}\n`;
 }
 
+/** A placement, as `inspect --memory` prints it: who chose it, the rules, and what it reads from host memory. */
+export function formatPlan(plan: import('../gpu.js').GpuPlan): string[] {
+  const gb = size;
+  const cost = (c: import('../placement.js').PlacementCost) =>
+    `${gb(c.deviceBytes)} of weights on the GPU, ${gb(c.hostBytes)} in host memory, ${gb(c.hostBytesPerToken)} read from host memory per generated token`;
+  const lines = [
+    ...(plan.cost.deviceBytes === 0 ? ['no GPU or RPC device here: llama.cpp keeps every weight in host memory, whatever the layers say'] : []),
+    `placement (${plan.chosenBy === 'fit' ? `--ngl auto${plan.budgetMiB === undefined ? '' : `, budget ${JSON.stringify(plan.budgetMiB)} MiB`}, ${plan.status}` : 'from the options'}): ` +
+      `${plan.gpuLayers < 0 ? 'all' : plan.gpuLayers} layers on the GPU, ${plan.overrides.length} tensor rule(s)`,
+    ...plan.overrides.map((o) => `  ${o.pattern} -> ${o.buffer}`),
+    `  ${cost(plan.cost)}`,
+  ];
+  for (const c of plan.candidates ?? []) {
+    lines.push(`  weighed: ${c.family === 'experts' ? 'experts in host memory first' : 'whole layers'} (${c.gpuLayers < 0 ? 'all' : c.gpuLayers} layers, ${c.overrides.length} rules): ${gb(c.cost.hostBytesPerToken)} per token`);
+  }
+  return lines;
+}
+
 export async function inspectCommand(path: string, opts: InspectOptions): Promise<void> {
   if (opts.memory) {
-    const { estimateMemory } = await import('../gpu.js');
-    const gpuLayers = opts.gpuLayers === undefined || opts.gpuLayers === 'max' ? 'max' : Number(opts.gpuLayers);
-    const rows = await estimateMemory(path, { gpuLayers, contextSize: opts.ctxSize });
+    const { planMemory } = await import('../gpu.js');
+    const placement = cliPlacement(opts, opts.ctxSize);
+    const { plan, devices } = await planMemory(path, { ...placement, contextSize: opts.ctxSize });
     if (opts.json) {
-      process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ plan: plan ?? null, devices }, null, 2)}\n`);
       return;
     }
     const m = (b: number) => `${(b / MiB).toFixed(0).padStart(8)} MiB`;
+    const layers = (n: number) => (n < 0 ? 'all' : String(n));
     const lines = [
-      `memory for ${path} with ${gpuLayers === 'max' ? 'all' : gpuLayers} layers on the GPU and a context of ${opts.ctxSize} (llama.cpp's accounting, nothing loaded):`,
+      `memory for ${path} with ${layers(plan?.gpuLayers ?? (placement.gpuLayers === 'max' ? -1 : (placement.gpuLayers as number)))} layers on the GPU and a context of ${opts.ctxSize} (llama.cpp's accounting, nothing loaded):`,
       `  ${'device'.padEnd(10)} ${'weights'.padStart(12)} ${'KV cache'.padStart(12)} ${'compute'.padStart(12)} ${'total'.padStart(12)}   free now`,
-      ...rows.map((r) => `  ${r.name.padEnd(10)} ${m(r.model)} ${m(r.context)} ${m(r.compute)} ${m(r.total)}   ${r.deviceTotal ? m(r.deviceFree) : '-'}`),
+      ...devices.map((r) => `  ${r.name.padEnd(10)} ${m(r.model)} ${m(r.context)} ${m(r.compute)} ${m(r.total)}   ${r.deviceTotal ? m(r.deviceFree) : '-'}`),
     ];
+    if (plan) lines.push(...formatPlan(plan));
     process.stdout.write(`${lines.join('\n')}\n`);
     return;
   }

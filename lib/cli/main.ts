@@ -27,8 +27,9 @@ const program = new Command()
 // In the order `huozi-gguf --help` lists them; chat is the default command.
 for (const command of [chat, complete, inspect, convert, quantize, imatrix, synth, modelfile, rpcServer, serve]) command.register(program);
 
-// llama.cpp spells them -ngl and -np; commander allows one-letter short flags only.
-const argv = process.argv.map((a) => (a === '-ngl' ? '--ngl' : a === '-np' ? '--parallel' : a));
+// llama.cpp spells them -ngl, -np, -ncmoe and -ot; commander allows one-letter short flags only.
+const SPELLED = new Map([['-ngl', '--ngl'], ['-np', '--parallel'], ['-ncmoe', '--n-cpu-moe'], ['-ot', '--override-tensor']]);
+const argv = process.argv.map((a) => SPELLED.get(a) ?? a);
 
 program.parseAsync(argv).catch((error: Error & { code?: string }) => {
   process.stderr.write(`huozi-gguf: ${error.message}\n`);

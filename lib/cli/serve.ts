@@ -1,7 +1,7 @@
 // huozi-gguf serve: the OpenAI-compatible server (lib/server/) on a model from the command line.
 import type { Command } from 'commander';
 import {
-  addFlags, ctxSizeFlag, gpuLayersFlag, intFlag, loadCliModel, modelFlag, negatedFlag, repeatableFlag, rpcFlag, stringFlag, switchFlag,
+  addFlags, ctxSizeFlag, gpuLayersFlag, intFlag, PLACEMENT_FLAGS, loadCliModel, modelFlag, negatedFlag, repeatableFlag, rpcFlag, stringFlag, switchFlag,
   threadsFlag, type FlagValues,
 } from './flags.js';
 
@@ -13,6 +13,7 @@ const SERVE_FLAGS = [
   ctxSizeFlag.describe('KV cache tokens in all, shared out among the slots (default: 4096 per slot)'),
   threadsFlag,
   gpuLayersFlag.default('max'),
+  ...PLACEMENT_FLAGS,
   rpcFlag.describe('RPC servers for layers, comma-separated host:port'),
   stringFlag('servedModelName', '--served-model-name <name>', "the model id clients use (default: the file's name)"),
   stringFlag('apiKey', '--api-key <key>', 'require Authorization: Bearer <key> (or set HUOZI_API_KEY)'),
@@ -58,7 +59,7 @@ export async function serveCommand(opts: ServeOptions): Promise<void> {
   const apiKey = opts.apiKey ?? process.env.HUOZI_API_KEY;
   const { createServer } = await import('../server/server.js');
   const { isLoopback } = await import('../util/net.js');
-  const model = await loadCliModel(opts);
+  const model = await loadCliModel(opts, opts.ctxSize ?? opts.parallel * 4096);
   const template = opts.chatTemplate === undefined || ['auto', 'huozi', 'chatml'].includes(opts.chatTemplate)
     ? ((opts.chatTemplate ?? 'auto') as 'auto' | 'huozi' | 'chatml')
     : { file: opts.chatTemplate };

@@ -7,7 +7,7 @@ import { progressBar } from './progress.js';
 
 const SYNTH_FLAGS = [
   requiredFlag('shape', '--shape <name|json>', 'huozi3.5, tiny, a JSON shape or a .json file'),
-  stringFlag('type', '--type <type>', 'q4_0, q8_0, q6_k or f16 (per-tensor types as llama-quantize picks them)').default('q4_0'),
+  stringFlag('type', '--type <type>', 'q4_0, q8_0, q6_k, q2_k or f16 (per-tensor types as llama-quantize picks them)').default('q4_0'),
   outputFlag,
   intFlag('layers', '--layers <n>', 'keep only the first N layers'),
   seedFlag,

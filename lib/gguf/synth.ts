@@ -41,8 +41,8 @@ export const SYNTH_SHAPES: Record<string, SynthShape> = {
 };
 
 /** The file types synth writes (per-tensor types as llama-quantize picks them for that file type). */
-export type SynthType = 'q4_0' | 'q8_0' | 'q6_k' | 'f16';
-const FTYPE: Record<SynthType, number> = { f16: 1, q4_0: 2, q8_0: 7, q6_k: 18 };
+export type SynthType = 'q4_0' | 'q8_0' | 'q6_k' | 'q2_k' | 'f16';
+const FTYPE: Record<SynthType, number> = { f16: 1, q4_0: 2, q8_0: 7, q6_k: 18, q2_k: 10 };
 
 /** Options of {@link synth}. */
 export interface SynthOptions {
@@ -72,17 +72,21 @@ export interface TensorPlan {
  * tensors and the MoE router stay f32; with 8 experts attn_k and attn_v become q8_0; output becomes q6_K
  * unless the ftype is q8_0.
  */
-function typeFor(name: string, dims: number[], type: SynthType, experts: number): GgmlType {
+function typeFor(name: string, dims: number[], type: SynthType, experts: number, gqa: number): GgmlType {
   const t = (n: string) => ggmlTypeByName(n)!;
   if (dims.length === 1 || name.includes('ffn_gate_inp')) return t('f32');
   if (type === 'f16') return t('f16');
-  const base = t(type === 'q6_k' ? 'q6_K' : type);
+  const base = t(type === 'q6_k' ? 'q6_K' : type === 'q2_k' ? 'q2_K' : type);
   let chosen = base;
   if (name === 'output.weight') chosen = type === 'q8_0' ? base : t('q6_K');
   else if (experts === 8 && /attn_[kv]\.weight$/.test(name)) chosen = t('q8_0');
+  else if (type === 'q2_k' && /attn_v\.weight$/.test(name)) chosen = t(gqa >= 4 ? 'q4_K' : 'q3_K');
+  // Q2_K: ffn_down (experts' too) in q3_K, attn_output in q5_K with 8 experts (else q3_K).
+  else if (type === 'q2_k' && /ffn_down/.test(name)) chosen = t('q3_K');
+  else if (type === 'q2_k' && /attn_output\.weight$/.test(name)) chosen = t(experts === 8 ? 'q5_K' : 'q3_K');
   // Rows that are not whole blocks fall back as in llama-quant.cpp (convert_incompatible_tensor).
   if (dims[0] % chosen.blockSize !== 0) {
-    const fallback: Record<string, string> = { q6_K: 'q8_0', q5_K: 'q5_1', q4_K: 'q5_0', q3_K: 'iq4_nl', q2_K: 'iq4_nl' };
+    const fallback: Record<string, string> = { q6_K: 'q8_0', q5_K: 'q5_1', q4_K: 'q5_0', q3_K: 'q4_0', q2_K: 'q4_0' };
     chosen = t(fallback[chosen.name] ?? 'f16');
     if (dims[0] % chosen.blockSize !== 0) chosen = t('f16');
   }
@@ -96,7 +100,7 @@ export function synthPlan(shape: SynthShape, type: SynthType): TensorPlan[] {
   const ff = shape.feedForwardSize;
   const plan: TensorPlan[] = [];
   const add = (name: string, dims: number[], role: TensorPlan['role'] = 'weight') =>
-    plan.push({ name, dims, role, type: typeFor(name, dims, type, shape.experts) });
+    plan.push({ name, dims, role, type: typeFor(name, dims, type, shape.experts, shape.heads / shape.kvHeads) });
   add('output.weight', [e, shape.vocabularySize]);
   add('token_embd.weight', [e, shape.vocabularySize]);
   for (let i = 0; i < shape.layers; i++) {
@@ -167,8 +171,11 @@ function blockPool(type: GgmlType, role: TensorPlan['role'], rand: () => number)
   for (let b = 0; b < blocks; b++) {
     const at = b * type.typeSize;
     const scale = toHalf(0.0005 + rand() * 0.002);
-    if (type.name === 'q6_K') pool.writeUInt16LE(scale, at + type.typeSize - 2); // d is last in block_q6_K
-    else pool.writeUInt16LE(scale, at); // q4_0, q8_0: d first
+    // Where each block keeps its f16 scale d (and the K-quants' min scale dmin): ggml-common.h's block layouts.
+    const d = { q6_K: type.typeSize - 2, q2_K: 80, q3_K: 108 }[type.name] ?? 0; // q4_0, q8_0, q5_K, q4_K, iq4_nl: d first
+    pool.writeUInt16LE(scale, at + d);
+    const dmin = { q2_K: 82, q4_K: 2, q5_K: 2 }[type.name];
+    if (dmin !== undefined) pool.writeUInt16LE(toHalf(0.0005 + rand() * 0.002), at + dmin);
   }
   return pool;
 }
@@ -218,7 +225,7 @@ export function synthModel(options: Pick<SynthOptions, 'shape' | 'type' | 'layer
   if (shape.embeddingSize % shape.heads !== 0 || shape.heads % shape.kvHeads !== 0) {
     throw v.rangeError('heads dividing embeddingSize and kvHeads dividing heads', 'shape', JSON.stringify(shape));
   }
-  const type = v.oneOf('type', options.type, ['q4_0', 'q8_0', 'q6_k', 'f16'] as const);
+  const type = v.oneOf('type', options.type, ['q4_0', 'q8_0', 'q6_k', 'q2_k', 'f16'] as const);
   const vocab = vocabulary(shape);
   const S = (value: string): WriterValue => ({ type: GgufValueType.STRING, value });
   const U = (value: number): WriterValue => ({ type: GgufValueType.UINT32, value });

@@ -17,10 +17,12 @@ const reps = repsArg === undefined ? 1 : Number(repsArg);
 const threads = Number(threadsArg);
 const prompt = Number(promptArg);
 const gen = Number(genArg);
-// Optional: layers on the GPU (a number or max; default 0 as on the CPU build) and flash attention (1/0).
-const gpuLayers = gpuLayersArg === undefined ? undefined : gpuLayersArg === 'max' ? 'max' : Number(gpuLayersArg);
+// Optional: layers on the GPU (a number or max; default 0 as on the CPU build), or loadModel's options as JSON
+// ({"gpuLayers":"auto","fit":{"budgetMiB":8192}}, {"gpuLayers":"max","cpuMoe":20}), and flash attention (1/0).
+const loadOptions = gpuLayersArg === undefined ? {} : gpuLayersArg.startsWith('{') ? JSON.parse(gpuLayersArg)
+  : { gpuLayers: gpuLayersArg === 'max' ? 'max' : Number(gpuLayersArg) };
 const flashAttention = faArg === undefined ? 'auto' : faArg === '1';
-const model = await loadModel(modelPath, gpuLayers === undefined ? {} : { gpuLayers });
+const model = await loadModel(modelPath, loadOptions);
 // llama-bench's own prompt batches (MoE routing depends on the tokens).
 const promptBatch = llamaBenchPrompts(model.vocabularySize, model.tokens.addBos ? model.tokens.bos : null);
 
@@ -59,5 +61,6 @@ const out = {};
   out.tgWall = sumWall / reps;
   await context.dispose();
 }
+if (model.gpuPlan) out.plan = { gpuLayers: model.gpuPlan.gpuLayers, overrides: model.gpuPlan.overrides.length, hostBytesPerToken: model.gpuPlan.cost.hostBytesPerToken };
 await model.dispose();
 console.log(JSON.stringify(out));

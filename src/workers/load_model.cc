@@ -15,6 +15,7 @@
 #include "../errors.h"
 #include "../log.h"
 #include "../model.h"
+#include "../placement.h"
 
 namespace huozi {
 namespace {
@@ -71,63 +72,15 @@ class LoadModelWorker final : public Napi::AsyncWorker {
     return true;
   }
 
-  // The buffer type named `name` (CPU, CUDA0, CUDA_Host, ...), or null.
-  static ggml_backend_buffer_type_t BufferType(const std::string &name) {
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-      ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-      ggml_backend_buffer_type_t b = ggml_backend_dev_buffer_type(dev);
-      if (b && name == ggml_backend_buft_name(b)) return b;
-      b = ggml_backend_dev_host_buffer_type(dev);
-      if (b && name == ggml_backend_buft_name(b)) return b;
-    }
-    return nullptr;
-  }
-
-  // The devices for a load with RPC servers, as llama.cpp's --rpc ends up choosing them: the servers' devices
-  // first (llama_prepare_model_devices puts RPC devices at the front, to minimize network transfers), then the
-  // local GPUs (integrated ones only when there is no discrete one). common/arg.cpp registers each server's
-  // backend with ggml_backend_register, which would add them to every later load in the process; here they
-  // go only into this load's llama_model_params.devices. The CPU is never in the list: llama.cpp keeps what
-  // is not offloaded there, so on the CPU build gpuLayers counts the layers on the RPC servers.
-  bool RpcDevices(std::vector<ggml_backend_dev_t> &devices) {
-    ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
-    using AddServer = ggml_backend_reg_t (*)(const char *);
-    auto add = rpc == nullptr ? nullptr
-        : reinterpret_cast<AddServer>(ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_add_server"));
-    if (add == nullptr) {
-      SetError("this build of the addon has no RPC backend (GGML_RPC)");
-      return false;
-    }
-    for (const std::string &endpoint : params_.rpc_servers) {
-      // Connects to ask for the device count; GGML_ABORTs when it cannot, hence the check in lib/rpc.ts.
-      ggml_backend_reg_t reg = add(endpoint.c_str());
-      if (reg == nullptr || ggml_backend_reg_dev_count(reg) == 0) {
-        SetError("the RPC server " + endpoint + " has no devices");
-        return false;
-      }
-      for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); ++i) devices.push_back(ggml_backend_reg_dev_get(reg, i));
-    }
-    std::vector<ggml_backend_dev_t> igpus;
-    bool gpu = false;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-      ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-      if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) {
-        devices.push_back(dev);
-        gpu = true;
-      } else if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-        igpus.push_back(dev);
-      }
-    }
-    if (!gpu) devices.insert(devices.end(), igpus.begin(), igpus.end());
-    devices.push_back(nullptr);
-    return true;
-  }
-
   void Execute() override {
     llama_model_params mp = llama_model_default_params();
     std::vector<ggml_backend_dev_t> devices;
     if (!params_.rpc_servers.empty()) {
-      if (!RpcDevices(devices)) return;
+      const std::string error = RpcDevices(params_.rpc_servers, devices);
+      if (!error.empty()) {
+        SetError(error);
+        return;
+      }
       mp.devices = devices.data();
     }
     mp.n_gpu_layers = params_.gpu_layers;
@@ -138,19 +91,13 @@ class LoadModelWorker final : public Napi::AsyncWorker {
       std::copy_n(params_.tensor_split.begin(), std::min(split.size(), params_.tensor_split.size()), split.begin());
       mp.tensor_split = split.data();
     }
-    std::vector<llama_model_tensor_buft_override> overrides;
-    for (const auto &[pattern, buffer] : params_.overrides) {
-      ggml_backend_buffer_type_t b = BufferType(buffer);
-      if (b == nullptr) {
-        SetError("no device buffer named \"" + buffer + "\" for tensors matching " + pattern);
-        return;
-      }
-      overrides.push_back({pattern.c_str(), b});
+    // The load's RPC devices can be named too (they are not registered with ggml).
+    ResolvedOverrides overrides = ResolveOverrides(params_.overrides, devices);
+    if (!overrides.error.empty()) {
+      SetError(overrides.error);
+      return;
     }
-    if (!overrides.empty()) {
-      overrides.push_back({nullptr, nullptr});
-      mp.tensor_buft_overrides = overrides.data();
-    }
+    if (!overrides.list.empty()) mp.tensor_buft_overrides = overrides.list.data();
     if (params_.use_mmap < 0 && !params_.use_mlock) {
       mp.load_mode = LLAMA_LOAD_MODE_AUTO;  // what llama.cpp and llama-bench use by default
     } else {

@@ -118,7 +118,7 @@ describe('synth', () => {
 
   // The oracle: llama-quantize (from the addon's own tree, scripts/native-tools.mjs) quantizing huozi-tiny's f16
   // file, which has the 'tiny' shape exactly; synth must give every tensor the type llama-quantize gave it.
-  it.each(['q4_0', 'q8_0', 'q6_k', 'f16'] as const)('writes %s with the per-tensor types llama-quantize picks', async (type) => {
+  it.each(['q4_0', 'q8_0', 'q6_k', 'q2_k', 'f16'] as const)('writes %s with the per-tensor types llama-quantize picks', async (type) => {
     buildNativeTools(['llama-quantize']);
     const out = join(dir, `synth-${type}.gguf`);
     await synth(out, { shape: 'tiny', type });

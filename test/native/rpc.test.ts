@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel, ModelLoadError, RpcServerError, startRpcServer, type Model } from '../../dist/index.js';
+import { expertPattern, loadModel, ModelLoadError, planMemory, RpcServerError, startRpcServer, type Model } from '../../dist/index.js';
 import { compareGreedyWithHf, EOU, f16Path, reference, root, teacherForcedRows } from '../helpers.js';
 
 const cli = join(root, 'dist', 'cli', 'main.js');
@@ -102,6 +102,60 @@ describe('layers on two CPU rpc-servers', () => {
     }
     await remoteContext.dispose();
     await localContext.dispose();
+  });
+});
+
+describe('expert placement with RPC servers standing in for GPUs (issue #17)', () => {
+  const endpoints = () => servers.slice(0, 2).map((s) => s.endpoint);
+  const onDevices = (rows: { name: string; model: number }[]) => rows.filter((r) => r.name !== 'host').reduce((a, r) => a + r.model, 0);
+
+  it('estimateMemory with cpuMoe: less on the devices by the experts, more in host memory', async () => {
+    const all = await planMemory(f16Path, { rpcServers: endpoints(), gpuLayers: 'max', contextSize: 512 });
+    const moe = await planMemory(f16Path, { rpcServers: endpoints(), gpuLayers: 'max', contextSize: 512, cpuMoe: 'all' });
+    const first = await planMemory(f16Path, { rpcServers: endpoints(), gpuLayers: 'max', contextSize: 512, cpuMoe: 2 });
+    // huozi-tiny f16: 8 experts × 3 matrices per layer are most of its 12.5 MiB.
+    expect(onDevices(all.devices)).toBeGreaterThan(10 * 2 ** 20);
+    expect(onDevices(moe.devices)).toBeLessThan(onDevices(all.devices) / 2);
+    expect(onDevices(first.devices)).toBeLessThan(onDevices(all.devices));
+    expect(onDevices(first.devices)).toBeGreaterThan(onDevices(moe.devices));
+    expect(moe.devices.at(-1)!.model).toBeGreaterThan(all.devices.at(-1)!.model);
+    // The plan's cost: what is left in host memory, what a token reads from there (a quarter of the experts).
+    expect(moe.plan!.cost.hostBytes).toBeGreaterThan(all.devices.at(-1)!.model);
+    expect(moe.plan!.cost.hostBytesPerToken).toBeLessThan(moe.plan!.cost.hostBytes / 3);
+    expect(moe.plan!.cost.deviceBytes).toBeGreaterThan(0);
+  });
+
+  it('a load with cpuMoe keeps the experts off the servers and answers the same', { timeout: 120_000 }, async () => {
+    const before = servers.slice(0, 2).map(allocated);
+    const model = await loadModel(f16Path, { rpcServers: endpoints(), gpuLayers: 'max', cpuMoe: 'all' });
+    const after = servers.slice(0, 2).map(allocated);
+    const sent = after[0] - before[0] + after[1] - before[1];
+    expect(sent).toBeGreaterThan(0);
+    expect(sent).toBeLessThan(6 * 2 ** 20);
+    const device = model.createContext({ contextSize: 512, threads: 2 });
+    const localModel = await loadModel(f16Path);
+    const hostContext = await localModel.createContext({ contextSize: 512, threads: 2 });
+    const context = await device;
+    const g = reference.greedy[0];
+    const options = { temperature: 0, maxTokens: 24, stopTokens: [EOU] };
+    expect((await context.generate(g.prompt_ids, options).result).tokens).toEqual((await hostContext.generate(g.prompt_ids, options).result).tokens);
+    await context.dispose();
+    await hostContext.dispose();
+    await localModel.dispose();
+    await model.dispose();
+  });
+
+  it('tensorOverrides name a server\'s device as estimateMemory lists it', async () => {
+    const { devices } = await planMemory(f16Path, { rpcServers: endpoints(), gpuLayers: 'max', contextSize: 512 });
+    const [a, b] = devices.filter((r) => r.name !== 'host').map((r) => r.name);
+    // Every layer's experts on the second server, whatever the split said.
+    const moved = await planMemory(f16Path, {
+      rpcServers: endpoints(), gpuLayers: 'max', contextSize: 512, tensorOverrides: [{ pattern: expertPattern(), device: b }],
+    });
+    const on = (rows: typeof devices, name: string) => rows.find((r) => r.name === name)!.model;
+    expect(on(moved.devices, b)).toBeGreaterThan(on(devices, b));
+    expect(on(moved.devices, a)).toBeLessThan(on(devices, a));
+    expect(moved.plan!.overrides).toEqual([{ pattern: expertPattern(), buffer: b }]);
   });
 });
 

@@ -29,6 +29,54 @@ export interface PlacementOptions {
 /** How long and how deeply nested a tensor pattern may be (llama.cpp's std::regex recurses per level). */
 export const PATTERN_LIMITS = Object.freeze({ length: 1024, depth: 32 });
 
+/**
+ * Why matching `pattern` could take exponential (or high-polynomial) time, or '' when it cannot: both this process
+ * (JavaScript's RegExp, checking the rules against the file) and llama.cpp (C++'s recursive std::regex, per tensor)
+ * backtrack, and a tensor pattern comes from a flag or a request. Tensor names are short (~30 characters), so what
+ * is refused is what multiplies: a quantified group that itself contains a quantifier, an alternation or a group
+ * (`(a+)*`, `(a|ab)*`), and more than four unbounded quantifiers (`.*` five times is 30^5 steps).
+ */
+export function backtrackingRisk(pattern: string): string {
+  const stack: { quantifier: boolean; alternation: boolean; group: boolean }[] = [];
+  let unbounded = 0;
+  let inClass = false;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    if (c === '\\') {
+      i++;
+      continue;
+    }
+    if (inClass) {
+      if (c === ']') inClass = false;
+      continue;
+    }
+    const top = stack.at(-1);
+    if (c === '[') inClass = true;
+    else if (c === '(') {
+      if (top) top.group = true;
+      stack.push({ quantifier: false, alternation: false, group: false });
+      // (?:...), (?=...), (?!...), (?<name>...): the ? is part of the group's syntax, not a quantifier.
+      if (pattern[i + 1] === '?') i += 2;
+    } else if (c === ')') {
+      const inner = stack.pop();
+      const rest = pattern.slice(i + 1);
+      // A group that repeats: *, +, {n,} or {n,m} with m > 1 (? and {0,1} only make it optional).
+      const braces = /^\{(\d*)(,(\d*))?\}/.exec(rest);
+      const quantified = rest[0] === '*' || rest[0] === '+' || (braces !== null && (braces[2] === undefined ? Number(braces[1]) > 1 : braces[3] === '' || Number(braces[3]) > 1));
+      if (inner && quantified && (inner.quantifier || inner.alternation || inner.group)) {
+        return 'a quantified group holding a quantifier, an alternation or another group';
+      }
+      if ((quantified || rest[0] === '?' || braces !== null) && stack.at(-1)) stack.at(-1)!.quantifier = true;
+    } else if (c === '|') {
+      if (top) top.alternation = true;
+    } else if (c === '*' || c === '+' || c === '?' || c === '{') {
+      if (top) top.quantifier = true;
+      if (c === '*' || c === '+' || (c === '{' && /^\{\d*,\}/.test(pattern.slice(i)))) unbounded++;
+    }
+  }
+  return unbounded > 4 ? 'more than 4 unbounded quantifiers (*, +, {n,})' : '';
+}
+
 /** llama.cpp's name for a layer's expert tensors (common/arg.cpp `llm_ffn_exps_block_regex`). */
 export function expertPattern(layer?: number): string {
   return `${layer === undefined ? 'blk\\.\\d+' : `blk\\.${layer}`}\\.ffn_(up|down|gate_up|gate)_(ch|)exps`;
@@ -58,6 +106,9 @@ export function checkPlacement(o: PlacementOptions): CheckedPlacement {
       const e = v.options<TensorOverride>(name, entry, ['pattern', 'device']);
       const pattern = v.string(`${name}.pattern`, e.pattern, { allowEmpty: false });
       const device = v.string(`${name}.device`, e.device, { allowEmpty: false });
+      // llama.cpp reads both as C strings: text after a NUL would be silently dropped.
+      if (pattern.includes('\0')) throw v.rangeError('a pattern without NUL characters', `${name}.pattern`, pattern);
+      if (device.includes('\0')) throw v.rangeError('a device name without NUL characters', `${name}.device`, device);
       // llama.cpp compiles each pattern with std::regex, which recurses per nesting level: bounded here.
       if (pattern.length > PATTERN_LIMITS.length) throw v.rangeError(`a pattern of at most ${PATTERN_LIMITS.length} characters`, `${name}.pattern`, `${pattern.slice(0, 40)}…`);
       let depth = 0;
@@ -67,6 +118,8 @@ export function checkPlacement(o: PlacementOptions): CheckedPlacement {
         else if (c === ')') depth--;
       }
       if (deepest > PATTERN_LIMITS.depth) throw v.rangeError(`a pattern nesting at most ${PATTERN_LIMITS.depth} groups`, `${name}.pattern`, pattern);
+      const slow = backtrackingRisk(pattern);
+      if (slow) throw v.rangeError(`a pattern without ${slow} (it can take exponential time to match)`, `${name}.pattern`, pattern);
       try {
         new RegExp(pattern);
       } catch (error) {

@@ -173,35 +173,53 @@ if (command === 'prepare') {
     return { ...JSON.parse(run.stdout.trim().split('\n').at(-1)), peak: run.peak };
   };
   const log = (row) => { results.push(row); console.log(JSON.stringify(row)); };
+  // This machine's speed drifts by up to 2x over minutes: each budget's runs alternate in rounds (forward, then
+  // backward), and the figures are medians over rounds.
+  const placementRounds = Number(process.env.HUOZI_GPU_ROUNDS ?? 2);
+  const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+  const alternate = async (file, budget, runners) => {
+    const runs = new Map(runners.map((r) => [r.placement, []]));
+    for (let round = 0; round < placementRounds; round++) {
+      for (const r of round % 2 === 0 ? runners : [...runners].reverse()) {
+        const m = await r.run();
+        runs.get(r.placement).push(m);
+        console.log(JSON.stringify({ file, budget, round, who: r.who, placement: r.placement, ...m }));
+      }
+    }
+    for (const r of runners) {
+      const ms = runs.get(r.placement);
+      log({ file, budget, who: r.who, placement: r.placement, rounds: ms.length, pp: median(ms.map((m) => m.pp)), tg: median(ms.map((m) => m.tg)), peak: Math.max(...ms.map((m) => m.peak)), plan: ms[0].plan, perRound: ms.map((m) => [Math.round(m.pp), +m.tg.toFixed(2)]) });
+    }
+  };
   for (const file of files) {
     const layers = layerCount((await readGguf(file)).tensors);
     for (const budget of budgets) {
       // -ngl: the most layers whose estimate fits; a measured peak over the budget steps back one.
       let ngl = 0;
       for (let l = layers + 1; l >= 0; l--) if ((await estimateGpu(file, { gpuLayers: l })) <= budget) { ngl = l; break; }
-      let layerRun = await native(file, ['-ngl', String(ngl)]);
-      while (layerRun.peak > budget && ngl > 0) layerRun = await native(file, ['-ngl', String(--ngl)]);
-      log({ file, budget, who: 'native', placement: `-ngl ${ngl}`, ...layerRun });
+      while (ngl > 0 && (await native(file, ['-ngl', String(ngl)])).peak > budget) ngl--;
       // -ncmoe: the fewest layers' experts in host memory whose estimate fits.
       let ncmoe = layers;
       for (let n = 0; n <= layers; n++) if ((await estimateGpu(file, { gpuLayers: 'max', cpuMoe: n })) <= budget) { ncmoe = n; break; }
-      let moeRun = await native(file, ['-ngl', '99', '-ncmoe', String(ncmoe)]);
-      while (moeRun.peak > budget && ncmoe < layers) moeRun = await native(file, ['-ngl', '99', '-ncmoe', String(++ncmoe)]);
-      log({ file, budget, who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe}`, ...moeRun });
-      // The same placement read without mmap (llama.cpp's advice for tensors overridden to the CPU).
-      log({ file, budget, who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe} -lm none`, ...(await native(file, ['-ngl', '99', '-ncmoe', String(ncmoe), '-lm', 'none'])) });
-      const o = await ours(file, { gpuLayers: 'auto', fit: { budgetMiB: budget, contextSize: 512 } });
-      log({ file, budget, who: 'ours', placement: `auto, budgetMiB ${budget}`, ...o });
+      while (ncmoe < layers && (await native(file, ['-ngl', '99', '-ncmoe', String(ncmoe)])).peak > budget) ncmoe++;
+      await alternate(file, budget, [
+        { who: 'native', placement: `-ngl ${ngl}`, run: () => native(file, ['-ngl', String(ngl)]) },
+        { who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe}`, run: () => native(file, ['-ngl', '99', '-ncmoe', String(ncmoe)]) },
+        // The same placement read without mmap (llama.cpp's advice for tensors overridden to the CPU).
+        { who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe} -lm none`, run: () => native(file, ['-ngl', '99', '-ncmoe', String(ncmoe), '-lm', 'none']) },
+        { who: 'ours', placement: `auto, budgetMiB ${budget}`, run: () => ours(file, { gpuLayers: 'auto', fit: { budgetMiB: budget, contextSize: 512 } }) },
+        // Native's own placement through ours: separates the plan from the runtime.
+        { who: 'ours', placement: `cpuMoe ${ncmoe}, useMmap false`, run: () => ours(file, { gpuLayers: 'max', cpuMoe: ncmoe, useMmap: false }) },
+      ]);
     }
     if (file === q2) {
-      // Huozi's README: -ngl 16, llama.cpp's default threads (llama-bench: the physical cores), then with ours.
-      // Two rounds, alternating: this machine's speed drifts by up to 2x over minutes.
-      for (let round = 0; round < 2; round++) {
-        const recipe = await native(q2, ['-ngl', '16'], []);
-        log({ file, round, who: 'native', placement: '-ngl 16 (README), default threads', ...recipe });
-        const o = await ours(q2, { gpuLayers: 'auto', fit: { budgetMiB: recipe.peak, contextSize: 512 } });
-        log({ file, round, budget: recipe.peak, who: 'ours', placement: `auto, budgetMiB ${recipe.peak} (the recipe's peak)`, ...o });
-      }
+      // Huozi's README: -ngl 16, llama.cpp's default threads (llama-bench: the physical cores), against ours at
+      // the recipe's measured peak.
+      const recipePeak = (await native(q2, ['-ngl', '16'], [])).peak;
+      await alternate(q2, recipePeak, [
+        { who: 'native', placement: '-ngl 16 (README), default threads', run: () => native(q2, ['-ngl', '16'], []) },
+        { who: 'ours', placement: `auto, budgetMiB ${recipePeak} (the recipe's peak)`, run: () => ours(q2, { gpuLayers: 'auto', fit: { budgetMiB: recipePeak, contextSize: 512 } }) },
+      ]);
     }
   }
   if (out) writeFileSync(out, `${results.map((r) => JSON.stringify(r)).join('\n')}\n`);

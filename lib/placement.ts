@@ -26,8 +26,8 @@ export interface PlacementOptions {
   tensorOverrides?: TensorOverride[];
 }
 
-/** How long and how deeply nested a tensor pattern may be (llama.cpp's std::regex recurses per level). */
-export const PATTERN_LIMITS = Object.freeze({ length: 1024, depth: 32 });
+/** How long and how deeply nested a tensor pattern may be (llama.cpp's std::regex recurses per level), and how many rules a load may have. */
+export const PATTERN_LIMITS = Object.freeze({ length: 1024, depth: 32, rules: 128 });
 
 /**
  * Why matching `pattern` could take exponential (or high-polynomial) time, or '' when it cannot: both this process
@@ -101,6 +101,10 @@ export function checkPlacement(o: PlacementOptions): CheckedPlacement {
   const tensorOverrides: TensorOverride[] = [];
   if (o.tensorOverrides !== undefined) {
     if (!Array.isArray(o.tensorOverrides)) throw v.typeError('an array of { pattern, device }', 'tensorOverrides', o.tensorOverrides);
+    // llama.cpp compiles every rule again for every tensor it loads: thousands of rules would take minutes.
+    if (o.tensorOverrides.length > PATTERN_LIMITS.rules) {
+      throw v.rangeError(`at most ${PATTERN_LIMITS.rules} rules`, 'tensorOverrides', `${o.tensorOverrides.length} rules`);
+    }
     o.tensorOverrides.forEach((entry: unknown, i) => {
       const name = `tensorOverrides[${i}]`;
       const e = v.options<TensorOverride>(name, entry, ['pattern', 'device']);

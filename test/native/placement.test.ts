@@ -45,6 +45,7 @@ describe('placement options are checked before anything is read', () => {
     ['a pattern that is not a regular expression', { tensorOverrides: [{ pattern: 'ffn_(up', device: 'CPU' }] }, rangeErr, /tensorOverrides\[0\]\.pattern/],
     ['a pattern too long for std::regex', { tensorOverrides: [{ pattern: 'a'.repeat(2000), device: 'CPU' }] }, rangeErr, /at most 1024 characters/],
     ['a pattern nested too deeply', { tensorOverrides: [{ pattern: `${'('.repeat(40)}a${')'.repeat(40)}`, device: 'CPU' }] }, rangeErr, /nesting at most 32/],
+    ['too many rules', { tensorOverrides: Array.from({ length: 129 }, () => ({ pattern: 'output', device: 'CPU' })) }, rangeErr, /at most 128 rules/],
     ['a pattern that backtracks exponentially', { tensorOverrides: [{ pattern: '(.*)*x', device: 'CPU' }] }, rangeErr, /exponential time/],
     ['a pattern with an alternation that repeats', { tensorOverrides: [{ pattern: '(a|ab)+_exps', device: 'CPU' }] }, rangeErr, /quantified group/],
     ['a pattern with five unbounded quantifiers', { tensorOverrides: [{ pattern: '.*a.*b.*c.*d.*e', device: 'CPU' }] }, rangeErr, /more than 4 unbounded/],

@@ -448,12 +448,12 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
     slot.prompt_logits_at = donor->prompt_logits_at;
     slot.prompt_logits_exact = donor->prompt_logits_exact;
     best_keep = donor_keep;
-    shared_tokens_.fetch_add(static_cast<int64_t>(best_keep));
   }
   if (!llama_memory_seq_rm(mem, slot.seq, static_cast<llama_pos>(best_keep), -1)) {
     llama_memory_seq_rm(mem, slot.seq, -1, -1);
     best_keep = 0;
   }
+  if (donor != nullptr) shared_tokens_.fetch_add(static_cast<int64_t>(best_keep));
   slot.cache.resize(best_keep);
   Forget(slot);
   slot.last_used = ++clock_;

@@ -12,9 +12,11 @@ import * as v from './validate.js';
 export interface LoadModelOptions extends PlacementOptions {
   /**
    * Layers to offload to the GPU (llama.cpp `-ngl`): a number, `'max'` for all of them, or `'auto'`: the
-   * most layers (and, for MoE models, which expert tensors stay on the CPU, like llama.cpp's `--n-cpu-moe`)
-   * that fit the free GPU memory with a context of `fit.contextSize` and a safety margin, measured by
-   * llama.cpp's own fit (no out-of-memory abort); the choice is in `model.gpuPlan`. Ignored by the CPU
+   * placement that fits the free GPU memory (at most `fit.budgetMiB`) with a context of `fit.contextSize` and a
+   * safety margin, measured by llama.cpp's own fit (no out-of-memory abort): for MoE models, llama.cpp's fit
+   * (experts of some layers in host memory, like `--n-cpu-moe`) or whole layers, whichever reads fewer bytes from
+   * host memory per token, the host-side weights read without mmap unless `useMmap` is given; the choice is in
+   * `model.gpuPlan`. Ignored by the CPU
    * build, except with `rpcServers`: then it counts the layers on the RPC servers ('auto' is not supported
    * with them). Default: `'max'`.
    */

@@ -85,23 +85,11 @@ FitArgs ParseFitArgs(Napi::Env env, const Napi::CallbackInfo &info) {
   return a;
 }
 
-// The devices a model loads onto by default, in llama.cpp's order (llama_model_load_from_file_impl): the GPUs,
-// or the integrated ones when there is no discrete GPU. common_fit_params reads one margin per device in it.
-std::vector<ggml_backend_dev_t> ModelDevices() {
-  std::vector<ggml_backend_dev_t> gpus, igpus;
-  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-    ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) gpus.push_back(dev);
-    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU) igpus.push_back(dev);
-  }
-  return gpus.empty() ? igpus : gpus;
-}
-
 // The free memory each device must keep: the margin, or more where a budget caps what the plan may use
 // (free - budget). A budget naming no device is an error (lib/gpu.ts checks the names first).
 std::vector<size_t> Margins(const FitArgs &a) {
   std::vector<size_t> margins(llama_max_devices(), static_cast<size_t>(a.margin));
-  const std::vector<ggml_backend_dev_t> devs = ModelDevices();
+  const std::vector<ggml_backend_dev_t> devs = LocalModelDevices();  // common_fit_params reads one margin per device in it
   for (size_t i = 0; i < devs.size() && i < margins.size(); ++i) {
     int64_t budget = a.budget;
     for (const auto &[name, bytes] : a.budgets) {

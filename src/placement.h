@@ -37,6 +37,18 @@ inline std::string BufferTypeNames(const std::vector<ggml_backend_dev_t> &extra 
   return out;
 }
 
+// The local devices a model loads onto by default, in llama.cpp's order (llama_model_load_from_file_impl): the
+// GPUs, or the integrated ones when there is no discrete GPU.
+inline std::vector<ggml_backend_dev_t> LocalModelDevices() {
+  std::vector<ggml_backend_dev_t> gpus, igpus;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) gpus.push_back(dev);
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU) igpus.push_back(dev);
+  }
+  return gpus.empty() ? igpus : gpus;
+}
+
 // The devices for a load with RPC servers, as llama.cpp's --rpc ends up choosing them: the servers' devices
 // first (llama_prepare_model_devices puts RPC devices at the front, to minimize network transfers), then the
 // local GPUs (integrated ones only when there is no discrete one), null-terminated. common/arg.cpp registers each
@@ -55,18 +67,7 @@ inline std::string RpcDevices(const std::vector<std::string> &servers, std::vect
     if (reg == nullptr || ggml_backend_reg_dev_count(reg) == 0) return "the RPC server " + endpoint + " has no devices";
     for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); ++i) devices.push_back(ggml_backend_reg_dev_get(reg, i));
   }
-  std::vector<ggml_backend_dev_t> igpus;
-  bool gpu = false;
-  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-    ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) {
-      devices.push_back(dev);
-      gpu = true;
-    } else if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-      igpus.push_back(dev);
-    }
-  }
-  if (!gpu) devices.insert(devices.end(), igpus.begin(), igpus.end());
+  for (ggml_backend_dev_t dev : LocalModelDevices()) devices.push_back(dev);
   devices.push_back(nullptr);
   return "";
 }

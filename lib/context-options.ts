@@ -75,6 +75,8 @@ true satisfies Exclude<keyof ParallelContextOptions, (typeof PARALLEL_CONTEXT_OP
 export interface ContextModel extends KvShape {
   readonly info: Pick<ModelInfo, 'trainContextSize' | 'layers' | 'heads' | 'kvHeads' | 'embeddingSize'>;
   readonly systemInfo: { readonly gpuOffload: boolean };
+  /** Whether a GPU or an RPC server holds weights (the default threads leave it a core). */
+  readonly offloaded?: boolean;
 }
 
 /** The native parameters of a single context. */
@@ -120,7 +122,7 @@ export function checkContextOptions(
   if (ubatchSize > batchSize) {
     throw v.rangeError(`positive integer no larger than batchSize (${batchSize})`, 'ubatchSize', ubatchSize);
   }
-  const threads = o.threads === undefined ? defaultThreads() : v.integer('threads', o.threads, 1, 512);
+  const threads = o.threads === undefined ? defaultThreads(model.offloaded === true) : v.integer('threads', o.threads, 1, 512);
   const batchThreads = o.batchThreads === undefined ? threads : v.integer('batchThreads', o.batchThreads, 1, 512);
   const fa = o.flashAttention === undefined ? 'auto' : v.oneOf('flashAttention', o.flashAttention, ['auto', true, false] as const);
   const flashAttention = fa === 'auto' ? -1 : fa ? 1 : 0;

@@ -7,7 +7,7 @@ import { fromNative } from './errors.js';
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
 import {
-  checkPlacementRequest, placementCost, placementOverrides, weightLayout, type FitOptions, type NativeOverride, type PlacementCost,
+  checkPlacementRequest, expertPattern, placementCost, placementOverrides, weightLayout, type FitOptions, type NativeOverride, type PlacementCost,
   type PlacementOptions, type PlacementRequest, type WeightLayout,
 } from './placement.js';
 import { prepareRpcServers, validateRpcServers } from './rpc.js';
@@ -234,8 +234,10 @@ export async function fitToMemory(
 /** One placement `gpuLayers: 'auto'` weighed (see {@link GpuPlan}). */
 export interface PlanCandidate {
   /** `experts`: llama.cpp's fit (every layer's attention and KV on the GPU, as many layers' experts as fit, the
-   * rest of the experts in host memory); `layers`: whole layers only (llama.cpp `-ngl`). */
-  family: 'experts' | 'layers';
+   * rest of the experts in host memory, one layer's possibly split); `layers`: whole layers only (llama.cpp
+   * `-ngl`); `cpuMoe`: every layer on the GPU but the experts of the fewest first layers that fit (llama.cpp
+   * `--n-cpu-moe N`). */
+  family: 'experts' | 'layers' | 'cpuMoe';
   gpuLayers: number;
   overrides: { pattern: string; buffer: string }[];
   /** What it leaves in host memory, and what a generated token reads from there. */
@@ -261,24 +263,44 @@ export async function planPlacement(
     const gpu = gpus[0];
     const budget = typeof options.budgetMiB === 'number' ? options.budgetMiB : options.budgetMiB?.[gpu.name];
     const allowed = Math.min(gpu.free - options.marginMiB * MiB, budget === undefined ? Infinity : planBytes(budget));
-    const fits = async (layers: number) => {
-      const rows = await binding().estimateMemory(path, { gpuLayers: layers, contextSize: options.contextSize, batchSize: 2048, ubatchSize: 512 });
+    const fits = async (gpuLayers: number, overrides: NativeOverride[] = []) => {
+      const rows = await binding().estimateMemory(path, {
+        gpuLayers, contextSize: options.contextSize, batchSize: 2048, ubatchSize: 512, ...(overrides.length ? { overrides } : {}),
+      });
       return rows[0].model + rows[0].context + rows[0].compute <= allowed;
     };
-    // The most whole layers that fit: binary search over 0 .. layers + 1 (the output layer is the last).
-    let lo = 0;
-    let hi = layout.layers + 1;
+    const cpuMoe = (n: number): NativeOverride[] => Array.from({ length: n }, (_, layer) => ({ pattern: expertPattern(layer), buffer: 'CPU' }));
     try {
+      // The most whole layers that fit: binary search over 0 .. layers + 1 (the output layer is the last).
+      let lo = 0;
+      let hi = layout.layers + 1;
       while (lo < hi) {
         const mid = Math.ceil((lo + hi) / 2);
         if (await fits(mid)) lo = mid;
         else hi = mid - 1;
       }
       candidates.push({ family: 'layers', gpuLayers: lo, overrides: [], cost: placementCost(layout, lo, []) });
+      // Every layer on the GPU but the experts of the fewest first layers that fit (llama.cpp --n-cpu-moe N):
+      // whole layers' experts, where the fit may also split one layer's. Binary search over 1 .. layers.
+      lo = 1;
+      hi = layout.layers;
+      if (await fits(-1, cpuMoe(hi))) {
+        while (lo < hi) {
+          const mid = Math.floor((lo + hi) / 2);
+          if (await fits(-1, cpuMoe(mid))) hi = mid;
+          else lo = mid + 1;
+        }
+        const overrides = cpuMoe(lo);
+        candidates.push({ family: 'cpuMoe', gpuLayers: -1, overrides, cost: placementCost(layout, -1, overrides) });
+      }
     } catch (error) {
       throw fromNative(error);
     }
   }
-  const best = candidates.reduce((a, b) => (b.cost.hostBytesPerToken < a.cost.hostBytesPerToken ? b : a));
+  // The fewest bytes read from host memory per generated token; on a tie the fewest in host memory (a prompt's
+  // batches stream those to the GPU), then the earlier candidate.
+  const best = candidates.reduce((a, b) =>
+    b.cost.hostBytesPerToken < a.cost.hostBytesPerToken ||
+    (b.cost.hostBytesPerToken === a.cost.hostBytesPerToken && b.cost.hostBytes < a.cost.hostBytes) ? b : a);
   return { ...fitted, gpuLayers: best.gpuLayers, overrides: best.overrides, tensorSplit: best === candidates[0] ? fitted.tensorSplit : [], candidates };
 }

@@ -8,7 +8,7 @@ import { checkIdentity, closeIdentity, openIdentity, type FileIdentity } from '.
 import { readGguf } from './gguf/reader.js';
 import { validateForLlama } from './gguf/validate.js';
 import { hasDevice, placeWeights, type GpuPlan } from './gpu.js';
-import { weightLayout } from './placement.js';
+import { placementCost, weightLayout } from './placement.js';
 import { Lifecycle, registerModel } from './lifecycle.js';
 import { checkLoadOptions, type LoadModelOptions } from './load-options.js';
 import { createParallelContext, type ParallelContext } from './parallel.js';
@@ -86,7 +86,11 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     params.rpcServers = await prepareRpcServers(rpcServers);
     if (signal?.aborted) throw new AbortError('model loading was aborted');
   }
-  const placed = await placeWeights(fullPath, weightLayout(gguf), request, hasDevice(rpcServers?.length ?? 0));
+  const layout = weightLayout(gguf);
+  const offloads = hasDevice(rpcServers?.length ?? 0);
+  const placed = await placeWeights(fullPath, layout, request, offloads);
+  // Whether a GPU (or an RPC server) holds weights: the contexts' default threads leave it a core (system.ts).
+  const offloaded = offloads && placementCost(layout, placed.gpuLayers, placed.overrides).deviceBytes > 0;
   const gpuPlan = placed.plan;
   params.gpuLayers = placed.gpuLayers;
   if (placed.overrides.length > 0) params.overrides = placed.overrides;
@@ -126,7 +130,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
       await native.dispose();
       throw callbackError;
     }
-    const model = new Model(native, fullPath, gpuPlan, watch);
+    const model = new Model(native, fullPath, gpuPlan, watch, offloaded);
     watch = undefined;
     if (params.rpcServers) model.onDispose(retainRpcServers(params.rpcServers));
     if (checkTemplate) {
@@ -185,9 +189,11 @@ export class Model {
 
   /** With gpuLayers 'auto': what llama.cpp's fit chose. */
   readonly gpuPlan: Readonly<GpuPlan> | undefined;
+  /** @internal Whether a GPU or an RPC server holds some of the weights (the contexts' default threads). */
+  readonly offloaded: boolean;
 
   /** @internal Use {@link loadModel}. */
-  constructor(native: NativeModel, path: string, gpuPlan?: GpuPlan, identity?: FileIdentity) {
+  constructor(native: NativeModel, path: string, gpuPlan?: GpuPlan, identity?: FileIdentity, offloaded = false) {
     // A parent: its contexts are disposed before its weights are freed.
     this.#life = new Lifecycle(native, 'This model has been disposed', { parent: true });
     registerModel(this, this.#life);
@@ -195,6 +201,7 @@ export class Model {
     if (identity) identityCloser.register(this, identity, this);
     this.path = path;
     this.gpuPlan = gpuPlan;
+    this.offloaded = offloaded;
     const { metadata, tokens, ...info } = native.info();
     this.info = Object.freeze(info);
     this.metadata = Object.freeze(metadata);

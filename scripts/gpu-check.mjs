@@ -4,9 +4,10 @@
 //
 //   node scripts/gpu-check.mjs prepare <dir>        synth Huozi-3.5-shaped q4_0 and q2_k
 //   node scripts/gpu-check.mjs placement <dir> <out.jsonl> [threads]   issue #17's budgets and recipe
+//   node scripts/gpu-check.mjs runtime <dir> <out.jsonl>   one placement, both runtimes, HUOZI_RUNTIME_THREADS
 //   node scripts/gpu-check.mjs measure <dir> <out.md>
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { devices, estimateMemory, loadModel, synth } from '../dist/index.js';
@@ -148,7 +149,7 @@ if (command === 'prepare') {
   console.log(`free after: ${JSON.stringify(devices().map((d) => [d.name, Math.round(d.free / MiB)]))}`);
   await model.dispose();
   for (const h of holders) h.kill();
-} else if (command === 'placement') {
+} else if (command === 'placement' || command === 'runtime') {
   // Issue #17: at each VRAM budget, ours ('auto' with fit.budgetMiB) against llama-bench's best placement that
   // fits the same budget, in each family (-ngl L; -ngl 99 -ncmoe N), searched by llama.cpp's own accounting and
   // checked by the measured peak; then Huozi README's recipe (q2_k -ngl 16) against our plan at its VRAM.
@@ -168,11 +169,16 @@ if (command === 'prepare') {
     const json = JSON.parse(run.stdout);
     return { pp: json.find((r) => r.n_prompt > 0).avg_ts, tg: json.find((r) => r.n_gen > 0).avg_ts, peak: run.peak };
   };
-  const ours = async (file, options) => {
-    const run = await withPeak(process.execPath, [join(root, 'scripts/bench/addon.mjs'), file, threads, '512', gen, JSON.stringify(options), '1', benchReps]);
+  // The search's checks only need the peak: the pp512 compute buffer and one generated token, one repetition.
+  const nativePeak = async (file, args) =>
+    (await withPeak(bench, ['-m', file, ...args, '-fa', '1', '-t', threads, '-p', '512', '-n', '1', '-r', '1', '-o', 'json'])).peak;
+  const ours = async (file, options, t = threads) => {
+    const run = await withPeak(process.execPath, [join(root, 'scripts/bench/addon.mjs'), file, t, '512', gen, JSON.stringify(options), '1', benchReps]);
     return { ...JSON.parse(run.stdout.trim().split('\n').at(-1)), peak: run.peak };
   };
-  const log = (row) => { results.push(row); console.log(JSON.stringify(row)); };
+  // Every row is appended as it comes: a call cut short by the machine's time limit still leaves its figures.
+  if (out) writeFileSync(out, '');
+  const log = (row) => { results.push(row); console.log(JSON.stringify(row)); if (out) appendFileSync(out, `${JSON.stringify(row)}\n`); };
   // This machine's speed drifts by up to 2x over minutes: each budget's runs alternate in rounds (forward, then
   // backward), and the figures are medians over rounds.
   const placementRounds = Number(process.env.HUOZI_GPU_ROUNDS ?? 2);
@@ -183,7 +189,9 @@ if (command === 'prepare') {
       for (const r of round % 2 === 0 ? runners : [...runners].reverse()) {
         const m = await r.run();
         runs.get(r.placement).push(m);
-        console.log(JSON.stringify({ file, budget, round, who: r.who, placement: r.placement, ...m }));
+        const row = { file, budget, round, who: r.who, placement: r.placement, ...m };
+        console.log(JSON.stringify(row));
+        if (out) appendFileSync(out, `${JSON.stringify(row)}\n`);
       }
     }
     for (const r of runners) {
@@ -191,38 +199,48 @@ if (command === 'prepare') {
       log({ file, budget, who: r.who, placement: r.placement, rounds: ms.length, pp: median(ms.map((m) => m.pp)), tg: median(ms.map((m) => m.tg)), peak: Math.max(...ms.map((m) => m.peak)), plan: ms[0].plan, perRound: ms.map((m) => [Math.round(m.pp), +m.tg.toFixed(2)]) });
     }
   };
+  if (command === 'runtime') {
+    // One placement (q4_0, the experts of HUOZI_RUNTIME_CPUMOE layers in host memory, no mmap) in both runtimes at
+    // each of HUOZI_RUNTIME_THREADS: the runtime alone, with the plan held fixed.
+    const n = process.env.HUOZI_RUNTIME_CPUMOE ?? '25';
+    const runners = [];
+    for (const t of (process.env.HUOZI_RUNTIME_THREADS ?? '16,15').split(',')) {
+      runners.push({ who: 'native', placement: `-ngl 99 -ncmoe ${n} -lm none -t ${t}`, run: () => native(q4, ['-ngl', '99', '-ncmoe', n, '-lm', 'none'], ['-t', t]) });
+      runners.push({ who: 'ours', placement: `cpuMoe ${n}, useMmap false, threads ${t}`, run: () => ours(q4, { gpuLayers: 'max', cpuMoe: Number(n), useMmap: false }, t) });
+    }
+    await alternate(q4, 0, runners);
+    process.exit(0);
+  }
   for (const file of files) {
     const layers = layerCount((await readGguf(file)).tensors);
     for (const budget of budgets) {
       // -ngl: the most layers whose estimate fits; a measured peak over the budget steps back one.
       let ngl = 0;
       for (let l = layers + 1; l >= 0; l--) if ((await estimateGpu(file, { gpuLayers: l })) <= budget) { ngl = l; break; }
-      while (ngl > 0 && (await native(file, ['-ngl', String(ngl)])).peak > budget) ngl--;
+      while (ngl > 0 && (await nativePeak(file, ['-ngl', String(ngl), '-lm', 'none'])) > budget) ngl--;
       // -ncmoe: the fewest layers' experts in host memory whose estimate fits.
       let ncmoe = layers;
       for (let n = 0; n <= layers; n++) if ((await estimateGpu(file, { gpuLayers: 'max', cpuMoe: n })) <= budget) { ncmoe = n; break; }
-      while (ncmoe < layers && (await native(file, ['-ngl', '99', '-ncmoe', String(ncmoe)])).peak > budget) ncmoe++;
+      while (ncmoe < layers && (await nativePeak(file, ['-ngl', '99', '-ncmoe', String(ncmoe), '-lm', 'none'])) > budget) ncmoe++;
       await alternate(file, budget, [
-        { who: 'native', placement: `-ngl ${ngl}`, run: () => native(file, ['-ngl', String(ngl)]) },
-        { who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe}`, run: () => native(file, ['-ngl', '99', '-ncmoe', String(ncmoe)]) },
-        // The same placement read without mmap (llama.cpp's advice for tensors overridden to the CPU).
+        // Native's best in each family: weights in host memory next to a GPU load without mmap (-lm none, pinned
+        // host buffers: pp 3-5x and tg a few % over mmap in every earlier measurement, docs/gpu.md).
+        { who: 'native', placement: `-ngl ${ngl} -lm none`, run: () => native(file, ['-ngl', String(ngl), '-lm', 'none']) },
         { who: 'native', placement: `-ngl 99 -ncmoe ${ncmoe} -lm none`, run: () => native(file, ['-ngl', '99', '-ncmoe', String(ncmoe), '-lm', 'none']) },
         { who: 'ours', placement: `auto, budgetMiB ${budget}`, run: () => ours(file, { gpuLayers: 'auto', fit: { budgetMiB: budget, contextSize: 512 } }) },
-        // Native's own placement through ours: separates the plan from the runtime.
-        { who: 'ours', placement: `cpuMoe ${ncmoe}, useMmap false`, run: () => ours(file, { gpuLayers: 'max', cpuMoe: ncmoe, useMmap: false }) },
       ]);
     }
     if (file === q2) {
       // Huozi's README: -ngl 16, llama.cpp's default threads (llama-bench: the physical cores), against ours at
       // the recipe's measured peak.
-      const recipePeak = (await native(q2, ['-ngl', '16'], [])).peak;
+      const recipePeak = (await withPeak(bench, ['-m', q2, '-ngl', '16', '-fa', '1', '-p', '512', '-n', '1', '-r', '1', '-o', 'json'])).peak;
       await alternate(q2, recipePeak, [
         { who: 'native', placement: '-ngl 16 (README), default threads', run: () => native(q2, ['-ngl', '16'], []) },
+        { who: 'native', placement: `-ngl 16 (README), -t ${threads}`, run: () => native(q2, ['-ngl', '16']) },
         { who: 'ours', placement: `auto, budgetMiB ${recipePeak} (the recipe's peak)`, run: () => ours(q2, { gpuLayers: 'auto', fit: { budgetMiB: recipePeak, contextSize: 512 } }) },
       ]);
     }
   }
-  if (out) writeFileSync(out, `${results.map((r) => JSON.stringify(r)).join('\n')}\n`);
 } else if (command === 'split') {
   // Two GPUs (or more): the q4_0 model split by layer across all of them; each device's measured share.
   const mib = (b) => Math.round(b / MiB);

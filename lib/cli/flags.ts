@@ -146,7 +146,7 @@ export type ModelFlags = FlagValues<[typeof modelFlag, Flag<'gpuLayers', string>
 
 // The context: its size (each command says what it sizes) and the CPU threads that run it.
 export const ctxSizeFlag = intFlag('ctxSize', '-c, --ctx-size <n>', 'context size in tokens');
-export const threadsFlag = intFlag('threads', '-t, --threads <n>', 'CPU threads (default: available cores)');
+export const threadsFlag = intFlag('threads', '-t, --threads <n>', 'CPU threads (default: cores; -1 on GPU)');
 
 /** chat and complete: a model and a context on it; -c 2048 as Huozi's README runs it. */
 export const RUN_FLAGS = [modelFlag, ctxSizeFlag.default(2048), threadsFlag, gpuLayersFlag.default('max'), ...PLACEMENT_FLAGS, rpcFlag] as const;

@@ -2,6 +2,7 @@
 // on the servers generates the same greedy tokens as a local load, and every bad endpoint is a typed error.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type AddressInfo, type Server } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expertPattern, loadModel, ModelLoadError, planMemory, RpcServerError, startRpcServer, type Model } from '../../dist/index.js';
@@ -81,6 +82,16 @@ describe('layers on two CPU rpc-servers', () => {
     expect(a).toBeGreaterThan(2 * 2 ** 20);
     expect(b).toBeGreaterThan(2 * 2 ** 20);
     expect(a + b).toBeGreaterThan(11 * 2 ** 20);
+  });
+
+  it('leaves a core to the devices by default when they hold weights (defaultThreads)', async () => {
+    const cores = availableParallelism();
+    const remoteContext = await remote.createContext({ contextSize: 256 });
+    const localContext = await local.createContext({ contextSize: 256 });
+    expect(remoteContext.threads).toBe(Math.max(1, cores - 1));
+    expect(localContext.threads).toBe(cores);
+    await remoteContext.dispose();
+    await localContext.dispose();
   });
 
   // 32 tokens per prompt: every step is a round trip to both servers, slow on a loaded 2-core machine.

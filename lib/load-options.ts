@@ -14,9 +14,9 @@ export interface LoadModelOptions extends PlacementOptions {
    * Layers to offload to the GPU (llama.cpp `-ngl`): a number, `'max'` for all of them, or `'auto'`: the
    * placement that fits the free GPU memory (at most `fit.budgetMiB`) with a context of `fit.contextSize` and a
    * safety margin, measured by llama.cpp's own fit (no out-of-memory abort): for MoE models, llama.cpp's fit
-   * (experts of some layers in host memory, like `--n-cpu-moe`) or whole layers, whichever reads fewer bytes from
-   * host memory per token, the host-side weights read without mmap unless `useMmap` is given; the choice is in
-   * `model.gpuPlan`. Ignored by the CPU
+   * (experts of some layers in host memory, one layer possibly split), `--n-cpu-moe N` (the experts of the fewest
+   * first layers) or whole layers, whichever reads fewest bytes from host memory per token, the host-side weights
+   * read without mmap unless `useMmap` is given; the choice is in `model.gpuPlan`. Ignored by the CPU
    * build, except with `rpcServers`: then it counts the layers on the RPC servers ('auto' is not supported
    * with them). Default: `'max'`.
    */

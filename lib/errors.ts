@@ -229,3 +229,29 @@ export class NotRegularFileError extends ModelLoadError {
     this.kind = kind;
   }
 }
+
+/**
+ * A LoRA adapter cannot be converted or does not fit the model: from {@link convertLora} (a PEFT setting llama.cpp
+ * cannot apply, such as DoRA, biases or modules_to_save; a tensor the base lacks; a rank or shape mismatch) and from
+ * {@link validateLoraForModel} (an adapter GGUF llama.cpp would refuse, abort on or compute garbage with). `reason`
+ * is a stable word for the kind of problem (`'config'`, `'unsupported'`, `'architecture'`, `'metadata'`,
+ * `'name'`, `'pair'`, `'not-in-model'`, `'shape'`, `'rank'`, `'type'`, `'empty'`, `'file'`, `'load'`: llama.cpp refused it); `tensor` names the
+ * offending tensor (or PEFT module), `key` the metadata key, `file` the file, when there is one.
+ */
+export class LoraError extends HuoziError {
+  readonly reason: string;
+  readonly tensor: string | undefined;
+  readonly key: string | undefined;
+  readonly file: string | undefined;
+  constructor(
+    message: string,
+    details: { reason: string; tensor?: string; key?: string; file?: string },
+    options?: ErrorOptions,
+  ) {
+    super(message, 'ERR_HUOZI_LORA', options);
+    this.reason = details.reason;
+    this.tensor = details.tensor;
+    this.key = details.key;
+    this.file = details.file;
+  }
+}

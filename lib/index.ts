@@ -67,3 +67,8 @@ export { OutputPathError } from './errors.js';
 export { NotRegularFileError } from './errors.js';
 export { GgufArray } from './gguf/reader.js';
 export type { TokenizeAsyncOptions } from './model.js';
+export { convertLora } from './convert/lora.js';
+export type { ConvertLoraOptions, ConvertLoraResult, LoraOutType } from './convert/lora.js';
+export { validateLoraForModel, validateLoraFile, LORA_TENSOR_TYPES } from './gguf/validate-lora.js';
+export type { LoraCheck } from './gguf/validate-lora.js';
+export { LoraError } from './errors.js';

@@ -326,13 +326,8 @@ export async function convert(hfDir: string, outFile: string, options?: ConvertO
   }
 }
 
-async function convertInto(
-  dir: string, output: OutputFile, outType: ConvertOutType, chatTemplate: 'huozi' | undefined,
-  name: string | undefined, onProgress: ((done: number, total: number) => void) | undefined, signal: AbortSignal | undefined,
-  started: number,
-): Promise<ConvertResult> {
-  // Read and check everything before writing anything.
-  const config = await readConfig(dir);
+/** The shape config.json gives the model (the sizes planTensors checks the weights against), checked for consistency. */
+export function modelShape(config: HfConfig, outType: ConvertOutType): ModelShape {
   const hidden = intParam(config, ['hidden_size', 'n_embd', 'dim']);
   const heads = intParam(config, ['num_attention_heads', 'n_head', 'n_heads']);
   const headDim = config.hparams.head_dim !== undefined ? intParam(config, ['head_dim']) : Math.floor(hidden / heads);
@@ -356,6 +351,17 @@ async function convertInto(
   if (heads % shape.kvHeads !== 0) {
     throw new ConvertError(`${config.file}: num_attention_heads (${heads}) is not a multiple of num_key_value_heads (${shape.kvHeads})`, config.file);
   }
+  return shape;
+}
+
+async function convertInto(
+  dir: string, output: OutputFile, outType: ConvertOutType, chatTemplate: 'huozi' | undefined,
+  name: string | undefined, onProgress: ((done: number, total: number) => void) | undefined, signal: AbortSignal | undefined,
+  started: number,
+): Promise<ConvertResult> {
+  // Read and check everything before writing anything.
+  const config = await readConfig(dir);
+  const shape = modelShape(config, outType);
   const checkpoint = await indexSafetensors(dir);
   await output.addInputs(await checkpointInputs(dir, checkpoint.files));
   const planned = planTensors(checkpoint.tensors, shape);

@@ -65,10 +65,10 @@ const BLOCK_NAMES: Record<string, string> = {
 };
 
 /** LlamaModel merges experts.E.w1/w2/w3 into layers.N.feed_forward.experts.wK, which maps to these. */
-const EXPERT_NAMES: Record<string, string> = { w1: 'ffn_gate_exps', w2: 'ffn_down_exps', w3: 'ffn_up_exps' };
+export const EXPERT_NAMES: Record<string, string> = { w1: 'ffn_gate_exps', w2: 'ffn_down_exps', w3: 'ffn_up_exps' };
 
 /** map_tensor_name: the GGUF name, trying the name as it is and then without .weight / .bias. */
-function mapName(name: string): string | undefined {
+export function mapName(name: string): string | undefined {
   for (const suffix of ['', '.weight', '.bias']) {
     if (suffix && !name.endsWith(suffix)) continue;
     const base = suffix ? name.slice(0, -suffix.length) : name;
@@ -80,7 +80,7 @@ function mapName(name: string): string | undefined {
 }
 
 /** The block id: the first all-digit part of the name (prepare_tensors). */
-function blockId(name: string): number | undefined {
+export function blockId(name: string): number | undefined {
   const part = name.split('.').find((p) => /^\d+$/.test(p));
   return part === undefined ? undefined : Number(part);
 }
@@ -215,7 +215,7 @@ export function planTensors(tensors: readonly SafetensorsTensor[], s: ModelShape
 const CHUNK_BYTES = 16 * 2 ** 20;
 
 /** LlamaModel.permute on whole heads of rows: row (h, j, i) moves to (h, i, j), with j in {0, 1}. */
-function permuteRows(src: Buffer, rowBytes: number, rowsPerHead: number): Buffer {
+export function permuteRows(src: Buffer, rowBytes: number, rowsPerHead: number): Buffer {
   const out = Buffer.allocUnsafeSlow(src.length);
   const half = rowsPerHead / 2;
   const heads = src.length / rowBytes / rowsPerHead;

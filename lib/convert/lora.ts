@@ -1,0 +1,445 @@
+// convertLora(): a Hugging Face PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) to a GGUF
+// LoRA adapter, as the pinned llama.cpp's convert_lora_to_gguf.py writes it: general.type "adapter",
+// adapter.type "lora", adapter.lora.alpha; for each targeted weight X of the base, X.lora_a (PEFT's lora_A
+// [r, in] as it is: ggml ne [in, r]) and X.lora_b (lora_B [out, r]: ne [r, out]), named as the model converter
+// names X (tensors.ts), in the same order the script writes them. LoraTorchTensor's rules are followed: Llama's
+// q/k rope permutation applies to lora_B's rows only (A is untouched), and Mixtral's per-expert w1/w2/w3 are
+// stacked into ffn_{gate,down,up}_exps: lora_a [n_expert, r, in], lora_b [n_expert, out, r]. Everything is read
+// and checked (config, pairs, ranks, shapes against the base's config and tensors) before anything is written;
+// the data then streams one source tensor at a time. Where PEFT computes something llama.cpp cannot (DoRA, biases,
+// modules_to_save, embedding adapters, per-module alphas), the conversion is refused with a LoraError.
+import { endianness } from 'node:os';
+import { stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { AbortError, LoraError } from '../errors.js';
+import { readGguf, type GgufFile } from '../gguf/reader.js';
+import { GgufValueType } from '../gguf/types.js';
+import { encodeGgufHeader, writeGgufTo, type WriterTensor, type WriterValue } from '../gguf/writer.js';
+import { openOutput } from '../util/output.js';
+import * as v from '../validate.js';
+import { modelShape } from './convert.js';
+import { ConvertError } from './error.js';
+import { convertElements, SOURCE_DTYPE_BYTES } from './float.js';
+import { isFile, readConfig, readJsonFile, type Json } from './hf.js';
+import { indexSafetensors, PartReader, readSafetensorsHeader, type SafetensorsTensor } from './safetensors.js';
+import { EXPERT_NAMES, GGML_TYPE_ID, mapName, permuteRows, planTensors } from './tensors.js';
+
+/** The types convertLora writes (llama.cpp's LoRA path takes these; quantized adapters are not written). */
+export type LoraOutType = 'f32' | 'f16' | 'bf16';
+const OUT_TYPES = ['f32', 'f16', 'bf16'] as const;
+
+/** Options of {@link convertLora}. */
+export interface ConvertLoraOptions {
+  /** The base model: its Hugging Face directory (config.json and safetensors headers are read, not the weights) or its GGUF. */
+  base: string;
+  /** The GGUF adapter to write. */
+  output: string;
+  /** Type of lora_a and lora_b, as convert_lora_to_gguf.py's --outtype: `f32` (its default), `f16` or `bf16`. */
+  outType?: LoraOutType;
+  /** Called as the data is written, with output bytes done and the total; reaches done === total once, at the end. */
+  onProgress?: (done: number, total: number) => void;
+  /** Stops the conversion; the promise rejects with {@link AbortError} and nothing is left at the output path. */
+  signal?: AbortSignal;
+}
+const OPTIONS = ['base', 'output', 'outType', 'onProgress', 'signal'] as const;
+
+/** What {@link convertLora} resolves to. */
+export interface ConvertLoraResult {
+  output: string;
+  outType: LoraOutType;
+  /** general.architecture (always `llama`: Llama, Mistral, Mixtral). */
+  architecture: string;
+  /** The base weights adapted (GGUF names, e.g. `blk.0.attn_q.weight`), in file order; each has a .lora_a and a .lora_b. */
+  targets: string[];
+  /** GGUF tensors written (twice the targets). */
+  tensors: number;
+  /** The ranks found (one value unless adapter_config.json has a rank_pattern). */
+  ranks: number[];
+  /** adapter.lora.alpha as written: lora_alpha, or lora_alpha·√r for a rank-stabilized (use_rslora) adapter. */
+  alpha: number;
+  bytes: number;
+  seconds: number;
+}
+
+const S = (value: string): WriterValue => ({ type: GgufValueType.STRING, value });
+
+/** The base model as far as an adapter needs it: tensor shapes (ggml ne) by GGUF name, and the head counts. */
+export interface LoraBase {
+  file: string;
+  architecture: string;
+  tensors: Map<string, number[]>;
+  heads: number;
+  kvHeads: number;
+  experts: number;
+  /** Vocabulary size, when known (to check aLoRA invocation tokens). */
+  vocab?: number;
+}
+
+function rethrow(error: unknown, file: string): never {
+  if (error instanceof ConvertError) throw new LoraError(error.message, { reason: 'base', file: error.file ?? file }, { cause: error });
+  throw error;
+}
+
+/** Reads the base: an HF directory (config.json, safetensors headers; planTensors checks them) or a GGUF's tensor infos. */
+export async function readLoraBase(base: string): Promise<LoraBase> {
+  const path = resolve(base);
+  const st = await stat(path).catch(() => undefined);
+  if (!st) throw new LoraError(`the base model ${path} does not exist`, { reason: 'base', file: path });
+  if (st.isDirectory()) {
+    try {
+      const config = await readConfig(path);
+      const shape = modelShape(config, 'f32');
+      const checkpoint = await indexSafetensors(path);
+      const planned = planTensors(checkpoint.tensors, shape);
+      return {
+        file: path, architecture: 'llama', tensors: new Map(planned.map((t) => [t.name, t.dims])),
+        heads: shape.heads, kvHeads: shape.kvHeads, experts: shape.experts, vocab: shape.vocab,
+      };
+    } catch (error) {
+      rethrow(error, path);
+    }
+  }
+  const file: GgufFile = await readGguf(path);
+  const m = file.metadata;
+  const str = (k: string) => (m.get(k)?.type === GgufValueType.STRING ? String(m.get(k)!.value) : undefined);
+  const int = (k: string) => {
+    const e = m.get(k);
+    return e && !e.array && typeof e.value !== 'string' && typeof e.value !== 'boolean' ? Number(e.value) : undefined;
+  };
+  const arch = str('general.architecture');
+  if (arch !== 'llama') {
+    throw new LoraError(`the base ${path} is a "${arch ?? 'unknown'}" model; convertLora handles llama (Llama, Mistral, Mixtral)`, { reason: 'architecture', file: path });
+  }
+  const type = str('general.type');
+  if (type !== undefined && type !== 'model') throw new LoraError(`the base ${path} is a GGUF of type "${type}", not a model`, { reason: 'base', file: path });
+  const heads = int('llama.attention.head_count');
+  if (heads === undefined || heads < 1) throw new LoraError(`the base ${path} has no llama.attention.head_count`, { reason: 'base', file: path });
+  const tokens = m.get('tokenizer.ggml.tokens')?.array?.length;
+  return {
+    file: path, architecture: arch, tensors: new Map(file.tensors.map((t) => [t.name, t.dims.map(Number)])),
+    heads, kvHeads: int('llama.attention.head_count_kv') ?? heads, experts: int('llama.expert_count') ?? 0, vocab: tokens ?? int('llama.vocab_size'),
+  };
+}
+
+/** adapter_config.json as far as the conversion goes; everything that would change PEFT's result and that llama.cpp cannot do is refused. */
+export interface PeftLoraConfig {
+  file: string;
+  r: number;
+  alpha: number;
+  rslora: boolean;
+  /** Ranks may differ by module. */
+  rankPattern: boolean;
+  targetModules: string[] | string | undefined;
+  invocationTokens?: number[];
+}
+
+export async function readPeftConfig(dir: string): Promise<PeftLoraConfig> {
+  const file = join(dir, 'adapter_config.json');
+  if (!(await isFile(file))) throw new LoraError(`${dir} has no adapter_config.json (is it a PEFT adapter directory?)`, { reason: 'config', file });
+  let c: Json;
+  try {
+    c = await readJsonFile(file);
+  } catch (error) {
+    throw new LoraError((error as Error).message, { reason: 'config', file }, { cause: error });
+  }
+  const bad = (key: string, message: string, reason = 'config'): never => {
+    throw new LoraError(`${file}: ${key} ${message}`, { reason, key, file });
+  };
+  const present = (k: string) => c[k] !== undefined && c[k] !== null;
+  if (present('peft_type') && c.peft_type !== 'LORA') bad('peft_type', `is ${JSON.stringify(c.peft_type)}; only LORA adapters can be converted`, 'unsupported');
+  const r = c.r;
+  if (!Number.isSafeInteger(r) || (r as number) < 1) bad('r', `is ${JSON.stringify(r)}; expected a rank of at least 1`);
+  if (!present('lora_alpha')) bad('lora_alpha', 'is missing (convert_lora_to_gguf.py needs it too)');
+  const alpha = c.lora_alpha;
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) bad('lora_alpha', `is ${JSON.stringify(alpha)}, not a finite number`);
+  const truthy = (k: string) => present(k) && c[k] !== false;
+  if (truthy('use_dora')) bad('use_dora', 'is set: DoRA rescales each weight by its own norm, which llama.cpp\'s LoRA path does not do', 'unsupported');
+  if (present('bias') && c.bias !== 'none') bad('bias', `is ${JSON.stringify(c.bias)}: llama.cpp's LoRA path applies no biases (only "none" can be converted)`, 'unsupported');
+  if (truthy('lora_bias')) bad('lora_bias', 'is set: llama.cpp\'s LoRA path has no lora_B bias', 'unsupported');
+  const listed = (k: string) => present(k) && !(Array.isArray(c[k]) && (c[k] as unknown[]).length === 0) && !(typeof c[k] === 'object' && !Array.isArray(c[k]) && Object.keys(c[k] as object).length === 0);
+  if (listed('modules_to_save')) bad('modules_to_save', `is ${JSON.stringify(c.modules_to_save)}: fully trained modules are not LoRA weights, and a GGUF adapter cannot carry them`, 'unsupported');
+  if (listed('trainable_token_indices')) bad('trainable_token_indices', 'is set: trained token embeddings are not LoRA weights', 'unsupported');
+  if (listed('layer_replication')) bad('layer_replication', 'is set: the adapted model has layers the base lacks', 'unsupported');
+  if (listed('target_parameters')) bad('target_parameters', 'is set: LoRA on raw parameters is not supported', 'unsupported');
+  if (truthy('fan_in_fan_out')) {
+    bad('fan_in_fan_out', 'is set: that is for Conv1D (GPT-2 style) bases; Llama/Mistral/Mixtral projections are nn.Linear, so this adapter was not made for such a base', 'unsupported');
+  }
+  if (listed('alpha_pattern')) {
+    const same = Object.values(c.alpha_pattern as object).every((x) => x === alpha);
+    if (!same) bad('alpha_pattern', 'gives modules their own lora_alpha; a GGUF adapter has one alpha for all', 'unsupported');
+  }
+  const rslora = truthy('use_rslora');
+  const rankPattern = listed('rank_pattern');
+  const tm = c.target_modules;
+  if (present('target_modules') && typeof tm !== 'string' && !(Array.isArray(tm) && tm.every((x) => typeof x === 'string'))) {
+    bad('target_modules', `is ${JSON.stringify(tm)}, not a list of module names or a pattern`);
+  }
+  let invocationTokens: number[] | undefined;
+  if (present('alora_invocation_tokens')) {
+    const t = c.alora_invocation_tokens;
+    if (!Array.isArray(t) || !t.every((x) => Number.isSafeInteger(x) && x >= 0 && x < 2 ** 31)) bad('alora_invocation_tokens', 'must be a list of token ids');
+    invocationTokens = t as number[];
+  } else if (present('invocation_string')) {
+    bad('invocation_string', 'is set without alora_invocation_tokens; tokenize it with the base\'s tokenizer and set alora_invocation_tokens', 'unsupported');
+  }
+  return { file, r: r as number, alpha: alpha as number, rslora, rankPattern, targetModules: tm as string[] | string | undefined, invocationTokens };
+}
+
+interface Pair {
+  module: string;
+  a?: SafetensorsTensor;
+  b?: SafetensorsTensor;
+}
+
+/** One GGUF target: its .lora_a and .lora_b, each made of one source tensor, or one per expert stacked. */
+interface LoraTarget {
+  name: string;
+  rank: number;
+  aDims: number[];
+  bDims: number[];
+  a: SafetensorsTensor[];
+  b: SafetensorsTensor[];
+  /** Rows per head of lora_B when its rows are permuted (q_proj, k_proj). */
+  bGroup?: number;
+}
+
+const PEFT_KEY = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
+const EXPERT = /^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])$/;
+/** The PEFT module names (last component) each GGUF weight answers to, for checking target_modules against a base. */
+const COMPONENT_OF: Record<string, string> = {
+  attn_q: 'q_proj', attn_k: 'k_proj', attn_v: 'v_proj', attn_output: 'o_proj', ffn_gate: 'gate_proj', ffn_up: 'up_proj',
+  ffn_down: 'down_proj', ffn_gate_inp: 'gate', ffn_gate_exps: 'w1', ffn_down_exps: 'w2', ffn_up_exps: 'w3', output: 'lm_head',
+  token_embd: 'embed_tokens',
+};
+
+/** Pairs the adapter's tensors and plans the GGUF tensors, in convert_lora_to_gguf.py's order; throws LoraError on any problem. */
+export function planLora(tensors: readonly SafetensorsTensor[], config: PeftLoraConfig, base: LoraBase, file: string): LoraTarget[] {
+  const fail = (message: string, reason: string, tensor?: string): never => {
+    throw new LoraError(message, { reason, tensor, file });
+  };
+  const pairs = new Map<string, Pair>();
+  for (const t of tensors) {
+    const m = PEFT_KEY.exec(t.name);
+    if (!m) {
+      if (t.name.endsWith('.base_layer.weight')) continue; // as the script: a copy of the base weight, not part of the adapter
+      if (/lora_embedding_[AB]/.test(t.name)) fail(`"${t.name}": LoRA on the token embeddings is not supported by convertLora`, 'unsupported', t.name);
+      if (/lora_magnitude_vector/.test(t.name)) fail(`"${t.name}" is a DoRA magnitude; DoRA is not supported`, 'unsupported', t.name);
+      fail(`"${t.name}" is not a LoRA weight (PEFT names them base_model.model.<module>.lora_A.weight / lora_B.weight)`, 'name', t.name);
+    }
+    const module = m![1];
+    const pair = pairs.get(module) ?? { module };
+    pairs.set(module, pair);
+    pair[m![2] === 'A' ? 'a' : 'b'] = t;
+  }
+  if (pairs.size === 0) fail(`${file} holds no LoRA weights`, 'empty');
+
+  const ranks = new Set<number>();
+  const checkPair = (p: Pair): number => {
+    if (!p.a || !p.b) fail(`"${p.module}" has lora_${p.a ? 'A' : 'B'} but no lora_${p.a ? 'B' : 'A'}`, 'pair', p.module);
+    const [a, b] = [p.a!, p.b!];
+    if (a.shape.length !== 2 || b.shape.length !== 2) fail(`"${p.module}": lora_A is [${a.shape}] and lora_B [${b.shape}]; both must be matrices`, 'shape', p.module);
+    if (a.shape[0] !== b.shape[1]) fail(`"${p.module}": lora_A has rank ${a.shape[0]} but lora_B ${b.shape[1]}`, 'rank', p.module);
+    const r = a.shape[0];
+    if (r < 1) fail(`"${p.module}" has rank 0`, 'rank', p.module);
+    if (!config.rankPattern && r !== config.r) fail(`"${p.module}" has rank ${r} but adapter_config.json's r is ${config.r}`, 'rank', p.module);
+    ranks.add(r);
+    return r;
+  };
+  const baseDims = (name: string, module: string): number[] => {
+    const dims = base.tensors.get(name);
+    if (!dims) {
+      const tied = name === 'output.weight' && base.tensors.has('token_embd.weight');
+      fail(`"${module}" adapts ${name}, which the base ${base.file} does not have${tied ? ' (its lm_head is tied to the embeddings)' : ''}`, 'not-in-model', module);
+    }
+    return dims!;
+  };
+
+  const list = [...pairs.values()];
+  const lastExpertOf = new Map<number, number>();
+  list.forEach((p, i) => {
+    const m = EXPERT.exec(p.module);
+    if (m) lastExpertOf.set(Number(m[1]), i);
+  });
+  const experts = new Map<number, Map<string, Pair>>();
+  const out: LoraTarget[] = [];
+  list.forEach((p, i) => {
+    const r = checkPair(p);
+    const [a, b] = [p.a!, p.b!];
+    const em = EXPERT.exec(p.module);
+    if (em) {
+      const bid = Number(em[1]);
+      let layer = experts.get(bid);
+      if (!layer) experts.set(bid, (layer = new Map()));
+      layer.set(p.module, p);
+      if (lastExpertOf.get(bid) !== i) return;
+      // The layer's last expert module: one stacked tensor per projection this adapter targets (w1, w2, w3).
+      for (const wid of ['w1', 'w2', 'w3']) {
+        const members = [...layer.values()].filter((x) => x.module.endsWith(`.${wid}`));
+        if (members.length === 0) continue;
+        const name = `blk.${bid}.${EXPERT_NAMES[wid]}.weight`;
+        const dims = baseDims(name, members[0].module);
+        if (dims.length !== 3) fail(`${name} of the base is not a stack of experts`, 'shape', members[0].module);
+        const [inDim, outDim, n] = dims;
+        const as: SafetensorsTensor[] = [];
+        const bs: SafetensorsTensor[] = [];
+        let rank = -1;
+        for (let x = 0; x < n; x++) {
+          const module = `model.layers.${bid}.block_sparse_moe.experts.${x}.${wid}`;
+          const e = layer.get(module);
+          if (!e) {
+            fail(`the adapter targets ${wid} of some experts of layer ${bid} but not "${module}"; ` +
+              'convert_lora_to_gguf.py refuses such adapters too (llama.cpp stacks all experts into one tensor)', 'pair', module);
+          }
+          const er = e!.a!.shape[0];
+          if (rank >= 0 && er !== rank) fail(`"${module}" has rank ${er}, the other experts of ${name} ${rank}`, 'rank', module);
+          rank = er;
+          if (e!.a!.shape[1] !== inDim || e!.b!.shape[0] !== outDim) {
+            fail(`"${module}": lora_B·lora_A is [${e!.b!.shape[0]}, ${e!.a!.shape[1]}] but the base's expert weight is [${outDim}, ${inDim}]`, 'shape', module);
+          }
+          as.push(e!.a!);
+          bs.push(e!.b!);
+          layer.delete(module);
+        }
+        if (members.length !== n) {
+          const extra = members.find((x) => layer!.has(x.module))!;
+          fail(`"${extra.module}" is an expert the base (${n} experts) does not have`, 'not-in-model', extra.module);
+        }
+        out.push({ name, rank, aDims: [inDim, rank, n], bDims: [rank, outDim, n], a: as, b: bs });
+      }
+      return;
+    }
+    const name = mapName(`${p.module}.weight`);
+    if (!name) fail(`"${p.module}" is not a module of a Llama/Mistral/Mixtral model llama.cpp knows`, 'not-in-model', p.module);
+    if (name === 'token_embd.weight') fail(`"${p.module}": LoRA on the token embeddings is not supported by convertLora`, 'unsupported', p.module);
+    const dims = baseDims(name!, p.module);
+    if (dims.length !== 2) fail(`"${p.module}" adapts ${name}, which is not a matrix in the base`, 'shape', p.module);
+    const [inDim, outDim] = dims;
+    if (a.shape[1] !== inDim || b.shape[0] !== outDim) {
+      fail(`"${p.module}": lora_B·lora_A is [${b.shape[0]}, ${a.shape[1]}] but ${name} of the base is [${outDim}, ${inDim}]`, 'shape', p.module);
+    }
+    let bGroup: number | undefined;
+    const heads = p.module.endsWith('.q_proj') ? base.heads : p.module.endsWith('.k_proj') ? base.kvHeads : undefined;
+    if (heads !== undefined) {
+      if (outDim % (heads * 2) !== 0) fail(`"${p.module}": ${outDim} rows do not split into ${heads} heads of an even size`, 'shape', p.module);
+      bGroup = outDim / heads;
+    }
+    out.push({ name: name!, rank: r, aDims: [inDim, r], bDims: [r, outDim], a: [a], b: [b], bGroup });
+  });
+  if (config.rslora && ranks.size > 1) {
+    fail(`the adapter is rank-stabilized (use_rslora) with ranks ${[...ranks].join(', ')}; one GGUF alpha can express alpha/√r for one rank only`, 'unsupported');
+  }
+
+  // target_modules as a list: each must be a module of the base, and the adapter must hold weights for it.
+  if (Array.isArray(config.targetModules)) {
+    const inBase = new Set([...base.tensors.keys()].map((n) => COMPONENT_OF[/^(?:blk\.\d+\.)?([a-z_]+)\.weight$/.exec(n)?.[1] ?? '']).filter(Boolean));
+    const adapted = new Set(list.map((p) => p.module.split('.').at(-1)!));
+    for (const t of config.targetModules) {
+      const last = t.split('.').at(-1)!;
+      if (!inBase.has(last)) fail(`adapter_config.json targets "${t}", which the base ${base.file} does not have`, 'not-in-model', t);
+      if (!adapted.has(last)) fail(`adapter_config.json targets "${t}", but the adapter holds no weights for it`, 'pair', t);
+    }
+  }
+  return out;
+}
+
+/**
+ * Converts the PEFT LoRA adapter in `peftDir` into a GGUF adapter for llama.cpp, as the pinned llama.cpp's
+ * convert_lora_to_gguf.py would (without general.name, which the script derives from directory names).
+ *
+ * @throws `TypeError` / `RangeError` for bad options.
+ * @throws {@link LoraError} for an adapter that cannot be converted or does not fit the base (found before anything is written).
+ * @throws {@link OutputPathError} for an output path that cannot be written safely.
+ * @throws {@link AbortError} when `signal` aborts.
+ */
+export async function convertLora(peftDir: string, options: ConvertLoraOptions): Promise<ConvertLoraResult> {
+  v.string('peftDir', peftDir, { allowEmpty: false });
+  if (options === undefined || options === null) throw v.typeError('an object with base and output', 'options', options);
+  const o = v.options<ConvertLoraOptions>('options', options, OPTIONS);
+  const base = v.string('base', o.base, { allowEmpty: false });
+  const output = v.string('output', o.output, { allowEmpty: false });
+  const outType = o.outType === undefined ? 'f32' : v.oneOf('outType', o.outType, OUT_TYPES);
+  const onProgress = o.onProgress === undefined ? undefined : v.func<(d: number, t: number) => void>('onProgress', o.onProgress);
+  const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
+  if (endianness() !== 'LE') throw new LoraError('converting needs a little-endian machine', { reason: 'unsupported' });
+  const started = Date.now();
+  const dir = resolve(peftDir);
+  const st = await stat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) throw new LoraError(`${dir} ${st ? 'is not a directory' : 'does not exist'}`, { reason: 'config', file: dir });
+
+  const config = await readPeftConfig(dir);
+  const weights = join(dir, 'adapter_model.safetensors');
+  if (!(await isFile(weights))) {
+    const bin = await isFile(join(dir, 'adapter_model.bin'));
+    throw new LoraError(
+      bin ? `${dir} holds adapter_model.bin (a PyTorch pickle); convertLora reads safetensors only (save it with save_pretrained(safe_serialization=True))`
+        : `${dir} has no adapter_model.safetensors`,
+      { reason: 'file', file: bin ? join(dir, 'adapter_model.bin') : weights },
+    );
+  }
+  let tensors: SafetensorsTensor[];
+  try {
+    tensors = await readSafetensorsHeader(weights);
+  } catch (error) {
+    if (error instanceof ConvertError) throw new LoraError(error.message, { reason: 'file', file: weights }, { cause: error });
+    throw error;
+  }
+  const baseInfo = await readLoraBase(base);
+  if (config.invocationTokens && baseInfo.vocab !== undefined) {
+    const badToken = config.invocationTokens.find((t) => t >= baseInfo.vocab!);
+    if (badToken !== undefined) {
+      throw new LoraError(`${config.file}: alora_invocation_tokens holds ${badToken}, outside the base's ${baseInfo.vocab} tokens`, { reason: 'config', key: 'alora_invocation_tokens', file: config.file });
+    }
+  }
+  const targets = planLora(tensors, config, baseInfo, weights);
+  const ranks = [...new Set(targets.map((t) => t.rank))].sort((x, y) => x - y);
+  // llama.cpp scales by alpha / rank; a rank-stabilized adapter means alpha / √rank, which is (alpha·√rank) / rank.
+  const alpha = config.rslora ? config.alpha * Math.sqrt(ranks[0]) : config.alpha;
+
+  const metadata = new Map<string, WriterValue>([
+    ['general.architecture', S(baseInfo.architecture)],
+    ['general.type', S('adapter')],
+    ['adapter.type', S('lora')],
+    ['adapter.lora.alpha', { type: GgufValueType.FLOAT32, value: alpha }],
+  ]);
+  if (config.invocationTokens?.length) {
+    metadata.set('adapter.alora_invocation_tokens', { type: GgufValueType.ARRAY, arrayType: GgufValueType.UINT32, value: config.invocationTokens });
+  }
+  metadata.set('general.quantization_version', { type: GgufValueType.UINT32, value: 2 });
+
+  const outBytes = outType === 'f32' ? 4 : 2;
+  const sizeOf = (dims: number[]) => dims.reduce((a, d) => a * d, 1) * outBytes;
+  const total = targets.reduce((a, t) => a + sizeOf(t.aDims) + sizeOf(t.bDims), 0);
+  const reader = new PartReader();
+  let done = 0;
+  const produce = (sources: SafetensorsTensor[], group?: number) => async function* () {
+    for (const s of sources) {
+      if (signal?.aborted) throw new AbortError('conversion was aborted');
+      let raw = await reader.read(s.file, s.offset, s.bytes);
+      if (group !== undefined) raw = permuteRows(raw, s.shape[1] * SOURCE_DTYPE_BYTES[s.dtype], group);
+      const chunk = convertElements(raw, s.dtype, outType);
+      yield chunk;
+      done += chunk.length;
+      if (done < total) onProgress?.(done, total);
+    }
+  };
+  const writerTensors: WriterTensor[] = targets.flatMap((t) => [
+    { name: `${t.name}.lora_a`, dims: t.aDims, type: GGML_TYPE_ID[outType], data: produce(t.a) },
+    { name: `${t.name}.lora_b`, dims: t.bDims, type: GGML_TYPE_ID[outType], data: produce(t.b, t.bGroup) },
+  ]);
+  const { header, sizes, alignment } = encodeGgufHeader(metadata, writerTensors);
+  if (signal?.aborted) throw new AbortError('conversion was aborted');
+  const out = await openOutput(output, { inputs: [config.file, weights, baseInfo.file] });
+  try {
+    await writeGgufTo(out, header, sizes, alignment, writerTensors);
+  } catch (error) {
+    await out.discard();
+    throw error;
+  } finally {
+    await reader.close();
+  }
+  onProgress?.(total, total);
+  return {
+    output: out.path, outType, architecture: baseInfo.architecture, targets: targets.map((t) => t.name),
+    tensors: writerTensors.length, ranks, alpha, bytes: (await stat(out.path)).size, seconds: (Date.now() - started) / 1000,
+  };
+}

@@ -177,6 +177,22 @@ export interface NativeParallelContext {
   readonly disposed: boolean;
 }
 
+/** createEmbeddingContext's parameters (src/embedding.cc), as lib/embedding.ts checked them. */
+export interface NativeEmbeddingParams extends NativeContextParams {
+  /** -1: the model's (GGUF `<arch>.pooling_type`), 0: none, 1: mean, 2: cls, 3: last. */
+  pooling: -1 | 0 | 1 | 2 | 3;
+}
+
+export interface NativeEmbeddingContext {
+  info(): { contextSize: number; batchSize: number; threads: number; maxSequences: number; pooling: 0 | 1 | 2 | 3; dimension: number };
+  /** One Float32Array per input: `dimension` values, or `dimension` per token with pooling none. normalize: -1 none, 2 L2. */
+  embed(inputs: Int32Array[], normalize: -1 | 2): Promise<Float32Array[]>;
+  memory(): NativeMemoryRow[];
+  abort(): void;
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
 export interface NativeModel {
   info(): NativeModelInfo;
   tokenize(text: string, addSpecial: boolean, parseSpecial: boolean): Int32Array;
@@ -258,6 +274,8 @@ export interface NativeBinding {
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; cancel(): void };
   systemInfo(): SystemInfo;
+  /** src/embedding.cc: an embedding context on `model`. */
+  createEmbeddingContext(model: NativeModel, params: NativeEmbeddingParams): Promise<NativeEmbeddingContext>;
   ggmlTypes(): { id: number; name: string; blockSize: number; typeSize: number }[];
   /** Runs llama_model_quantize on the calling thread (lib/quantize/child.ts, in a process of its own). */
   quantize(input: string, output: string, params: NativeQuantizeParams): { quantMiB: number; requiresImatrix: boolean };

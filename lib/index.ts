@@ -11,6 +11,8 @@ export type { SamplingOptions, GenerateOptions, GenerationResult, StopReason, To
 export { Grammar, GRAMMAR_LIMITS } from './grammar.js';
 export type { DeviceMemoryUse } from './memory.js';
 export { ParallelContext } from './parallel.js';
+export { EmbeddingContext, MAX_EMBED_OUTPUT_BYTES } from './embedding.js';
+export type { EmbeddingContextOptions, EmbedOptions, EmbeddingResult, EmbeddingInput, Pooling } from './embedding.js';
 export { createServer, HuoziServer } from './server/server.js';
 export type { ServerOptions } from './server/server.js';
 export type { ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';

@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import { binding, type ModelInfo, type NativeModel, type SystemInfo } from './binding.js';
 import { checkModelChatTemplate } from './chat/detect.js';
 import { createContext, type Context } from './context.js';
+import { createEmbeddingContext, type EmbeddingContext, type EmbeddingContextOptions } from './embedding.js';
 import type { ContextOptions, ParallelContextOptions } from './context-options.js';
 import { AbortError, fromNative, GgufError, ModelLoadError } from './errors.js';
 import { checkIdentity, closeIdentity, openIdentity, type FileIdentity } from './file-identity.js';
@@ -329,6 +330,19 @@ export class Model {
    */
   async createParallelContext(options?: ParallelContextOptions): Promise<ParallelContext> {
     const context = await createParallelContext(this, options);
+    this.#life.adopt(context);
+    return context;
+  }
+
+  /**
+   * Creates an embedding context (see {@link EmbeddingContext}): pooled vectors, or one per token with
+   * `pooling: 'none'`. Default pooling: the GGUF's `<arch>.pooling_type` (mean, cls or last), else mean.
+   */
+  createEmbeddingContext(options: EmbeddingContextOptions & { pooling: 'none' }): Promise<EmbeddingContext<Float32Array[]>>;
+  createEmbeddingContext(options?: EmbeddingContextOptions & { pooling?: 'mean' | 'cls' | 'last' | 'model' }): Promise<EmbeddingContext<Float32Array>>;
+  createEmbeddingContext(options?: EmbeddingContextOptions): Promise<EmbeddingContext>;
+  async createEmbeddingContext(options?: EmbeddingContextOptions): Promise<EmbeddingContext> {
+    const context = await createEmbeddingContext(this, options);
     this.#life.adopt(context);
     return context;
   }

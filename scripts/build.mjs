@@ -9,7 +9,7 @@
 // Options: --gpu cpu|cuda|metal (env HUOZI_GPU), --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES),
 // --jobs N (env HUOZI_BUILD_JOBS, default: all cores), --portable (no -march=native: for prebuilt binaries),
 // --fp16-arith (let ggml sum f16 products in half precision on AVX512-FP16 CPUs: lossy, off by default),
-// --native-tools (llama-bench, llama-quantize, llama-imatrix and llama-perplexity from the same libraries, into
+// --native-tools (llama-bench, llama-quantize, llama-imatrix, llama-perplexity and llama-embedding from the same libraries, into
 // .build/cmake/bin), --debug.
 // The result is build/Release/huozi_gguf.node, which node-gyp-build finds.
 import { spawnSync } from 'node:child_process';
@@ -96,7 +96,7 @@ console.log(`built ${dest}`);
 if (values['native-tools']) {
   // llama.cpp's tools that the tests and benchmarks compare with, from the same compiled libraries
   // (.build/cmake/bin; scripts/native-tools.mjs finds them there).
-  const tools = ['llama-bench', 'llama-quantize', 'llama-imatrix', 'llama-perplexity'];
+  const tools = ['llama-bench', 'llama-quantize', 'llama-imatrix', 'llama-perplexity', 'llama-embedding'];
   const t = spawnSync('cmake', ['--build', out, '--config', config, '--parallel', String(jobs), '--target', ...tools], { stdio: 'inherit', cwd: root });
   if (t.status !== 0) process.exit(t.status ?? 1);
   console.log(`built ${tools.join(', ')} in ${join(out, 'bin')}`);

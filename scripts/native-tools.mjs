@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// llama.cpp's own command-line tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench, ...) from the
+// llama.cpp's own command-line tools (llama-quantize, llama-imatrix, llama-perplexity, llama-embedding, llama-bench, ...) from the
 // same compiled libraries as the addon under test, so that a test or a benchmark that compares with native
 // llama.cpp compares like with like.
 //
@@ -22,9 +22,9 @@
 import { spawnSync } from 'node:child_process';
 import { lockTree } from './tree-lock.mjs';
 import {
-  copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync,
+  copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync,
 } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -246,7 +246,7 @@ function withCpuVariant(tool) {
 function buildInFallback(tools, gpu) {
   const defs = [
     '-DCMAKE_BUILD_TYPE=Release', '-DBUILD_SHARED_LIBS=OFF', '-DCMAKE_POSITION_INDEPENDENT_CODE=ON',
-    '-DLLAMA_BUILD_TOOLS=ON', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_SERVER=ON',
+    '-DLLAMA_BUILD_TOOLS=ON', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=ON', '-DLLAMA_BUILD_SERVER=ON', // examples: llama-embedding
     '-DLLAMA_OPENSSL=OFF', '-DLLAMA_BUILD_APP=OFF',
   ];
   // As CMakeLists.txt does for the source build: no half-precision accumulation on AVX512-FP16 CPUs (see
@@ -326,6 +326,37 @@ export function nativePerplexity(model, textFile, { contextSize = 256, threads =
     throw new Error(`llama-perplexity ${args.join(' ')} failed (status ${r.status}):\n${log.slice(-2000)}`);
   }
   return { perplexity: Number(ppl[1]), chunks: Number(over[1]) };
+}
+
+/**
+ * llama.cpp's own embeddings of `texts` (one per line: no newlines in them) under `model`: llama-embedding from
+ * the addon's tree (buildNativeTools(['llama-embedding']) first), `-c B -b B -ub B` with B = `batchSize` (so
+ * that it packs inputs into batches exactly as EmbeddingContext does), `--pooling`, `--embd-normalize 2|-1`,
+ * `--embd-output-format array`. Returns `{ embeddings }` (number[][]: one per input, or one per token of each
+ * input in order with pooling none) and `decodeMs`: llama.cpp's own prompt-eval time (`--perf`), the decode calls
+ * alone (no model load, no tokenization, no output).
+ */
+export function nativeEmbeddings(model, texts, { pooling = 'mean', normalize = true, batchSize = 2048, threads = 2 } = {}) {
+  if (texts.some((t) => t.includes('\n'))) throw new Error('nativeEmbeddings: texts must not contain newlines');
+  const dir = mkdtempSync(join(tmpdir(), 'huozi-embd-'));
+  try {
+    const file = join(dir, 'texts.txt');
+    writeFileSync(file, texts.join('\n'));
+    const args = [
+      '-m', model, '-f', file, '-c', String(batchSize), '-b', String(batchSize), '-ub', String(batchSize), '-t', String(threads),
+      '-tb', String(threads), '--pooling', pooling, '--embd-normalize', normalize ? '2' : '-1', '--embd-output-format', 'array', '--perf', '-lv', '4',
+    ];
+    const r = spawnSync(nativeTool('llama-embedding'), args, { encoding: 'utf8', maxBuffer: 1 << 30 });
+    if (r.status !== 0) throw new Error(`llama-embedding ${args.join(' ')} failed (status ${r.status}):\n${`${r.stdout}\n${r.stderr}`.slice(-2000)}`);
+    const start = r.stdout.indexOf('[[');
+    const end = r.stdout.lastIndexOf(']]');
+    if (start < 0 || end < 0) throw new Error(`llama-embedding printed no embeddings:\n${r.stdout.slice(0, 500)}\n${r.stderr.slice(-1500)}`);
+    const embeddings = JSON.parse(r.stdout.slice(start, end + 2));
+    const perf = /prompt eval time =\s*([\d.]+) ms \/\s*(\d+) tokens/.exec(`${r.stderr}\n${r.stdout}`);
+    return { embeddings, decodeMs: perf ? Number(perf[1]) : undefined, tokens: perf ? Number(perf[2]) : undefined, log: r.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

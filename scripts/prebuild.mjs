@@ -8,7 +8,7 @@
 //
 // Options: --gpu cpu|cuda, --cuda-arch "90;89" (env HUOZI_CUDA_ARCHITECTURES), --jobs N (env HUOZI_BUILD_JOBS,
 // default: all cores), --cpu-variants all|baseline (default all), --native-tools (also llama-quantize,
-// llama-bench, llama-imatrix and llama-perplexity from the same libraries, into .build/prebuild-<gpu>/bin),
+// llama-bench, llama-imatrix, llama-perplexity and llama-embedding from the same libraries, into .build/prebuild-<gpu>/bin),
 // --configure-only, --check (only check
 // that prebuilds/linux-x64 is complete and loadable elsewhere: npm's prepack).
 //
@@ -118,7 +118,7 @@ const r = spawnSync(process.execPath, cmakeArgs('build'), { stdio: 'inherit', cw
 if (r.status !== 0) process.exit(r.status ?? 1);
 if (values['native-tools']) {
   // The tools the tests and benchmarks compare with (scripts/native-tools.mjs finds them in .build/prebuild-<gpu>/bin).
-  const t = spawnSync('cmake', ['--build', out, '--parallel', String(jobs), '--target', 'llama-quantize', 'llama-bench', 'llama-imatrix', 'llama-perplexity'], { stdio: 'inherit', env });
+  const t = spawnSync('cmake', ['--build', out, '--parallel', String(jobs), '--target', 'llama-quantize', 'llama-bench', 'llama-imatrix', 'llama-perplexity', 'llama-embedding'], { stdio: 'inherit', env });
   if (t.status !== 0) process.exit(t.status ?? 1);
 }
 

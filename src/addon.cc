@@ -24,6 +24,7 @@ Napi::Value Quantize(const Napi::CallbackInfo &info);
 void RegisterFit(Napi::Env env, Napi::Object exports);
 void RegisterRpc(Napi::Env env, Napi::Object exports);
 void RegisterGrammar(Napi::Env env, Napi::Object exports);
+void RegisterEmbedding(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -176,6 +177,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterFit(env, exports);
   RegisterRpc(env, exports);
   RegisterGrammar(env, exports);
+  RegisterEmbedding(env, exports);
   return exports;
 }
 

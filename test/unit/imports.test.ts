@@ -15,6 +15,7 @@ const lib = join(root, 'lib');
 const ALLOWED_TYPE_LOOPS: Record<string, string> = {
   'context.ts -> model.ts': 'Context.model: Model, the public field that names the model a context runs on',
   'parallel.ts -> model.ts': 'ParallelContext.model: Model, the public field that names the model a context runs on',
+  'embedding.ts -> model.ts': 'EmbeddingContext.model: Model, the public field that names the model a context runs on',
 };
 
 interface Edge {

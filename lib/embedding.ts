@@ -1,7 +1,7 @@
 // Embeddings: EmbeddingContext (src/embedding.cc) and its options. Inputs are checked and tokenized here, then
 // packed natively into as few llama_decode calls as llama-embedding would make (each input its own sequence).
 import { freemem } from 'node:os';
-import { binding, type NativeEmbeddingContext } from './binding.js';
+import { binding, type NativeEmbeddingContext, type NativeEmbeddingParams } from './binding.js';
 import type { ContextModel } from './context-options.js';
 import { AbortError, fromNative, InsufficientMemoryError } from './errors.js';
 import { Lifecycle, nativeModel } from './lifecycle.js';
@@ -75,11 +75,16 @@ function ggufPooling(model: Pick<Model, 'metadata'>): Pooling | 'rank' | undefin
   return n >= 0 && n <= 3 ? POOLING_NAMES[n] : undefined;
 }
 
-/** @internal */
-export async function createEmbeddingContext<E extends Float32Array | Float32Array[]>(
-  model: Model,
-  options?: EmbeddingContextOptions,
-): Promise<EmbeddingContext<E>> {
+/** @internal What checkEmbeddingOptions makes of the options. */
+export interface EmbeddingPlan {
+  params: NativeEmbeddingParams;
+  pooling: Pooling;
+  contextSize: number;
+  normalize: boolean;
+}
+
+/** @internal Checks the options of an embedding context on `model` (TypeError/RangeError naming the option). */
+export function checkEmbeddingOptions(model: Pick<Model, 'metadata' | 'info' | 'offloaded'>, options: unknown): EmbeddingPlan {
   const o = v.options<EmbeddingContextOptions>('options', options, OPTIONS);
   const asked = o.pooling === undefined ? 'model' : v.oneOf('pooling', o.pooling, ['model', 'mean', 'cls', 'last', 'none'] as const);
   let pooling: Pooling;
@@ -103,23 +108,33 @@ export async function createEmbeddingContext<E extends Float32Array | Float32Arr
   }
   const threads = o.threads === undefined ? defaultThreads(model.offloaded) : v.integer('threads', o.threads, 1, 512);
   const fa = o.flashAttention === undefined ? 'auto' : v.oneOf('flashAttention', o.flashAttention, ['auto', true, false] as const);
-  const shape = model as ContextModel;
+  const params: NativeEmbeddingParams = {
+    contextSize: batchSize, batchSize, ubatchSize: batchSize, threads, batchThreads: threads,
+    flashAttention: fa === 'auto' ? -1 : fa ? 1 : 0, pooling: POOLING_IDS[pooling],
+  };
+  return { params, pooling, contextSize, normalize };
+}
+
+/** @internal */
+export async function createEmbeddingContext<E extends Float32Array | Float32Array[]>(
+  model: Model,
+  options?: EmbeddingContextOptions,
+): Promise<EmbeddingContext<E>> {
+  const { params, contextSize, normalize } = checkEmbeddingOptions(model, options);
+  // As for the other contexts: a KV cache beyond free memory would meet the OOM killer, not a clean failure.
   if (!model.systemInfo.gpuOffload) {
-    const kv = kvCacheBytes(shape, batchSize);
+    const kv = kvCacheBytes(model as ContextModel, params.batchSize);
     const free = freemem();
     if (kv > free) {
       throw new InsufficientMemoryError(
-        `An embedding context of ${batchSize} tokens needs ${(kv / 2 ** 30).toFixed(2)} GiB for its KV cache, but only ` +
+        `An embedding context of ${params.batchSize} tokens needs ${(kv / 2 ** 30).toFixed(2)} GiB for its KV cache, but only ` +
           `${(free / 2 ** 30).toFixed(2)} GiB of memory is available`,
       );
     }
   }
   const callSite = new Error();
   try {
-    const native = await binding().createEmbeddingContext(nativeModel(model), {
-      contextSize: batchSize, batchSize, ubatchSize: batchSize, threads, batchThreads: threads,
-      flashAttention: fa === 'auto' ? -1 : fa ? 1 : 0, pooling: POOLING_IDS[pooling],
-    });
+    const native = await binding().createEmbeddingContext(nativeModel(model), params);
     return new EmbeddingContext<E>(model, native, { contextSize, normalize });
   } catch (error) {
     throw fromNative(error, callSite);

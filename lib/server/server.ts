@@ -14,12 +14,14 @@ import { packageRoot } from '../binding.js';
 import { detectTemplate, type TemplateOption } from '../chat/detect.js';
 import type { ChatTemplate } from '../chat/template.js';
 import { AbortError } from '../errors.js';
+import type { EmbeddingContextOptions } from '../embedding.js';
 import type { Model } from '../model.js';
 import { PARALLEL_CONTEXT_OPTIONS, type ParallelContextOptions } from '../context-options.js';
 import type { ParallelContext } from '../parallel.js';
 import * as v from '../validate.js';
 import { Access, allowedHostsOf, ConnectionCaps, corsOriginsOf } from './access.js';
 import { Completions, type Endpoint } from './completions.js';
+import { Embeddings } from './embeddings.js';
 import { checkMethod, Exchange, requireJson, sendJson } from './http.js';
 import { Metrics } from './metrics.js';
 import { HttpError } from './http-error.js';
@@ -85,11 +87,18 @@ export interface ServerOptions extends ParallelContextOptions {
   webPage?: boolean;
   /** Called with one line per request (method, path, status, duration, tokens). Default: none. */
   log?: (line: string) => void;
+  /**
+   * `POST /v1/embeddings`: `true` serves it with an {@link EmbeddingContext} made at the first request (default
+   * options, with this server's `threads` and `flashAttention`); options ({@link EmbeddingContextOptions}, checked at
+   * once; pooling 'none' is refused: the endpoint answers one vector per input) to choose its pooling, size or
+   * normalization; `false` turns the endpoint off (501, as llama-server without `--embeddings`). Default: `true`.
+   */
+  embeddings?: boolean | EmbeddingContextOptions;
 }
 
 const OPTIONS = [
   'servedModelName', 'aliases', 'apiKey', 'chatTemplate', 'responseRole', 'streamIntervalMs', 'maxQueue', 'maxBodyBytes', 'webPage',
-  'log', 'allowedHosts', 'corsOrigins', 'headersTimeoutMs', 'requestTimeoutMs', 'keepAliveTimeoutMs', 'maxConnections',
+  'log', 'embeddings', 'allowedHosts', 'corsOrigins', 'headersTimeoutMs', 'requestTimeoutMs', 'keepAliveTimeoutMs', 'maxConnections',
   'maxConnectionsPerAddress',
 ] as const;
 
@@ -125,13 +134,29 @@ export async function createServer(model: Model, options?: ServerOptions): Promi
     throw v.rangeError(`at most maxConnections (${maxConnections})`, 'maxConnectionsPerAddress', maxConnectionsPerAddress);
   }
   const template = detectTemplate(model, o.chatTemplate ?? 'auto');
+  // Checked now; the context itself comes with the first request (lib/server/embeddings.ts).
+  const embeddings = new Embeddings({ model, name, aliases, maxQueue, options: embeddingOptions(o) });
   // The context's options as given (it checks them, with messages naming the field); only `parallel` has the server's default.
   const given = PARALLEL_CONTEXT_OPTIONS.filter((key) => o[key] !== undefined).map((key) => [key, o[key]]);
   const context = await model.createParallelContext({ ...Object.fromEntries(given), parallel: o.parallel ?? 4 });
   return new HuoziServer({
-    model, context, template, name, aliases, apiKey, responseRole, streamIntervalMs, maxQueue, maxBodyBytes, webPage, log,
+    model, context, embeddings, template, name, aliases, apiKey, responseRole, streamIntervalMs, maxQueue, maxBodyBytes, webPage, log,
     allowedHosts, corsOrigins, headersTimeoutMs, requestTimeoutMs, keepAliveTimeoutMs, maxConnections, maxConnectionsPerAddress,
   });
+}
+
+/** The `embeddings` option: false, or the embedding context's options (the server's threads and flash attention by default). */
+function embeddingOptions(o: ServerOptions): EmbeddingContextOptions | false {
+  const e = o.embeddings;
+  if (e === false) return false;
+  if (e !== undefined && e !== true && (typeof e !== 'object' || e === null || Array.isArray(e))) {
+    throw v.typeError('a boolean or embedding context options', 'embeddings', e);
+  }
+  const inherited = {
+    ...(o.threads === undefined ? {} : { threads: o.threads }),
+    ...(o.flashAttention === undefined ? {} : { flashAttention: o.flashAttention }),
+  };
+  return { ...inherited, ...(e === undefined || e === true ? {} : e) };
 }
 
 function defaultName(model: Model): string {
@@ -141,6 +166,7 @@ function defaultName(model: Model): string {
 interface Settings {
   model: Model;
   context: ParallelContext;
+  embeddings: Embeddings;
   template: ChatTemplate;
   name: string;
   aliases: string[];
@@ -160,7 +186,7 @@ interface Settings {
   maxConnectionsPerAddress: number;
 }
 
-const ROUTES = new Set(['/', '/index.html', '/health', '/metrics', '/v1/models', '/v1/chat/completions', '/v1/completions']);
+const ROUTES = new Set(['/', '/index.html', '/health', '/metrics', '/v1/models', '/v1/chat/completions', '/v1/completions', '/v1/embeddings']);
 
 /** A running (or ready) OpenAI-compatible server. */
 export class HuoziServer {
@@ -245,6 +271,7 @@ export class HuoziServer {
     const closed = new Promise<void>((resolve) => this.#http.close(() => resolve()));
     this.#http.closeAllConnections();
     await this.context.dispose();
+    await this.#s.embeddings.close();
     await closed;
   }
 
@@ -316,6 +343,13 @@ export class HuoziServer {
         case '/v1/completions':
           tokens = await this.#complete(req, res, this.#completions.text);
           return;
+        case '/v1/embeddings': {
+          checkMethod(req, 'POST');
+          requireJson(req);
+          const usage = await this.#s.embeddings.serve(res, parseJson(await this.#exchange.readBody(req, res)));
+          tokens = usage ? ` prompt=${usage.prompt_tokens}` : '';
+          return;
+        }
         default:
           throw new HttpError(404, `Not found: ${req.method} ${path}`, { code: 'not_found' });
       }

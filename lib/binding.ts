@@ -58,6 +58,8 @@ export interface NativeModelInfo extends ModelInfo {
 
 /** The parameters of a generation, as lib/generation.ts checked them (src/sampler.cc, src/generation.h). */
 export interface NativeGenerateParams {
+  /** ParallelContext requests only: the adapters to compute with (src/lora.cc). */
+  loras?: NativeLoras;
   temperature?: number;
   topK?: number;
   topP?: number;
@@ -125,6 +127,9 @@ export interface NativeContextParams {
   batchThreads: number;
   /** -1: auto, 0: off, 1: on. */
   flashAttention: -1 | 0 | 1;
+  /** The KV cache's ggml types (context-options.ts KV_CACHE_TYPES); default f16. */
+  typeK?: number;
+  typeV?: number;
 }
 
 export interface NativeContext {
@@ -143,6 +148,8 @@ export interface NativeContext {
   loadState(data: Buffer, tokens: Int32Array): Promise<void>;
   abort(): void;
   setThreads(threads: number, batchThreads: number): void;
+  /** Applies the adapters (none: the base model); true when that changed them, which empties the cache. */
+  setLoras(loras: NativeLoras): boolean;
   dispose(): void;
   readonly disposed: boolean;
 }
@@ -213,7 +220,19 @@ export interface NativeModel {
    */
   dispose(): Promise<void>;
   readonly disposed: boolean;
+  /** src/lora.cc: llama_adapter_lora_init on the libuv pool (lib/lora.ts checked the file first). */
+  loadLora(path: string): Promise<NativeLora>;
 }
+
+/** A LoRA adapter (src/lora.cc). */
+export interface NativeLora {
+  info(): { path: string; metadata: Record<string, string> };
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
+/** Adapters with their scales, as a context applies them (lib/lora.ts checkLoras). */
+export type NativeLoras = { adapter: NativeLora; scale: number }[];
 
 /** loadModel's parameters (src/workers/load_model.cc), as lib/model.ts checked them. */
 export interface NativeLoadParams {

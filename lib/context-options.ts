@@ -5,7 +5,7 @@
 import { freemem } from 'node:os';
 import type { ModelInfo, NativeContextParams } from './binding.js';
 import { InsufficientMemoryError } from './errors.js';
-import { kvCacheBytes, type KvShape } from './memory.js';
+import { kvCacheBytes, kvTypeId, type KvShape } from './memory.js';
 import { defaultThreads } from './system.js';
 import * as v from './validate.js';
 
@@ -23,9 +23,21 @@ export interface ContextOptions {
   batchThreads?: number;
   /** Flash attention (llama.cpp `-fa`): `'auto'`, `true` or `false`. Default: `'auto'`. */
   flashAttention?: boolean | 'auto';
+  /**
+   * Type of the KV cache's keys (llama.cpp `-ctk`): `'f16'`, `'f32'` (exact, twice the memory), `'bf16'`, or a
+   * quantized type (`'q8_0'`, `'q5_1'`, `'q5_0'`, `'q4_1'`, `'q4_0'`, `'iq4_nl'`: less memory, less accuracy).
+   * Default: `'f16'`.
+   */
+  cacheTypeK?: KvCacheType;
+  /** Type of the KV cache's values (llama.cpp `-ctv`), as `cacheTypeK`; a quantized type needs flash attention. Default: `'f16'`. */
+  cacheTypeV?: KvCacheType;
   /** Collect importance-matrix statistics while evaluating (see computeImatrix). Default: `false`. */
   collectImatrix?: boolean;
 }
+
+/** The KV cache types llama.cpp accepts for `-ctk`/`-ctv` (common/arg.cpp's kv_cache_types). */
+export const KV_CACHE_TYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'iq4_nl', 'q5_0', 'q5_1'] as const;
+export type KvCacheType = (typeof KV_CACHE_TYPES)[number];
 
 /** Options of {@link Model.createParallelContext}. */
 export interface ParallelContextOptions {
@@ -52,16 +64,25 @@ export interface ParallelContextOptions {
   batchThreads?: number;
   /** Flash attention: `'auto'`, `true` or `false`. Default: `'auto'`. */
   flashAttention?: boolean | 'auto';
+  /**
+   * Type of the KV cache's keys (llama.cpp `-ctk`): `'f16'`, `'f32'` (exact, twice the memory), `'bf16'`, or a
+   * quantized type (`'q8_0'`, `'q5_1'`, `'q5_0'`, `'q4_1'`, `'q4_0'`, `'iq4_nl'`: less memory, less accuracy).
+   * Default: `'f16'`.
+   */
+  cacheTypeK?: KvCacheType;
+  /** Type of the KV cache's values (llama.cpp `-ctv`), as `cacheTypeK`; a quantized type needs flash attention. Default: `'f16'`. */
+  cacheTypeV?: KvCacheType;
 }
 
 /** @internal The keys of ContextOptions. */
 export const CONTEXT_OPTIONS = [
-  'contextSize', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention', 'collectImatrix',
+  'contextSize', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention', 'cacheTypeK', 'cacheTypeV', 'collectImatrix',
 ] as const satisfies readonly (keyof ContextOptions)[];
 
 /** @internal The keys of ParallelContextOptions (the server passes them through as they are). */
 export const PARALLEL_CONTEXT_OPTIONS = [
   'parallel', 'contextSize', 'unifiedCache', 'batchSize', 'ubatchSize', 'threads', 'batchThreads', 'flashAttention',
+  'cacheTypeK', 'cacheTypeV',
 ] as const satisfies readonly (keyof ParallelContextOptions)[];
 
 // Every option has its key in the list (a key missing there would be refused as unknown).
@@ -126,11 +147,17 @@ export function checkContextOptions(
   const batchThreads = o.batchThreads === undefined ? threads : v.integer('batchThreads', o.batchThreads, 1, 512);
   const fa = o.flashAttention === undefined ? 'auto' : v.oneOf('flashAttention', o.flashAttention, ['auto', true, false] as const);
   const flashAttention = fa === 'auto' ? -1 : fa ? 1 : 0;
+  const cacheTypeK = o.cacheTypeK === undefined ? 'f16' : v.oneOf('cacheTypeK', o.cacheTypeK, KV_CACHE_TYPES);
+  const cacheTypeV = o.cacheTypeV === undefined ? 'f16' : v.oneOf('cacheTypeV', o.cacheTypeV, KV_CACHE_TYPES);
+  // llama.cpp refuses a quantized V cache without flash attention (its context creation fails): say so first.
+  if (fa === false && !['f32', 'f16', 'bf16'].includes(cacheTypeV)) {
+    throw v.rangeError("'f32', 'f16' or 'bf16' without flash attention (a quantized V cache needs flashAttention)", 'cacheTypeV', cacheTypeV);
+  }
   const collectImatrix = kind === 'single' && o.collectImatrix !== undefined ? v.boolean('collectImatrix', o.collectImatrix) : false;
   // llama.cpp allocates the KV cache with malloc and then clears it: under Linux's overcommit a size far
   // beyond memory does not fail cleanly, the OOM killer ends the process. Refuse it here.
   if (!model.systemInfo.gpuOffload) {
-    const kv = kvCacheBytes(model, contextSize);
+    const kv = kvCacheBytes(model, contextSize, cacheTypeK, cacheTypeV);
     const free = freemem();
     if (kv > free) {
       throw new InsufficientMemoryError(
@@ -139,6 +166,8 @@ export function checkContextOptions(
       );
     }
   }
-  const params = { contextSize, batchSize, ubatchSize, threads, batchThreads, flashAttention } as const;
+  const params = {
+    contextSize, batchSize, ubatchSize, threads, batchThreads, flashAttention, typeK: kvTypeId(cacheTypeK), typeV: kvTypeId(cacheTypeV),
+  } as const;
   return kind === 'single' ? { ...params, collectImatrix } : { parallel, ...params, unifiedCache };
 }

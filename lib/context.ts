@@ -5,6 +5,7 @@ import {
   abortError, emptyResult, generationError, prepareGeneration, promptTokens, toResult, type Generation, type GenerateOptions,
 } from './generation.js';
 import { Lifecycle, nativeModel } from './lifecycle.js';
+import { checkLoras, loraFingerprint, type CheckedLora, type LoraSetting } from './lora.js';
 import { memoryUse, type DeviceMemoryUse } from './memory.js';
 import type { Model } from './model.js';
 import * as v from './validate.js';
@@ -52,6 +53,12 @@ export class Context {
 
   readonly #life: Lifecycle<NativeContext>;
   #tail: Promise<unknown> = Promise.resolve();
+  /** The adapters setLoras() gave (applied unless a generation asks for others). */
+  #loras: readonly LoraSetting[] = [];
+  /** Whether the native context applies other adapters than #loras (a generation's own `loras`). */
+  #lorasOverridden = false;
+  /** What the native context applies now (its cache was computed with these). */
+  #applied: readonly CheckedLora[] = [];
 
   /** @internal Use {@link Model.createContext}. */
   constructor(model: Model, native: NativeContext) {
@@ -152,6 +159,7 @@ export class Context {
       [signal],
       async (native) => {
         try {
+          this.#applyLoras(native, undefined);
           return await native.evaluate(ids, ({ none: 0, last: 1, all: 2, computeAll: 3 } as const)[logits]);
         } catch (error) {
           throw fromNative(error, callSite);
@@ -172,6 +180,7 @@ export class Context {
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation {
     this.#life.alive();
     const { prompt: prepared, params, o, signal, generation } = prepareGeneration(this.model, prompt, options, this.contextSize);
+    const loras = o.loras === undefined ? undefined : checkLoras(this.model, 'loras', o.loras);
     const callSite = new Error();
     // stop() (or breaking out of the iteration) ends this generation only: queued, it leaves the queue at once;
     // running, it stops at the next token. It never touches another operation of the context.
@@ -190,6 +199,7 @@ export class Context {
         this.model.checkFile();
         let raw: NativeGenerateResult;
         try {
+          this.#applyLoras(native, loras);
           raw = await native.generate(ids, params, (text, logprobs) => generation.push(text, logprobs));
         } catch (error) {
           throw generationError(error, callSite, ids.length);
@@ -204,6 +214,53 @@ export class Context {
     );
     generation.attach(result, () => stopper.abort());
     return generation;
+  }
+
+  /** The LoRA adapters {@link Context.setLoras} applies to every evaluation (empty: the base model). */
+  get loras(): LoraSetting[] {
+    return this.#loras.map((l) => ({ ...l }));
+  }
+
+  /**
+   * Applies LoRA adapters (of this model, {@link Model.loadLora}) to every later evaluation and generation that
+   * does not ask for its own (`generate(..., { loras })`); `[]` returns to the base model. Runs after earlier
+   * operations. A change of adapters empties the cache: its keys and values were computed with the others.
+   */
+  async setLoras(loras: readonly LoraSetting[]): Promise<void> {
+    this.#life.alive();
+    checkLoras(this.model, 'loras', loras);
+    const list = loras.map((l) => ({ adapter: l.adapter, scale: l.scale ?? 1 }));
+    const callSite = new Error();
+    await this.#enqueue([], async (native) => {
+      try {
+        const checked = checkLoras(this.model, 'loras', list);
+        native.setLoras(checked);
+        this.#applied = checked;
+      } catch (error) {
+        throw fromNative(error, callSite);
+      }
+      this.#loras = list;
+      this.#lorasOverridden = false;
+    });
+  }
+
+  /** Before an evaluation: a generation's own adapters, or the context's after a generation that had its own. */
+  #applyLoras(native: NativeContext, loras: CheckedLora[] | undefined): void {
+    if (loras !== undefined) {
+      native.setLoras(loras);
+      this.#applied = loras;
+      this.#lorasOverridden = true;
+    } else if (this.#lorasOverridden) {
+      const checked = checkLoras(this.model, 'loras', this.#loras);
+      native.setLoras(checked);
+      this.#applied = checked;
+      this.#lorasOverridden = false;
+    }
+  }
+
+  /** @internal The adapters the cached keys and values were computed with (session files record them). */
+  get lorasFingerprint(): { sha256: string; scale: number }[] {
+    return loraFingerprint(this.#applied);
   }
 
   /** Forgets the cached tokens from `position` on (0 empties the context). */

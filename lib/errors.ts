@@ -157,6 +157,9 @@ export function fromNative(error: unknown, callSite?: Error): Error {
     case 'ERR_HUOZI_GRAMMAR':
       typed = new GrammarError(message);
       break;
+    case 'ERR_HUOZI_LORA':
+      typed = new LoraError(message, { reason: 'load' });
+      break;
     case 'ERR_HUOZI_INVALID_ARGUMENT':
       typed = Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
       break;
@@ -235,7 +238,8 @@ export class NotRegularFileError extends ModelLoadError {
  * cannot apply, such as DoRA, biases or modules_to_save; a tensor the base lacks; a rank or shape mismatch) and from
  * {@link validateLoraForModel} (an adapter GGUF llama.cpp would refuse, abort on or compute garbage with). `reason`
  * is a stable word for the kind of problem (`'config'`, `'unsupported'`, `'architecture'`, `'metadata'`,
- * `'name'`, `'pair'`, `'not-in-model'`, `'shape'`, `'rank'`, `'type'`, `'empty'`, `'file'`, `'load'`: llama.cpp refused it); `tensor` names the
+ * `'name'`, `'pair'`, `'not-in-model'`, `'shape'`, `'rank'`, `'type'`, `'empty'`, `'file'`, `'base'`: the base model
+ * given to convertLora, `'load'`: llama.cpp refused it); `tensor` names the
  * offending tensor (or PEFT module), `key` the metadata key, `file` the file, when there is one.
  */
 export class LoraError extends HuoziError {

@@ -4,6 +4,7 @@ import type { NativeGenerateParams, NativeGenerateResult, NativeTokenLogprob } f
 import { AbortError, fromNative } from './errors.js';
 import { Grammar, nativeGrammar } from './grammar.js';
 import * as v from './validate.js';
+import type { LoraSetting } from './lora.js';
 
 /**
  * How the next token is drawn. The defaults are llama.cpp's (common_params_sampling), applied natively; the
@@ -118,6 +119,12 @@ export interface GenerateOptions extends SamplingOptions {
    * Default: `16` (~60 chunks a second).
    */
   streamIntervalMs?: number;
+  /**
+   * LoRA adapters for this generation (of this model: {@link Model.loadLora}), each with its scale, instead of
+   * the context's ({@link Context.setLoras}); `[]`: the base model. The cached prefix is reused only when it was
+   * computed with the same adapters and scales. Default: the context's.
+   */
+  loras?: readonly LoraSetting[];
 }
 
 /** @internal The keys of SamplingOptions (ChatSession passes them through as they are). */
@@ -129,7 +136,7 @@ export const SAMPLING_OPTIONS = [
 /** @internal The keys of GenerateOptions: the sampling keys, then the rest. */
 export const GENERATE_OPTIONS = [
   ...SAMPLING_OPTIONS, 'maxTokens', 'stopTokens', 'stopStrings', 'stopAtEog', 'reuseCache', 'addBos', 'parseSpecial', 'signal',
-  'streamIntervalMs',
+  'streamIntervalMs', 'loras',
 ] as const satisfies readonly (keyof GenerateOptions)[];
 
 // Every option has its key in the list (a key missing there would be refused as unknown).

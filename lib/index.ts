@@ -13,6 +13,8 @@ export type { DeviceMemoryUse } from './memory.js';
 export { ParallelContext } from './parallel.js';
 export { EmbeddingContext, MAX_EMBED_OUTPUT_BYTES } from './embedding.js';
 export type { EmbeddingContextOptions, EmbedOptions, EmbeddingResult, EmbeddingInput, Pooling } from './embedding.js';
+export { LoraAdapter } from './lora.js';
+export type { LoraSetting } from './lora.js';
 export { createServer, HuoziServer } from './server/server.js';
 export type { ServerOptions } from './server/server.js';
 export type { ParallelGenerateOptions, ParallelGenerationResult, ParallelStats } from './parallel.js';

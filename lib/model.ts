@@ -12,6 +12,7 @@ import { hasDevice, placeWeights, type GpuPlan } from './gpu.js';
 import { placementCost, weightLayout } from './placement.js';
 import { Lifecycle, registerModel } from './lifecycle.js';
 import { checkLoadOptions, type LoadModelOptions } from './load-options.js';
+import { loadLora, type LoraAdapter } from './lora.js';
 import { createParallelContext, type ParallelContext } from './parallel.js';
 import { prepareRpcServers, retainRpcServers } from './rpc.js';
 import * as v from './validate.js';
@@ -332,6 +333,23 @@ export class Model {
     const context = await createParallelContext(this, options);
     this.#life.adopt(context);
     return context;
+  }
+
+  /**
+   * Loads a LoRA adapter (a GGUF adapter, as `huozi-gguf convert-lora` or llama.cpp's convert_lora_to_gguf.py
+   * writes it) for this model. The file is checked against the model first: an adapter for another model, a
+   * tensor the model lacks, a shape, rank or type llama.cpp cannot apply, a truncated file throw a
+   * {@link LoraError} naming the tensor or key. Apply it with `context.setLoras([{ adapter, scale }])` or a
+   * generation's `loras`. Disposing the model disposes its adapters.
+   */
+  async loadLora(path: string): Promise<LoraAdapter> {
+    const adapter = await loadLora(this, this.#life.alive(), this.path, path);
+    if (this.#life.disposed) {
+      await adapter.dispose();
+      this.#life.alive();
+    }
+    this.#life.adopt(adapter);
+    return adapter;
   }
 
   /**

@@ -6,6 +6,7 @@ import {
   type PreparedGeneration,
 } from './generation.js';
 import { Lifecycle, nativeModel } from './lifecycle.js';
+import { checkLoras, type LoraSetting } from './lora.js';
 import { memoryUse, type DeviceMemoryUse } from './memory.js';
 import type { Model } from './model.js';
 
@@ -90,6 +91,7 @@ export class ParallelContext {
   readonly threads: number;
 
   readonly #life: Lifecycle<NativeParallelContext>;
+  #loras: readonly LoraSetting[] = [];
   #nextId = 1;
   #nextGroup = 1;
   readonly #pending = new Map<number, Pending>();
@@ -182,7 +184,10 @@ export class ParallelContext {
    * the group shares once.
    */
   #start(prepared: PreparedGeneration<ParallelGenerateOptions>[], group: number): { submit: (ids: Int32Array) => void; fail: (error: unknown) => void }[] {
-    return prepared.map(({ prompt, params, signal, generation }) => {
+    // Each request carries its adapters (its own `loras`, else the context's), checked now: a bad list throws here.
+    const adapters = prepared.map(({ o }) => checkLoras(this.model, 'loras', o.loras ?? this.#loras));
+    return prepared.map(({ prompt, params: base, signal, generation }, index) => {
+      const params = { ...base, loras: adapters[index] };
       const callSite = new Error();
       const id = this.#nextId++;
       let promptLength = typeof prompt === 'string' ? 0 : prompt.length;
@@ -247,6 +252,22 @@ export class ParallelContext {
         }
       }
     }
+  }
+
+  /** The LoRA adapters {@link ParallelContext.setLoras} gave requests without their own `loras`. */
+  get loras(): LoraSetting[] {
+    return this.#loras.map((l) => ({ ...l }));
+  }
+
+  /**
+   * The LoRA adapters (of this model, {@link Model.loadLora}) of every request submitted from now on that does not
+   * give its own `loras`; `[]`: the base model. Requests with different adapters run in separate batches of each
+   * step, and a slot's cached prefix serves only requests with the same adapters and scales.
+   */
+  async setLoras(loras: readonly LoraSetting[]): Promise<void> {
+    this.#life.alive();
+    checkLoras(this.model, 'loras', loras);
+    this.#loras = loras.map((l) => ({ adapter: l.adapter, scale: l.scale ?? 1 }));
   }
 
   /** Runs `listener` once when the context is disposed. */

@@ -7,6 +7,7 @@
 #include "ggml.h"
 #include "llama.h"
 #include "log.h"
+#include "lora.h"
 #include "model.h"
 #include "parallel.h"
 
@@ -162,6 +163,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->model_ctor = Napi::Persistent(Model::Init(env));
   data->context_ctor = Napi::Persistent(Context::Init(env));
   data->parallel_ctor = Napi::Persistent(ParallelContext::Init(env));
+  data->lora_ctor = Napi::Persistent(Lora::Init(env));
   data->life = std::make_shared<EnvLife>();
   data->life->env = env;
   data->life->js_thread = std::this_thread::get_id();

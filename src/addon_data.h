@@ -20,6 +20,7 @@ struct AddonData {
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference context_ctor;
   Napi::FunctionReference parallel_ctor;
+  Napi::FunctionReference lora_ctor;
   std::shared_ptr<EnvLife> life;
 };
 

@@ -29,6 +29,7 @@ Napi::Function Context::Init(Napi::Env env) {
                          InstanceMethod<&Context::LoadState>("loadState"),
                          InstanceMethod<&Context::Abort>("abort"),
                          InstanceMethod<&Context::SetThreads>("setThreads"),
+                         InstanceMethod<&Context::SetLoras>("setLoras"),
                          InstanceMethod<&Context::Dispose>("dispose"),
                          InstanceAccessor<&Context::Disposed>("disposed"),
                      });
@@ -52,6 +53,20 @@ llama_context_params ContextParamsFromJs(Napi::Env env, Napi::Object o) {
   cp.n_threads_batch = static_cast<int32_t>(U32(o, "batchThreads", static_cast<uint32_t>(cp.n_threads)));
   Napi::Value fa = o.Get("flashAttention");
   cp.flash_attn_type = static_cast<llama_flash_attn_type>(fa.IsNumber() ? fa.As<Napi::Number>().Int32Value() : -1);
+  // The KV cache's types, one of common/arg.cpp's kv_cache_types (lib/context-options.ts checked the names).
+  const uint32_t type_k = U32(o, "typeK", GGML_TYPE_F16);
+  const uint32_t type_v = U32(o, "typeV", GGML_TYPE_F16);
+  for (uint32_t t : {type_k, type_v}) {
+    switch (static_cast<ggml_type>(t)) {
+      case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16: case GGML_TYPE_Q8_0: case GGML_TYPE_Q4_0:
+      case GGML_TYPE_Q4_1: case GGML_TYPE_IQ4_NL: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1:
+        break;
+      default:
+        Throw(env, code::kOutOfRange, "the KV cache type must be one of f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1");
+    }
+  }
+  cp.type_k = static_cast<ggml_type>(type_k);
+  cp.type_v = static_cast<ggml_type>(type_v);
   cp.n_seq_max = 1;
   cp.no_perf = true;
   if (cp.n_ctx == 0 || cp.n_batch == 0 || cp.n_ubatch == 0 || cp.n_ubatch > cp.n_batch) {
@@ -134,6 +149,7 @@ void Context::Free() {
   ExecutorPool::Release(std::move(executor_));
   llama_free(ctx_);
   ctx_ = nullptr;
+  loras_.clear();  // after llama_free: the context held their pointers
   tokens_.clear();
   model_.reset();  // if this was the model's last holder, its weights are freed on the pool (model.h)
 }
@@ -498,6 +514,22 @@ Napi::Value Context::SetThreads(const Napi::CallbackInfo &info) {
   }
   llama_set_n_threads(ctx_, threads, batch_threads);
   return env.Undefined();
+}
+
+// setLoras([{ adapter, scale }]) -> boolean: applies the adapters (none: the base model); true when that changed
+// what the model computes, which empties the cache (its keys and values were computed with the others).
+Napi::Value Context::SetLoras(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  CheckIdle(env);
+  LoraSet set = LorasFromJs(env, info[0], model_.get());
+  if (SameLoras(set, loras_)) return Napi::Boolean::New(env, false);
+  ApplyLoras(ctx_, set);
+  loras_ = std::move(set);
+  llama_memory_clear(llama_get_memory(ctx_), true);
+  tokens_.clear();
+  has_logits_ = false;
+  Forget();
+  return Napi::Boolean::New(env, true);
 }
 
 Napi::Value Context::Dispose(const Napi::CallbackInfo &info) {

@@ -12,6 +12,7 @@
 
 #include "executor.h"
 #include "imatrix.h"
+#include "lora.h"
 #include "llama.h"
 
 namespace huozi {
@@ -93,6 +94,7 @@ class Context final : public Napi::ObjectWrap<Context> {
   Napi::Value LoadState(const Napi::CallbackInfo &info);
   Napi::Value Abort(const Napi::CallbackInfo &info);
   Napi::Value SetThreads(const Napi::CallbackInfo &info);
+  Napi::Value SetLoras(const Napi::CallbackInfo &info);
   Napi::Value Dispose(const Napi::CallbackInfo &info);
   Napi::Value Disposed(const Napi::CallbackInfo &info);
   void CheckIdle(Napi::Env env);
@@ -121,6 +123,9 @@ class Context final : public Napi::ObjectWrap<Context> {
   std::unique_ptr<Executor> executor_;
   // When created with collectImatrix; llama.cpp holds its address as cb_eval_user_data.
   std::shared_ptr<ImatrixCollector> imatrix_;
+  // The adapters applied (llama.cpp holds their pointers: these keep them alive). The cached tokens were
+  // computed with them; another set empties the cache.
+  LoraSet loras_;
 };
 
 }  // namespace huozi

@@ -9,6 +9,7 @@
 
 #include "addon_data.h"
 #include "context.h"
+#include "lora.h"
 #include "parallel.h"
 #include "errors.h"
 #include "tokens.h"
@@ -70,6 +71,7 @@ Napi::Function Model::Init(Napi::Env env) {
                          InstanceMethod<&Model::SpecialTokens>("specialTokens"),
                          InstanceMethod<&Model::CreateContext>("createContext"),
                          InstanceMethod<&Model::CreateParallelContext>("createParallelContext"),
+                         InstanceMethod<&Model::LoadLora>("loadLora"),
                          InstanceMethod<&Model::Dispose>("dispose"),
                          InstanceAccessor<&Model::Disposed>("disposed"),
                      });
@@ -359,6 +361,16 @@ Napi::Value Model::CreateParallelContext(const Napi::CallbackInfo &info) {
   }
   if (!info[0].IsObject() || !info[1].IsFunction()) Throw(info.Env(), code::kInvalidArgument, "createParallelContext(params, onEvents)");
   return ParallelContext::Create(info.Env(), handle_, info[0].As<Napi::Object>(), info[1].As<Napi::Function>());
+}
+
+// loadLora(path) -> Promise<NativeLora> (lib/lora.ts checked the file against this model first).
+Napi::Value Model::LoadLora(const Napi::CallbackInfo &info) {
+  CheckAlive(info.Env());
+  if (llama_model_n_layer(model_) == 0) {
+    Throw(info.Env(), code::kInvalidArgument, "this model was loaded with vocabOnly: it has no weights to adapt");
+  }
+  if (!info[0].IsString()) Throw(info.Env(), code::kInvalidArgument, "loadLora(path)");
+  return Lora::Load(info.Env(), handle_, info[0].As<Napi::String>().Utf8Value());
 }
 
 }  // namespace huozi

@@ -53,6 +53,7 @@ class Model final : public Napi::ObjectWrap<Model> {
   Napi::Value SpecialTokens(const Napi::CallbackInfo &info);
   Napi::Value CreateContext(const Napi::CallbackInfo &info);
   Napi::Value CreateParallelContext(const Napi::CallbackInfo &info);
+  Napi::Value LoadLora(const Napi::CallbackInfo &info);
   Napi::Value Dispose(const Napi::CallbackInfo &info);
   Napi::Value Disposed(const Napi::CallbackInfo &info);
   std::shared_ptr<ModelHandle> handle_;

@@ -181,6 +181,7 @@ Napi::Value ParallelContext::Submit(const Napi::CallbackInfo &info) {
   if (p.Has("reuseCache")) request->reuse_cache = p.Get("reuseCache").ToBoolean();
   if (info.Length() > 3 && info[3].IsNumber()) request->group = info[3].As<Napi::Number>().Int64Value();
   request->stream_interval = StreamIntervalFromJs(p);
+  request->loras = LorasFromJs(env, p.Get("loras"), model_.get());
   if (outstanding_++ == 0) outbox_.Ref(env);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -252,6 +253,9 @@ Napi::Value ParallelContext::Dispose(const Napi::CallbackInfo &info) {
         if (thread_.joinable()) thread_.join();
         llama_free(ctx_);
         ctx_ = nullptr;
+        // The adapters it applied (llama.cpp held their pointers), so that the model they hold can be freed.
+        applied_.clear();
+        for (Slot &slot : slots_) slot.loras.clear();
         // When this context holds the model's last reference (its Model was collected undisposed), the weights
         // are freed here, off the main thread, before dispose() resolves.
         model_.reset();
@@ -385,7 +389,10 @@ bool ParallelContext::WaitsForSibling(const Request &request) const {
   for (const Slot &slot : slots_) {
     if (!slot.active) continue;
     const Active &a = *slot.active;
-    if (a.req->group == request.group && a.prompt_pos < a.req->prompt.size() && a.req->prompt == request.prompt) return true;
+    if (a.req->group == request.group && a.prompt_pos < a.req->prompt.size() && a.req->prompt == request.prompt &&
+        SameLoras(a.req->loras, request.loras)) {
+      return true;
+    }
   }
   return false;
 }
@@ -404,6 +411,7 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
   // How much of the prompt a slot's cells can serve: all of it with its kept logits, else its common prefix
   // short of the last token (whose logits are needed); for a seeded request only the slot's canonical prefix.
   auto usable = [&](const Slot &slot) -> size_t {
+    if (!SameLoras(slot.loras, request->loras)) return 0;  // its cells were computed with other adapters
     if (kept_for(slot)) return prompt.size();
     size_t keep = 0;
     const size_t limit = std::min(slot.cache.size(), prompt.size() - 1);
@@ -455,6 +463,7 @@ void ParallelContext::Assign(std::unique_ptr<Request> request) {
   }
   if (donor != nullptr) shared_tokens_.fetch_add(static_cast<int64_t>(best_keep));
   slot.cache.resize(best_keep);
+  slot.loras = request->loras;
   Forget(slot);
   slot.last_used = ++clock_;
   auto active = std::make_unique<Active>(std::move(request));
@@ -572,14 +581,34 @@ void ParallelContext::Step() {
     const llama_token token = SampleSlot(slot, slot.prompt_logits.data());
     if (token >= 0) Consume(slot, token, now);
   }
-  // Requests without a seed share one batch (continuous batching); each seeded one gets batches of its own.
-  std::vector<Slot *> shared;
+  // Requests without a seed share one batch per set of LoRA adapters (continuous batching); each seeded one gets
+  // batches of its own.
+  std::vector<std::vector<Slot *>> shared;
   for (Slot &slot : slots_) {
-    if (slot.active && !slot.active->alone) shared.push_back(&slot);
+    if (!slot.active || slot.active->alone) continue;
+    auto same = std::find_if(shared.begin(), shared.end(), [&](const std::vector<Slot *> &g) {
+      return SameLoras(g.front()->active->req->loras, slot.active->req->loras);
+    });
+    if (same == shared.end()) shared.push_back({&slot});
+    else same->push_back(&slot);
   }
-  if (!shared.empty()) DecodeGroup(shared, false);
+  auto apply = [&](const LoraSet &loras) {
+    if (SameLoras(applied_, loras)) return;
+    ApplyLoras(ctx_, loras);
+    applied_ = loras;
+  };
+  for (const std::vector<Slot *> &group : shared) {
+    // A slot may have finished while an earlier group was decoded: the set is read from one still active.
+    auto live = std::find_if(group.begin(), group.end(), [](const Slot *s) { return s->active != nullptr; });
+    if (live == group.end()) continue;
+    apply((*live)->active->req->loras);
+    DecodeGroup(group, false);
+  }
   for (Slot &slot : slots_) {
-    if (slot.active && slot.active->alone) DecodeGroup({&slot}, true);
+    if (slot.active && slot.active->alone) {
+      apply(slot.active->req->loras);
+      DecodeGroup({&slot}, true);
+    }
   }
 }
 

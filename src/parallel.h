@@ -28,6 +28,7 @@
 #include "llama.h"
 #include "sampler.h"
 #include "generation.h"
+#include "lora.h"
 #include "outbox.h"
 #include "text_stream.h"
 
@@ -53,6 +54,9 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
     // Requests of one group (the choices of one prompt) evaluate their prompt once: the first evaluates it, the
     // others wait for it and copy its cells and logits. 0: none.
     int64_t group = 0;
+    // The LoRA adapters to compute with (empty: the base model). A slot's cells serve only requests with the
+    // same adapters and scales; a step decodes the rows of one set of adapters at a time.
+    LoraSet loras;
     std::chrono::milliseconds stream_interval = kDefaultStreamInterval;  // 0: every token's text on its own
     std::chrono::steady_clock::time_point submitted;
   };
@@ -62,6 +66,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   struct Slot {
     llama_seq_id seq = 0;
     std::vector<llama_token> cache;  // what this sequence's memory holds
+    LoraSet loras;                   // ... computed with these adapters
     std::unique_ptr<Active> active;  // null when free
     uint64_t last_used = 0;
     // Reproducible evaluation, as Context's (context.h): leading positions computed in whole ubatches of this
@@ -133,6 +138,7 @@ class ParallelContext final : public Napi::ObjectWrap<ParallelContext> {
   uint64_t clock_ = 0;
   // Whether one sequence's cells can be copied to another and cut at a position (not recurrent state).
   bool can_share_ = false;
+  LoraSet applied_;  // the adapters llama.cpp applies now (loop thread)
   std::string piece_;  // token text scratch (loop thread)
 
   // Shared between the main thread and the loop thread.

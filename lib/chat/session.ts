@@ -124,6 +124,8 @@ interface Round {
 
 // The header's fields (version 1 also had stateSha256, a checksum of the state alone).
 const HEADER_FIELDS = ['magic', 'version', 'model', 'template', 'messages', 'committed', 'tokens', 'stateBytes'] as const;
+// Since LoRA adapters (issue #18): the adapters the cache was computed with ([{ sha256, scale }]); absent = none.
+const OPTIONAL_FIELDS = ['loras'] as const;
 const ROLES: readonly string[] = ['system', 'user', 'assistant'];
 // The keys a saved message may have, by its shape.
 const MESSAGE_KEYS = { plain: ['role', 'content'], calls: ['role', 'content', 'toolCalls'], tool: ['role', 'toolCallId', 'name', 'content'] };
@@ -496,6 +498,7 @@ export class ChatSession {
       committed: this.#committed ?? null,
       tokens: state.tokens,
       stateBytes: state.data.length,
+      ...(this.context.lorasFingerprint.length ? { loras: this.context.lorasFingerprint } : {}),
     };
     await writeSessionFile(path, encodeSessionFile(header, state.data));
   }
@@ -536,13 +539,17 @@ export class ChatSession {
     bad: (why: string) => SessionFileError,
   ): { messages: ConversationMessage[]; tokens: number[]; committed: Committed | undefined } {
     const fields: readonly string[] = version === 1 ? [...HEADER_FIELDS, 'stateSha256'] : HEADER_FIELDS;
-    for (const key of Object.keys(h)) if (!fields.includes(key)) throw bad(`unknown header field "${key}"`);
+    for (const key of Object.keys(h)) if (!fields.includes(key) && !(OPTIONAL_FIELDS as readonly string[]).includes(key)) throw bad(`unknown header field "${key}"`);
     for (const key of fields) if (!(key in h)) throw bad(`the header has no "${key}"`);
     if (h.magic !== MAGIC || h.version !== version) throw bad('the header does not match the file\'s magic and version');
     if (JSON.stringify(h.model) !== JSON.stringify(modelFingerprint(this.context.model))) {
       throw bad('it was saved with a different model');
     }
     if (typeof h.template !== 'string') throw bad('the header\'s template is not a string');
+    // Its keys and values were computed with these adapters: another set would continue from a cache of another model.
+    if (JSON.stringify(h.loras ?? []) !== JSON.stringify(this.context.lorasFingerprint)) {
+      throw bad('its cache was computed with other LoRA adapters (or scales) than this context applies');
+    }
 
     if (!Array.isArray(h.messages)) throw bad('the header\'s messages are not an array');
     const messages = h.messages.map((m: unknown, i): ConversationMessage => {

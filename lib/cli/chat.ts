@@ -5,7 +5,7 @@ import type { Interface } from 'node:readline';
 import type { ChatPromptOptions, ChatSession } from '../chat/session.js';
 import type { TemplateOption } from '../chat/detect.js';
 import {
-  addFlags, cliGrammar, cliSampling, GRAMMAR_FLAGS, loadCliModel, maxTokensFlag, negatedFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag, type FlagValues,
+  addFlags, cliGrammar, cliLoras, cliSampling, GRAMMAR_FLAGS, loadCliModel, maxTokensFlag, negatedFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag, switchFlag, type FlagValues,
 } from './flags.js';
 import { readStdin } from './stdin.js';
 
@@ -51,6 +51,7 @@ export async function chat(opts: ChatCliOptions): Promise<void> {
   const grammar = await cliGrammar(opts);
   const model = await loadCliModel(opts, opts.ctxSize);
   const context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
+  await context.setLoras(await cliLoras(model, opts.lora));
   const session = new ChatSession(context, { systemPrompt: opts.system, template: templateOption(opts.template) });
   const turn: ChatPromptOptions = { ...cliSampling(opts), maxTokens: opts.maxTokens, ...(grammar ? { grammar } : {}) };
   try {

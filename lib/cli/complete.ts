@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import type { TokenLogprob } from '../generation.js';
 import {
-  addFlags, cliGrammar, cliSampling, GRAMMAR_FLAGS, intFlag, listFlag, loadCliModel, maxTokensFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag,
+  addFlags, cliGrammar, cliLoras, cliSampling, GRAMMAR_FLAGS, intFlag, listFlag, loadCliModel, maxTokensFlag, RUN_FLAGS, SAMPLING_FLAGS, stringFlag,
   switchFlag, type FlagValues,
 } from './flags.js';
 import { readStdin } from './stdin.js';
@@ -32,6 +32,7 @@ export async function complete(opts: CompleteOptions): Promise<void> {
   const prompt = opts.prompt ?? (await readStdin());
   await using model = await loadCliModel(opts, opts.ctxSize);
   await using context = await model.createContext({ contextSize: opts.ctxSize, threads: opts.threads });
+  await context.setLoras(await cliLoras(model, opts.lora));
   const controller = new AbortController();
   const onSigint = () => controller.abort();
   process.once('SIGINT', onSigint);

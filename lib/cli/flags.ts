@@ -4,6 +4,7 @@
 // command's own flags live in its file. Only commander and types are imported: `--help` loads this file.
 import { Option, type Command } from 'commander';
 import type { Model } from '../model.js';
+import type { LoraSetting } from '../lora.js';
 import type { SamplingOptions } from '../generation.js';
 import type { Grammar } from '../grammar.js';
 
@@ -148,8 +149,11 @@ export type ModelFlags = FlagValues<[typeof modelFlag, Flag<'gpuLayers', string>
 export const ctxSizeFlag = intFlag('ctxSize', '-c, --ctx-size <n>', 'context size in tokens');
 export const threadsFlag = intFlag('threads', '-t, --threads <n>', 'CPU threads (default: cores; -1 on GPU)');
 
+/** LoRA adapters on the model (chat, complete, serve): llama.cpp's --lora and --lora-scaled in one flag. */
+export const loraFlag = repeatableFlag('lora', '--lora <file[:scale]>', 'apply a LoRA adapter (a GGUF from convert-lora) at scale 1 or <scale>; repeatable');
+
 /** chat and complete: a model and a context on it; -c 2048 as Huozi's README runs it. */
-export const RUN_FLAGS = [modelFlag, ctxSizeFlag.default(2048), threadsFlag, gpuLayersFlag.default('max'), ...PLACEMENT_FLAGS, rpcFlag] as const;
+export const RUN_FLAGS = [modelFlag, ctxSizeFlag.default(2048), threadsFlag, gpuLayersFlag.default('max'), ...PLACEMENT_FLAGS, rpcFlag, loraFlag] as const;
 export type RunFlags = FlagValues<typeof RUN_FLAGS>;
 
 export const maxTokensFlag = intFlag('maxTokens', '-n, --max-tokens <n>', 'most tokens to generate');
@@ -175,6 +179,18 @@ export type GrammarFlags = FlagValues<typeof GRAMMAR_FLAGS>;
 
 /** Commands that write a file (convert, imatrix, synth); the file is checked before any work (lib/util/output.ts). */
 export const outputFlag = requiredFlag('output', '-o, --output <file>', 'where to write the GGUF');
+
+/** --lora values (`file` or `file:scale`, the scale a number after the last colon) loaded for `model`. */
+export async function cliLoras(model: Model, values: readonly string[]): Promise<LoraSetting[]> {
+  const out: LoraSetting[] = [];
+  for (const value of values) {
+    const m = /^(.+):([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)$/i.exec(value);
+    const [file, scale] = m ? [m[1], Number(m[2])] : [value, 1];
+    if (file === '') throw new Error(`--lora expects <file> or <file>:<scale>, got "${value}"`);
+    out.push({ adapter: await model.loadLora(file), scale });
+  }
+  return out;
+}
 
 /** The model -m names (the demo model when none), loaded with --ngl, the placement flags and --rpc; `contextSize`: what --ngl auto leaves room for. */
 export async function loadCliModel(opts: ModelFlags, contextSize?: number): Promise<Model> {

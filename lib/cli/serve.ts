@@ -2,11 +2,12 @@
 import type { Command } from 'commander';
 import {
   addFlags, ctxSizeFlag, gpuLayersFlag, intFlag, PLACEMENT_FLAGS, loadCliModel, modelFlag, negatedFlag, repeatableFlag, rpcFlag, stringFlag, switchFlag,
-  threadsFlag, type FlagValues,
+  threadsFlag, loraFlag, cliLoras, type FlagValues,
 } from './flags.js';
 
 const SERVE_FLAGS = [
   modelFlag,
+  loraFlag,
   stringFlag('host', '-H, --host <address>', 'address to listen on (loopback by default: other machines cannot connect)').default('127.0.0.1'),
   intFlag('port', '-p, --port <n>', 'port').default(8000),
   intFlag('parallel', '--parallel <n>', 'requests generated at once, slots (also -np)').default(4),
@@ -63,7 +64,9 @@ export async function serveCommand(opts: ServeOptions): Promise<void> {
   const template = opts.chatTemplate === undefined || ['auto', 'huozi', 'chatml'].includes(opts.chatTemplate)
     ? ((opts.chatTemplate ?? 'auto') as 'auto' | 'huozi' | 'chatml')
     : { file: opts.chatTemplate };
+  const loras = await cliLoras(model, opts.lora);
   const server = await createServer(model, {
+    ...(loras.length ? { loras } : {}),
     ...(opts.servedModelName ? { servedModelName: opts.servedModelName } : {}),
     ...(apiKey ? { apiKey } : {}),
     parallel: opts.parallel,

@@ -9,6 +9,7 @@ import { segmentsToPieces } from '../chat/tokenize.js';
 import { offersTools, templateMessages, toolGrammar, turnSchema, type ToolTurn } from '../chat/tools.js';
 import { AbortError, GrammarError, HuoziError } from '../errors.js';
 import { Grammar } from '../grammar.js';
+import type { LoraAdapter } from '../lora.js';
 import type { Model } from '../model.js';
 import type { ParallelContext, ParallelGenerateOptions } from '../parallel.js';
 import { isChatTemplateError, sendJson, toHttpError } from './http.js';
@@ -49,6 +50,8 @@ export interface CompletionSettings {
   streamIntervalMs: number;
   maxQueue: number;
   metrics: Metrics;
+  /** The adapters requests may use, with their default scales (ServerOptions.loras). */
+  loras: readonly { adapter: LoraAdapter; scale: number }[];
 }
 
 export class Completions {
@@ -233,6 +236,7 @@ export class Completions {
       // A non-streaming answer is sent whole: its text need not wake the JS thread before the end.
       streamIntervalMs: r.stream ? (r.streamIntervalMs ?? this.#s.streamIntervalMs) : 60_000,
     };
+    o.loras = this.#loras(r);
     if (r.maxTokens !== undefined) o.maxTokens = r.maxTokens;
     if (r.temperature !== undefined) o.temperature = r.temperature;
     if (r.topP !== undefined) o.topP = r.topP;
@@ -271,6 +275,26 @@ export class Completions {
     // is seeded seed + i, so that the choices differ and each is reproducible.
     const fold = (seed: number) => ((seed % (2 ** 32 - 1)) + (2 ** 32 - 1)) % (2 ** 32 - 1);
     return Array.from({ length: r.n }, (_, i) => (r.seed === undefined ? { ...o } : { ...o, seed: fold(fold(r.seed) + i) }));
+  }
+
+  /**
+   * The request's adapters: those it lists at its scales and the others off, or (no `lora`, or `[]`, as
+   * llama-server) the server's defaults.
+   */
+  #loras(r: SamplingRequest): { adapter: LoraAdapter; scale: number }[] {
+    const all = this.#s.loras;
+    if (r.lora === undefined || r.lora.length === 0) return all.filter((l) => l.scale !== 0);
+    const scales = new Map(r.lora.map((l) => [l.id, l.scale]));
+    for (const id of scales.keys()) {
+      if (id >= all.length) {
+        throw new HttpError(400, all.length === 0
+          ? `lora names adapter ${id}, but this server has no LoRA adapters (start it with --lora).`
+          : `lora names adapter ${id}; this server's adapters are 0..${all.length - 1} (GET /lora-adapters).`, {
+          param: 'lora', code: 'invalid_value',
+        });
+      }
+    }
+    return all.flatMap((l, id) => (scales.get(id) ? [{ adapter: l.adapter, scale: scales.get(id)! }] : []));
   }
 
   /** The constraint's grammar, compiled once for all the choices (and kept for the next requests that ask for it). */

@@ -59,6 +59,8 @@ export interface SamplingRequest {
   constraint?: Constraint;
   /** Each token's logprob and its `top` most likely alternatives (chat: logprobs + top_logprobs; completions: logprobs). */
   logprobs?: { top: number };
+  /** llama-server's per-request adapters: the server's adapter `id`s with their scales (the others off). */
+  lora?: { id: number; scale: number }[];
 }
 
 export interface ChatRequest extends SamplingRequest {
@@ -112,7 +114,7 @@ function isObject(value: unknown): value is Body {
 const COMMON = new Set([
   'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p',
   'seed', 'presence_penalty', 'frequency_penalty', 'repetition_penalty', 'stop', 'stop_token_ids', 'n', 'ignore_eos',
-  'cache_prompt', 'stream_interval_ms', 'logit_bias', ...CONSTRAINT_FIELDS,
+  'cache_prompt', 'stream_interval_ms', 'logit_bias', 'lora', ...CONSTRAINT_FIELDS,
 ]);
 
 function unknownKey(param: string): HttpError {
@@ -219,8 +221,26 @@ function sampling(body: Body, extra: readonly string[]): SamplingRequest {
     // OpenAI's limit.
     n: optInteger(body, 'n', 1, 128) ?? 1,
     logitBias: logitBiasOf(body.logit_bias),
+    lora: loraOf(body.lora),
     constraint: parseConstraint(body),
   };
+}
+
+/** `lora`: [{ id, scale }], each id once (checked against the server's adapters by the caller). */
+function loraOf(value: unknown): { id: number; scale: number }[] | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (!Array.isArray(value) || value.length > 64) throw bad('lora', 'an array of up to 64 { id, scale }', value);
+  const seen = new Set<number>();
+  return value.map((entry: unknown, i) => {
+    if (!isObject(entry)) throw bad(`lora[${i}]`, 'an object { id, scale }', entry);
+    for (const key of Object.keys(entry)) if (key !== 'id' && key !== 'scale') throw unknownKey(`lora[${i}].${key}`);
+    const { id, scale } = entry;
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw bad(`lora[${i}].id`, 'an adapter id (an integer from 0)', id);
+    if (seen.has(id)) throw bad(`lora[${i}].id`, 'each adapter once', id);
+    seen.add(id);
+    if (typeof scale !== 'number' || !Number.isFinite(scale) || Math.abs(scale) > 1e6) throw bad(`lora[${i}].scale`, 'a finite number', scale);
+    return { id, scale };
+  });
 }
 
 /** `logit_bias`: token ids (as the object's keys) to a bias from -100 (banned) to 100. */

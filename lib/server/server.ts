@@ -15,6 +15,7 @@ import { detectTemplate, type TemplateOption } from '../chat/detect.js';
 import type { ChatTemplate } from '../chat/template.js';
 import { AbortError } from '../errors.js';
 import type { EmbeddingContextOptions } from '../embedding.js';
+import { checkLoras, type LoraAdapter, type LoraSetting } from '../lora.js';
 import type { Model } from '../model.js';
 import { PARALLEL_CONTEXT_OPTIONS, type ParallelContextOptions } from '../context-options.js';
 import type { ParallelContext } from '../parallel.js';
@@ -94,12 +95,19 @@ export interface ServerOptions extends ParallelContextOptions {
    * normalization; `false` turns the endpoint off (501, as llama-server without `--embeddings`). Default: `true`.
    */
   embeddings?: boolean | EmbeddingContextOptions;
+  /**
+   * LoRA adapters of the model ({@link Model.loadLora}) that requests may use, with their default scales (llama-server
+   * `--lora FILE` / `--lora-scaled FILE SCALE`): a request without `lora` is answered with these; one with
+   * `lora: [{ id, scale }]` (id: the position here) with the adapters it lists at its scales and the others off,
+   * as llama-server does. `GET /lora-adapters` lists them. Default: none.
+   */
+  loras?: readonly LoraSetting[];
 }
 
 const OPTIONS = [
   'servedModelName', 'aliases', 'apiKey', 'chatTemplate', 'responseRole', 'streamIntervalMs', 'maxQueue', 'maxBodyBytes', 'webPage',
   'log', 'embeddings', 'allowedHosts', 'corsOrigins', 'headersTimeoutMs', 'requestTimeoutMs', 'keepAliveTimeoutMs', 'maxConnections',
-  'maxConnectionsPerAddress',
+  'maxConnectionsPerAddress', 'loras',
 ] as const;
 
 /** Creates the server (and its ParallelContext on `model`); call `listen()` to start serving. */
@@ -136,12 +144,14 @@ export async function createServer(model: Model, options?: ServerOptions): Promi
   const template = detectTemplate(model, o.chatTemplate ?? 'auto');
   // Checked now; the context itself comes with the first request (lib/server/embeddings.ts).
   const embeddings = new Embeddings({ model, name, aliases, maxQueue, options: embeddingOptions(o) });
+  if (o.loras !== undefined) checkLoras(model, 'loras', o.loras);
+  const loras = (o.loras ?? []).map((l) => ({ adapter: l.adapter, scale: l.scale ?? 1 }));
   // The context's options as given (it checks them, with messages naming the field); only `parallel` has the server's default.
   const given = PARALLEL_CONTEXT_OPTIONS.filter((key) => o[key] !== undefined).map((key) => [key, o[key]]);
   const context = await model.createParallelContext({ ...Object.fromEntries(given), parallel: o.parallel ?? 4 });
   return new HuoziServer({
     model, context, embeddings, template, name, aliases, apiKey, responseRole, streamIntervalMs, maxQueue, maxBodyBytes, webPage, log,
-    allowedHosts, corsOrigins, headersTimeoutMs, requestTimeoutMs, keepAliveTimeoutMs, maxConnections, maxConnectionsPerAddress,
+    allowedHosts, corsOrigins, headersTimeoutMs, requestTimeoutMs, keepAliveTimeoutMs, maxConnections, maxConnectionsPerAddress, loras,
   });
 }
 
@@ -184,9 +194,10 @@ interface Settings {
   keepAliveTimeoutMs: number;
   maxConnections: number;
   maxConnectionsPerAddress: number;
+  loras: { adapter: LoraAdapter; scale: number }[];
 }
 
-const ROUTES = new Set(['/', '/index.html', '/health', '/metrics', '/v1/models', '/v1/chat/completions', '/v1/completions', '/v1/embeddings']);
+const ROUTES = new Set(['/', '/index.html', '/health', '/metrics', '/v1/models', '/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/lora-adapters']);
 
 /** A running (or ready) OpenAI-compatible server. */
 export class HuoziServer {
@@ -336,6 +347,11 @@ export class HuoziServer {
               meta: { context_length: this.context.slotContextSize, parameters: this.model.info.parameters },
             })),
           });
+          return;
+        case '/lora-adapters':
+          // llama-server's listing (its POST, which changes the adapters of every later request, is not served).
+          checkMethod(req, 'GET');
+          sendJson(res, 200, this.#s.loras.map((l, id) => ({ id, path: l.adapter.path, scale: l.scale })));
           return;
         case '/v1/chat/completions':
           tokens = await this.#complete(req, res, this.#completions.chat);

@@ -10,7 +10,7 @@ import { defaultThreads } from './system.js';
 import * as v from './validate.js';
 
 /** Options of {@link Model.createContext}. */
-export interface ContextOptions {
+export interface ContextOptions extends KvCacheOptions {
   /** Tokens the context holds (llama.cpp `-c`). Default: the model's training context, at most 4096. */
   contextSize?: number;
   /** Most tokens submitted to one llama_decode (llama.cpp `-b`). Default: `min(2048, contextSize)`. */
@@ -23,6 +23,12 @@ export interface ContextOptions {
   batchThreads?: number;
   /** Flash attention (llama.cpp `-fa`): `'auto'`, `true` or `false`. Default: `'auto'`. */
   flashAttention?: boolean | 'auto';
+  /** Collect importance-matrix statistics while evaluating (see computeImatrix). Default: `false`. */
+  collectImatrix?: boolean;
+}
+
+/** The KV cache's types, for both kinds of context. */
+export interface KvCacheOptions {
   /**
    * Type of the KV cache's keys (llama.cpp `-ctk`): `'f16'`, `'f32'` (exact, twice the memory), `'bf16'`, or a
    * quantized type (`'q8_0'`, `'q5_1'`, `'q5_0'`, `'q4_1'`, `'q4_0'`, `'iq4_nl'`: less memory, less accuracy).
@@ -31,8 +37,6 @@ export interface ContextOptions {
   cacheTypeK?: KvCacheType;
   /** Type of the KV cache's values (llama.cpp `-ctv`), as `cacheTypeK`; a quantized type needs flash attention. Default: `'f16'`. */
   cacheTypeV?: KvCacheType;
-  /** Collect importance-matrix statistics while evaluating (see computeImatrix). Default: `false`. */
-  collectImatrix?: boolean;
 }
 
 /** The KV cache types llama.cpp accepts for `-ctk`/`-ctv` (common/arg.cpp's kv_cache_types). */
@@ -40,7 +44,7 @@ export const KV_CACHE_TYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'iq
 export type KvCacheType = (typeof KV_CACHE_TYPES)[number];
 
 /** Options of {@link Model.createParallelContext}. */
-export interface ParallelContextOptions {
+export interface ParallelContextOptions extends KvCacheOptions {
   /** Sequences served at once ("slots", llama.cpp's `-np`). Default: 4. */
   parallel?: number;
   /**
@@ -64,14 +68,6 @@ export interface ParallelContextOptions {
   batchThreads?: number;
   /** Flash attention: `'auto'`, `true` or `false`. Default: `'auto'`. */
   flashAttention?: boolean | 'auto';
-  /**
-   * Type of the KV cache's keys (llama.cpp `-ctk`): `'f16'`, `'f32'` (exact, twice the memory), `'bf16'`, or a
-   * quantized type (`'q8_0'`, `'q5_1'`, `'q5_0'`, `'q4_1'`, `'q4_0'`, `'iq4_nl'`: less memory, less accuracy).
-   * Default: `'f16'`.
-   */
-  cacheTypeK?: KvCacheType;
-  /** Type of the KV cache's values (llama.cpp `-ctv`), as `cacheTypeK`; a quantized type needs flash attention. Default: `'f16'`. */
-  cacheTypeV?: KvCacheType;
 }
 
 /** @internal The keys of ContextOptions. */

@@ -9,6 +9,7 @@ import { packageRoot } from '../binding.js';
 import * as chat from './chat.js';
 import * as complete from './complete.js';
 import * as convert from './convert.js';
+import * as embed from './embed.js';
 import * as convertLora from './convert-lora.js';
 import * as imatrix from './imatrix.js';
 import * as inspect from './inspect.js';
@@ -26,7 +27,7 @@ const program = new Command()
   .version(pkg.version);
 
 // In the order `huozi-gguf --help` lists them; chat is the default command.
-for (const command of [chat, complete, inspect, convert, convertLora, quantize, imatrix, synth, modelfile, rpcServer, serve]) command.register(program);
+for (const command of [chat, complete, embed, inspect, convert, convertLora, quantize, imatrix, synth, modelfile, rpcServer, serve]) command.register(program);
 
 // llama.cpp spells them -ngl, -np, -ncmoe and -ot; commander allows one-letter short flags only.
 const SPELLED = new Map([['-ngl', '--ngl'], ['-np', '--parallel'], ['-ncmoe', '--n-cpu-moe'], ['-ot', '--override-tensor']]);

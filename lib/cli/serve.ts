@@ -43,6 +43,8 @@ const SERVE_FLAGS = [
     'open connections from one address; more get 503 (default: min(128, --max-connections))',
   ),
   switchFlag('quiet', '-q, --quiet', 'no request log'),
+  negatedFlag('embeddings', '--no-embeddings', 'do not serve /v1/embeddings (its context is made at the first request otherwise)'),
+  stringFlag('pooling', '--pooling <type>', "/v1/embeddings' pooling: mean, cls, last or model (the GGUF's pooling_type, else mean)").default('model'),
 ] as const;
 
 type ServeOptions = FlagValues<typeof SERVE_FLAGS>;
@@ -51,7 +53,7 @@ export function register(program: Command): void {
   addFlags(
     program
       .command('serve')
-      .description('an OpenAI-compatible server (chat/completions, completions, models) with parallel slots and a web chat page'),
+      .description('an OpenAI-compatible server (chat/completions, completions, embeddings, models) with parallel slots and a web chat page'),
     SERVE_FLAGS,
   ).action((opts: ServeOptions) => serveCommand(opts));
 }
@@ -85,13 +87,14 @@ export async function serveCommand(opts: ServeOptions): Promise<void> {
     maxConnections: opts.maxConnections,
     ...(opts.maxConnectionsPerAddress === undefined ? {} : { maxConnectionsPerAddress: opts.maxConnectionsPerAddress }),
     ...(opts.quiet ? {} : { log: (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`) }),
+    embeddings: opts.embeddings === false ? false : { pooling: opts.pooling as 'mean' | 'cls' | 'last' | 'model' },
   });
   const { url } = await server.listen(opts.port, opts.host);
   const c = server.context;
   process.stderr.write(
     `huozi-gguf serve: ${url}  model '${server.servedModelName}', ${c.parallel} slots of ${c.slotContextSize} tokens, ` +
       `${c.threads} threads${apiKey ? ', API key required' : ''}\n` +
-      `  OpenAI API: ${url}/v1 (chat/completions, completions, models)  web chat: ${url}/  health: ${url}/health  metrics: ${url}/metrics\n`,
+      `  OpenAI API: ${url}/v1 (chat/completions, completions, ${opts.embeddings === false ? '' : 'embeddings, '}models)  web chat: ${url}/  health: ${url}/health  metrics: ${url}/metrics\n`,
   );
   if (!isLoopback(opts.host)) {
     process.stderr.write(

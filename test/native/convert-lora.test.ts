@@ -4,8 +4,8 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  ChatSession, convert, convertLora, GgufError, GgufValueType, LoraError, loadModel, readGguf, validateLoraFile, validateLoraForModel,
-  type GgufFile, type Model,
+  ChatSession, convert, convertLora, GgufError, GgufValueType, LoraError, loadModel, Model, readGguf, validateLoraFile, validateLoraForModel,
+  type GgufFile,
 } from '../../dist/index.js';
 import { toF32 } from '../../dist/convert/float.js';
 import { f16Path, fixtureDir, reference, root } from '../helpers.js';
@@ -338,6 +338,41 @@ describe('the merge oracle (scripts/lora-merge.mjs)', () => {
     await using ctx = await merged.createContext({ contextSize: 512 });
     const chat = new ChatSession(ctx, { systemPrompt: '你是一个智能助手' });
     expect((await chat.prompt('请背诵《春晓》', { temperature: 0, maxTokens: 64 })).text).toContain('春眠不觉晓');
+  });
+});
+
+// The runtime half of #18 (model.loadLora): the converted adapter applied by llama.cpp gives the merged model's logits,
+// which checks the converter's rope permutation of lora_B and its expert stacking against the merge done in HF space.
+const hasRuntime = typeof (Model.prototype as { loadLora?: unknown }).loadLora === 'function';
+describe.runIf(hasRuntime)('base + converted adapter at run time = the merged model', () => {
+  it('in f32, at scales 1 and 0.5: logits within 0.01 (the adapter moves them by several units)', async () => {
+    const dir = fresh();
+    const ids = reference.teacher_forced[0].ids.slice(0, 64);
+    await convert(hfDir, join(dir, 'base.gguf'), { outType: 'f32' });
+    await using base = await loadModel(join(dir, 'base.gguf'));
+    const lora = await (base as unknown as { loadLora(p: string): Promise<unknown> }).loadLora(adapterF32);
+    const logits = async (m: Model, loras?: unknown[]) => {
+      await using ctx = await m.createContext({ contextSize: 128 });
+      if (loras) await (ctx as unknown as { setLoras(l: unknown[]): Promise<void> }).setLoras(loras);
+      return (await ctx.evaluate(ids, { logits: 'all' }))!;
+    };
+    const plain = await logits(base);
+    for (const scale of [1, 0.5]) {
+      const mergedDir = join(dir, `merged-${scale}`);
+      await mergeLora(hfDir, loraDir, mergedDir, { scale });
+      await convert(mergedDir, join(dir, `merged-${scale}.gguf`), { outType: 'f32' });
+      await using merged = await loadModel(join(dir, `merged-${scale}.gguf`));
+      const want = await logits(merged);
+      const got = await logits(base, [{ adapter: lora, scale }]);
+      let diff = 0;
+      let moved = 0;
+      for (let i = 0; i < want.length; i++) {
+        diff = Math.max(diff, Math.abs(want[i] - got[i]));
+        moved = Math.max(moved, Math.abs(want[i] - plain[i]));
+      }
+      expect(diff, `scale ${scale}`).toBeLessThan(0.01);
+      expect(moved, `scale ${scale}`).toBeGreaterThan(1);
+    }
   });
 });
 

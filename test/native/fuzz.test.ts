@@ -111,5 +111,11 @@ export async function runCase(path) {
       expect(summary.tally['rejected: ModelLoadError']).toBeGreaterThan(0);
       expect(summary.tally.loaded).toBeGreaterThan(0);
     }
+    if (target === 'lora') {
+      // The mutations reach the reader, the adapter check and, where the model has loadLora, llama.cpp.
+      expect(summary.tally['rejected: GgufError']).toBeGreaterThan(0);
+      expect(summary.tally['rejected: LoraError']).toBeGreaterThan(0);
+      expect((summary.tally['loaded, applied, generated'] ?? 0) + (summary.tally.accepted ?? 0)).toBeGreaterThan(0);
+    }
   }, 900_000);
 });

@@ -5,7 +5,8 @@
 // (general.type, general.architecture, adapter.type, tensor suffixes, pairs, tensors in the model, ne[0]/ne[1]):
 // metadata of the wrong GGUF type (gguf_get_val_str/f32 GGML_ASSERT on it), the 3rd dimension (n_expert: a short
 // stack makes ggml_mul_mat_id read past it; a 3-D adapter on a matrix fails ggml_can_mul_mat's assert), rank
-// agreement of the token-embedding pair (not checked by the loader; ggml_mul_mat asserts), zero sizes, tensor types
+// agreement of the token-embedding pair (not checked by the loader; ggml_mul_mat asserts), a token-embedding pair on a
+// model whose output projection is the embeddings (tied: applied there too, flipped, and ggml_mul_mat asserts), zero sizes, tensor types
 // the LoRA matmuls take, non-finite alpha, aLoRA invocation tokens, adapters on weights llama.cpp never adapts
 // (norms, biases: loaded and silently unused), and metadata arrays the loader would print in full.
 import { LoraError } from '../errors.js';
@@ -139,6 +140,11 @@ export function validateLoraForModel(adapter: GgufFile, model: GgufFile, adapter
     if (wType === 'nvfp4') fail(`"${target}" is nvfp4 in the model; llama.cpp cannot apply LoRA to it`, 'type', { tensor: a!.name });
     let rank: number;
     if (target === 'token_embd.weight') {
+      // A model without output.weight uses the embeddings as its output projection (llama.cpp duplicates the tensor
+      // under the same name), so the pair would be applied there too, with A and B flipped: ggml_mul_mat asserts.
+      if (!modelTensors.has('output.weight')) {
+        fail(`"${target}": the model ties its output projection to the token embeddings, where llama.cpp would apply this pair too and abort`, 'unsupported', { tensor: a!.name });
+      }
       // build_inp_embd: get_rows(lora_a [r, n_vocab]) then mul_mat(lora_b [r, n_embd]); A and B are flipped.
       if (wn[0] !== bn[1] || wn[1] !== an[1]) {
         fail(`"${target}": lora_a ${shape(a!)} and lora_b ${shape(b!)} do not fit the model's ${shape(w!)}`, 'shape', { tensor: a!.name });

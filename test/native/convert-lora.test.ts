@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  ChatSession, convert, convertLora, GgufError, GgufValueType, LoraError, loadModel, Model, readGguf, validateLoraFile, validateLoraForModel,
+  ChatSession, convert, convertLora, GgufError, GgufValueType, LoraError, loadModel, Model, readGguf, validateLoraFile, validateLoraForModel, writeGguf,
   type GgufFile,
 } from '../../dist/index.js';
 import { toF32 } from '../../dist/convert/float.js';
@@ -215,6 +215,10 @@ describe('validateLoraForModel()', () => {
     expect(check.targets.map((t) => t.name)).toEqual(EXPECTED_TARGETS);
     expect(new Set(check.targets.map((t) => t.rank))).toEqual(new Set([8]));
     validateLoraForModel(await readGguf(adapterF32), model, adapterF32);
+    // A token-embedding pair as convert_lora_to_gguf.py writes one (A and B flipped: ne [r, n_vocab] and [r, n_embd]).
+    const embd = await rewriteGguf(adapterF16, { tensors: (ts) => [...ts, { name: 'token_embd.weight.lora_a', dims: [8, 2050], type: 1, data: Buffer.alloc(8 * 2050 * 2) },
+      { name: 'token_embd.weight.lora_b', dims: [8, 256], type: 1, data: Buffer.alloc(8 * 256 * 2) }] });
+    expect((await validateLoraFile(embd, f16Path)).targets.at(-1)).toEqual({ name: 'token_embd.weight', rank: 8 });
   });
 
   it('refuses another model\'s adapter', async () => {
@@ -226,6 +230,13 @@ describe('validateLoraForModel()', () => {
     const llamaGguf = join(fresh(), 'llama.gguf');
     await convert(llama, llamaGguf);
     await expectLoraError(validateLoraFile(adapterF16, llamaGguf), 'not-in-model', /"blk\.0\.ffn_gate_exps\.weight\.lora_a" adapts "blk\.0\.ffn_gate_exps\.weight", which the model does not have/);
+    // A token-embedding pair on a model whose output is tied to the embeddings: llama.cpp would apply it to the output too (abort).
+    const embd = join(fresh(), 'embd.gguf');
+    const md = new Map<string, import('../../dist/index.js').WriterValue>([['general.architecture', { type: GgufValueType.STRING, value: 'llama' }],
+      ['general.type', { type: GgufValueType.STRING, value: 'adapter' }], ['adapter.type', { type: GgufValueType.STRING, value: 'lora' }]]);
+    await writeGguf(embd, md, [{ name: 'token_embd.weight.lora_a', dims: [4, 2050], type: 0, data: () => [Buffer.alloc(4 * 2050 * 4)] },
+      { name: 'token_embd.weight.lora_b', dims: [4, 64], type: 0, data: () => [Buffer.alloc(4 * 64 * 4)] }]);
+    await expectLoraError(validateLoraFile(embd, llamaGguf), 'unsupported', /"token_embd\.weight": the model ties its output projection to the token embeddings/);
   });
 
   it('refuses a rank mismatch, a layer the model lacks (blk.99), a missing half, a wrong n_expert, a 3-D pair on a matrix', async () => {

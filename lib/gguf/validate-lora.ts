@@ -104,6 +104,8 @@ export function validateLoraForModel(adapter: GgufFile, model: GgufFile, adapter
     const suffix = name.endsWith('.lora_a') ? 'a' : name.endsWith('.lora_b') ? 'b' : undefined;
     if (!suffix) {
       if (name.endsWith('_norm.weight')) {
+        // Skipped by llama.cpp (mergekit's full norm weights); only the model's own norms, which also bounds how many.
+        if (!modelTensors.has(name)) fail(`"${name}" is a norm the model does not have`, 'not-in-model', { tensor: name });
         skipped.push(name);
         continue;
       }

@@ -262,6 +262,8 @@ describe('validateLoraForModel()', () => {
     // mergekit's full norm weights: llama.cpp skips them, and so does the check (reported)
     const withNorm = await edited({ tensors: (ts) => [...ts, { name: 'blk.0.attn_norm.weight', dims: [256], type: 0, data: Buffer.alloc(1024) }] });
     expect((await validateLoraFile(withNorm, f16Path)).skipped).toEqual(['blk.0.attn_norm.weight']);
+    const strayNorm = await edited({ tensors: (ts) => [...ts, { name: 'blk.7.attn_norm.weight', dims: [256], type: 0, data: Buffer.alloc(1024) }] });
+    await refuses(strayNorm, 'not-in-model', /"blk\.7\.attn_norm\.weight" is a norm the model does not have/, 'blk.7.attn_norm.weight');
   });
 
   it('refuses metadata llama.cpp would refuse or abort on: types, values, alpha, aLoRA tokens, huge arrays', async () => {

@@ -11,7 +11,7 @@ const tracer = join(root, 'test', 'cli', 'load-trace.mjs');
 const dir = mkdtempSync(join(tmpdir(), 'huozi-cli-startup-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const COMMANDS = ['chat', 'complete', 'inspect', 'convert', 'quantize', 'imatrix', 'synth', 'modelfile', 'rpc-server', 'serve'];
+const COMMANDS = ['chat', 'complete', 'inspect', 'convert', 'convert-lora', 'quantize', 'imatrix', 'synth', 'modelfile', 'rpc-server', 'serve'];
 
 /** Runs the CLI and returns what it loaded: package files relative to the root, and the addons it opened. */
 function trace(args: string[]): { status: number | null; stdout: string; modules: string[]; addons: string[] } {

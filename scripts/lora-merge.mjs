@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The LoRA oracle: merges a PEFT LoRA adapter into a Hugging Face checkpoint, in JavaScript, as PEFT's
 // merge_and_unload does: W' = W + scale · (lora_alpha / r) · B·A for each adapted Linear (alpha/√r with
-// use_rslora), expert by expert for Mixtral's w1/w2/w3. Writes an f32 checkpoint (one model.safetensors, the
+// use_rslora), expert by expert for Mixtral's w1/w2/w3; W + scale · (alpha / r) · (B·A)ᵀ for the embeddings
+// (lora_embedding_A/B). Writes an f32 checkpoint (one model.safetensors, the
 // config and tokenizer files copied) that convert() turns into the merged model, to compare with the base model
 // plus the adapter applied at run time. Sums in float64, rounded once to f32.
 //
@@ -69,7 +70,19 @@ export async function mergeLora(hfDir, peftDir, outDir, { scale = 1 } = {}) {
       const module = t.name.replace(/\.weight$/, '');
       const aT = adapter.get(`base_model.model.${module}.lora_A.weight`);
       const bT = adapter.get(`base_model.model.${module}.lora_B.weight`);
-      if (aT && bT && t.name.endsWith('.weight')) {
+      const aE = adapter.get(`base_model.model.${module}.lora_embedding_A`);
+      const bE = adapter.get(`base_model.model.${module}.lora_embedding_B`);
+      if (aE && bE && t.name.endsWith('.weight')) {
+        // PEFT's Embedding: W [n_vocab, n_embd] + scale · (B·A)ᵀ, A [r, n_vocab], B [n_embd, r].
+        const r = aE.shape[0];
+        const [vocab, embd] = t.shape;
+        if (aE.shape[1] !== vocab || bE.shape[0] !== embd || bE.shape[1] !== r) throw new Error(`lora-merge: ${module} does not fit ${t.name}`);
+        const factor = scale * (config.use_rslora ? config.lora_alpha / Math.sqrt(r) : config.lora_alpha / r);
+        const delta = loraDelta(await readF32(aE), await readF32(bE), r, vocab, embd, factor); // B·A, [n_embd, n_vocab]
+        for (let v = 0; v < vocab; v++) for (let h = 0; h < embd; h++) w[v * embd + h] = w[v * embd + h] + delta[h * vocab + v];
+        used.add(aE.name).add(bE.name);
+        merged.push(t.name);
+      } else if (aT && bT && t.name.endsWith('.weight')) {
         const r = aT.shape[0];
         const [outDim, inDim] = t.shape;
         if (aT.shape[1] !== inDim || bT.shape[0] !== outDim || bT.shape[1] !== r) throw new Error(`lora-merge: ${module} does not fit ${t.name}`);

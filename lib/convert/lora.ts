@@ -7,7 +7,8 @@
 // stacked into ffn_{gate,down,up}_exps: lora_a [n_expert, r, in], lora_b [n_expert, out, r]. Everything is read
 // and checked (config, pairs, ranks, shapes against the base's config and tensors) before anything is written;
 // the data then streams one source tensor at a time. Where PEFT computes something llama.cpp cannot (DoRA, biases,
-// modules_to_save, embedding adapters, per-module alphas), the conversion is refused with a LoraError.
+// modules_to_save, per-module alphas), the conversion is refused with a LoraError. PEFT's embedding adapters
+// (lora_embedding_A/B) are written as the script writes them: token_embd.weight.lora_a is A transposed.
 import { endianness } from 'node:os';
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -201,9 +202,13 @@ interface LoraTarget {
   b: SafetensorsTensor[];
   /** Rows per head of lora_B when its rows are permuted (q_proj, k_proj). */
   bGroup?: number;
+  /** lora_A is written transposed (the token embeddings: llama.cpp takes A as [n_vocab, r] rows to look up). */
+  transposeA?: boolean;
 }
 
 const PEFT_KEY = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
+/** PEFT's embedding adapters: lora_embedding_A [r, n_vocab] and lora_embedding_B [n_embd, r], no .weight. */
+const PEFT_EMBEDDING_KEY = /^base_model\.model\.(.+)\.lora_embedding_([AB])$/;
 const EXPERT = /^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])$/;
 /** The PEFT module names (last component) each GGUF weight answers to, for checking target_modules against a base. */
 const COMPONENT_OF: Record<string, string> = {
@@ -219,10 +224,9 @@ export function planLora(tensors: readonly SafetensorsTensor[], config: PeftLora
   };
   const pairs = new Map<string, Pair>();
   for (const t of tensors) {
-    const m = PEFT_KEY.exec(t.name);
+    const m = PEFT_KEY.exec(t.name) ?? PEFT_EMBEDDING_KEY.exec(t.name);
     if (!m) {
       if (t.name.endsWith('.base_layer.weight')) continue; // as the script: a copy of the base weight, not part of the adapter
-      if (/lora_embedding_[AB]/.test(t.name)) fail(`"${t.name}": LoRA on the token embeddings is not supported by convertLora`, 'unsupported', t.name);
       if (/lora_magnitude_vector/.test(t.name)) fail(`"${t.name}" is a DoRA magnitude; DoRA is not supported`, 'unsupported', t.name);
       fail(`"${t.name}" is not a LoRA weight (PEFT names them base_model.model.<module>.lora_A.weight / lora_B.weight)`, 'name', t.name);
     }
@@ -310,9 +314,24 @@ export function planLora(tensors: readonly SafetensorsTensor[], config: PeftLora
     }
     const name = mapName(`${p.module}.weight`);
     if (!name) fail(`"${p.module}" is not a module of a Llama/Mistral/Mixtral model llama.cpp knows`, 'not-in-model', p.module);
-    if (name === 'token_embd.weight') fail(`"${p.module}": LoRA on the token embeddings is not supported by convertLora`, 'unsupported', p.module);
+    const embedding = PEFT_EMBEDDING_KEY.test(a.name);
+    if (embedding !== (name === 'token_embd.weight') || embedding !== PEFT_EMBEDDING_KEY.test(b.name)) {
+      fail(`"${p.module}": the token embeddings take lora_embedding_A/B, other modules lora_A/B.weight`, 'name', p.module);
+    }
     const dims = baseDims(name!, p.module);
     if (dims.length !== 2) fail(`"${p.module}" adapts ${name}, which is not a matrix in the base`, 'shape', p.module);
+    if (embedding) {
+      // PEFT: embedding(x, A.T) @ B.T; llama.cpp: get_rows(lora_a, x) then lora_b (build_inp_embd), so lora_a is A.T.
+      const [embd, vocab] = dims;
+      if (!base.tensors.has('output.weight')) {
+        fail(`"${p.module}": the base ties its output projection to the token embeddings, where llama.cpp would apply this adapter too and abort`, 'unsupported', p.module);
+      }
+      if (a.shape[1] !== vocab || b.shape[0] !== embd) {
+        fail(`"${p.module}": lora_embedding_A is [${a.shape}] and lora_embedding_B [${b.shape}], but the base's embeddings are [${vocab}, ${embd}]`, 'shape', p.module);
+      }
+      out.push({ name: name!, rank: r, aDims: [r, vocab], bDims: [r, embd], a: [a], b: [b], transposeA: true });
+      return;
+    }
     const [inDim, outDim] = dims;
     if (a.shape[1] !== inDim || b.shape[0] !== outDim) {
       fail(`"${p.module}": lora_B·lora_A is [${b.shape[0]}, ${a.shape[1]}] but ${name} of the base is [${outDim}, ${inDim}]`, 'shape', p.module);
@@ -338,6 +357,15 @@ export function planLora(tensors: readonly SafetensorsTensor[], config: PeftLora
       if (!inBase.has(last)) fail(`adapter_config.json targets "${t}", which the base ${base.file} does not have`, 'not-in-model', t);
       if (!adapted.has(last)) fail(`adapter_config.json targets "${t}", but the adapter holds no weights for it`, 'pair', t);
     }
+  }
+  return out;
+}
+
+/** A row-major [rows, cols] matrix of `size`-byte elements, transposed. */
+function transposed(src: Buffer, rows: number, cols: number, size: number): Buffer {
+  const out = Buffer.allocUnsafeSlow(src.length);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) src.copy(out, (j * rows + i) * size, (i * cols + j) * size, (i * cols + j + 1) * size);
   }
   return out;
 }
@@ -411,11 +439,12 @@ export async function convertLora(peftDir: string, options: ConvertLoraOptions):
   const total = targets.reduce((a, t) => a + sizeOf(t.aDims) + sizeOf(t.bDims), 0);
   const reader = new PartReader();
   let done = 0;
-  const produce = (sources: SafetensorsTensor[], group?: number) => async function* () {
+  const produce = (sources: SafetensorsTensor[], group?: number, transpose = false) => async function* () {
     for (const s of sources) {
       if (signal?.aborted) throw new AbortError('conversion was aborted');
       let raw = await reader.read(s.file, s.offset, s.bytes);
       if (group !== undefined) raw = permuteRows(raw, s.shape[1] * SOURCE_DTYPE_BYTES[s.dtype], group);
+      if (transpose) raw = transposed(raw, s.shape[0], s.shape[1], SOURCE_DTYPE_BYTES[s.dtype]);
       const chunk = convertElements(raw, s.dtype, outType);
       yield chunk;
       done += chunk.length;
@@ -423,7 +452,7 @@ export async function convertLora(peftDir: string, options: ConvertLoraOptions):
     }
   };
   const writerTensors: WriterTensor[] = targets.flatMap((t) => [
-    { name: `${t.name}.lora_a`, dims: t.aDims, type: GGML_TYPE_ID[outType], data: produce(t.a) },
+    { name: `${t.name}.lora_a`, dims: t.aDims, type: GGML_TYPE_ID[outType], data: produce(t.a, undefined, t.transposeA) },
     { name: `${t.name}.lora_b`, dims: t.bDims, type: GGML_TYPE_ID[outType], data: produce(t.b, t.bGroup) },
   ]);
   const { header, sizes, alignment } = encodeGgufHeader(metadata, writerTensors);

@@ -22,6 +22,14 @@ const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 /** The GGUF targets in convert_lora_to_gguf.py's order: sorted PEFT names, experts stacked at the layer's last expert. */
 const EXPECTED_TARGETS = [0, 1, 2, 3].flatMap((l) => ['ffn_gate_exps', 'ffn_down_exps', 'ffn_up_exps', 'attn_k', 'attn_output', 'attn_q', 'attn_v'].map((n) => `blk.${l}.${n}.weight`));
 
+/** The fixture plus PEFT's embedding pair (lora_embedding_A [8, n_vocab], lora_embedding_B [n_embd, 8], f32). */
+function embeddingVariant() {
+  const a = f32Tensor('base_model.model.model.embed_tokens.lora_embedding_A', [8, 2050], 77, 1);
+  const b = f32Tensor('base_model.model.model.embed_tokens.lora_embedding_B', [256, 8], 78, 0.2);
+  const dir = peftVariant({ config: { target_modules: ['embed_tokens', 'k_proj', 'o_proj', 'q_proj', 'v_proj', 'w1', 'w2', 'w3'] }, tensors: (ts) => [...ts, a, b] });
+  return { dir, a, b };
+}
+
 async function expectLoraError(p: Promise<unknown>, reason: string, message: RegExp): Promise<LoraError> {
   const error = await p.then(() => undefined, (e: unknown) => e);
   expect(error, `expected LoraError ${reason} ${message}`).toBeInstanceOf(LoraError);
@@ -124,6 +132,21 @@ describe('convertLora() writes what convert_lora_to_gguf.py writes', () => {
     expect((await readGguf(out)).metadata.get('adapter.lora.alpha')!.value).toBeCloseTo(16 * Math.sqrt(8), 4);
   });
 
+  it('PEFT\'s embedding adapter: token_embd.weight.lora_a is lora_embedding_A transposed ([r, n_vocab] in ggml), lora_b is B, first in the file', async () => {
+    const { dir, a, b } = embeddingVariant();
+    const out = join(fresh(), 'embd.gguf');
+    const r = await convertLora(dir, { base: hfDir, output: out });
+    expect(r.targets).toEqual(['token_embd.weight', ...EXPECTED_TARGETS]);
+    const { tensors } = await loadGgufForEdit(out);
+    const [ta, tb] = tensors;
+    expect([ta.name, ta.dims, tb.name, tb.dims]).toEqual(['token_embd.weight.lora_a', [8, 2050], 'token_embd.weight.lora_b', [8, 256]]);
+    expect(tb.data.equals(b.data)).toBe(true);
+    const src = new Float32Array(a.data.buffer.slice(a.data.byteOffset, a.data.byteOffset + a.data.length));
+    const got = new Float32Array(ta.data.buffer.slice(ta.data.byteOffset, ta.data.byteOffset + ta.data.length));
+    for (const [k, v] of [[0, 0], [3, 1], [7, 2049], [5, 1000]]) expect(got[v * 8 + k]).toBe(src[k * 2050 + v]);
+    expect((await validateLoraFile(out, f16Path)).targets[0]).toEqual({ name: 'token_embd.weight', rank: 8 });
+  });
+
   it('writes aLoRA invocation tokens as u32, as the script does', async () => {
     const out = join(fresh(), 'alora.gguf');
     await convertLora(peftVariant({ config: { alora_invocation_tokens: [2048, 5, 6] } }), { base: f16Path, output: out });
@@ -176,8 +199,18 @@ describe('convertLora() refuses what llama.cpp cannot apply, before writing anyt
     const wide = (ts: ReturnType<typeof readSafetensors>) => ts.map((t) => (t.name.endsWith('layers.0.self_attn.o_proj.lora_A.weight') ? f32Tensor(t.name, [8, 512]) : t));
     await refuses(peftVariant({ tensors: wide }), 'shape', /o_proj": lora_B·lora_A is \[256, 512\] but blk\.0\.attn_output\.weight of the base is \[256, 256\]/);
     await refuses(peftVariant({ tensors: (ts) => ts.filter((t) => !t.name.includes('layers.2.block_sparse_moe.experts.5.w3')) }), 'pair', /targets w3 of some experts of layer 2 but not "model\.layers\.2\.block_sparse_moe\.experts\.5\.w3"/);
-    await refuses(peftVariant({ tensors: (ts) => [...ts, f32Tensor('base_model.model.model.embed_tokens.lora_embedding_A', [8, 2050])] }), 'unsupported', /token embeddings/);
+    await refuses(peftVariant({ tensors: (ts) => [...ts, f32Tensor('base_model.model.model.embed_tokens.lora_embedding_A', [8, 2050])] }), 'pair', /"model\.embed_tokens" has lora_A but no lora_B/);
+    await refuses(peftVariant({ tensors: (ts) => [...ts, f32Tensor('base_model.model.model.embed_tokens.lora_embedding_A', [8, 2000]), f32Tensor('base_model.model.model.embed_tokens.lora_embedding_B', [256, 8])] }),
+      'shape', /lora_embedding_A is \[8,2000\] and lora_embedding_B \[256,8\], but the base's embeddings are \[2050, 256\]/);
+    await refuses(peftVariant({ tensors: (ts) => [...ts, f32Tensor('base_model.model.model.embed_tokens.lora_A.weight', [8, 2050]), f32Tensor('base_model.model.model.embed_tokens.lora_B.weight', [256, 8])] }),
+      'name', /the token embeddings take lora_embedding_A\/B/);
     await refuses(peftVariant({ tensors: (ts) => [...ts, f32Tensor('base_model.model.model.norm.weight', [256])] }), 'name', /"base_model\.model\.model\.norm\.weight" is not a LoRA weight/);
+  });
+
+  it('an embedding adapter on a base whose output is tied to its embeddings (llama.cpp would abort)', async () => {
+    const dir = peftVariant({ config: { target_modules: ['embed_tokens'] }, tensors: () => [
+      f32Tensor('base_model.model.model.embed_tokens.lora_embedding_A', [8, 2050]), f32Tensor('base_model.model.model.embed_tokens.lora_embedding_B', [64, 8])] });
+    await refuses(dir, 'unsupported', /"model\.embed_tokens": the base ties its output projection to the token embeddings/, tinyLlamaBase());
   });
 
   it('an adapter for a model of another shape or architecture', async () => {
@@ -358,7 +391,7 @@ describe('the merge oracle (scripts/lora-merge.mjs)', () => {
 // which checks the converter's rope permutation of lora_B and its expert stacking against the merge done in HF space.
 const hasRuntime = typeof (Model.prototype as { loadLora?: unknown }).loadLora === 'function';
 describe.runIf(hasRuntime)('base + converted adapter at run time = the merged model', () => {
-  it('in f32, at scales 1 and 0.5: logits within 0.01 (the adapter moves them by several units)', async () => {
+  it('in f32, at scales 1 and 0.5, and with an embedding adapter: logits within 0.01 (the adapter moves them by several units)', async () => {
     const dir = fresh();
     const ids = reference.teacher_forced[0].ids.slice(0, 64);
     await convert(hfDir, join(dir, 'base.gguf'), { outType: 'f32' });
@@ -370,13 +403,18 @@ describe.runIf(hasRuntime)('base + converted adapter at run time = the merged mo
       return (await ctx.evaluate(ids, { logits: 'all' }))!;
     };
     const plain = await logits(base);
-    for (const scale of [1, 0.5]) {
-      const mergedDir = join(dir, `merged-${scale}`);
-      await mergeLora(hfDir, loraDir, mergedDir, { scale });
-      await convert(mergedDir, join(dir, `merged-${scale}.gguf`), { outType: 'f32' });
-      await using merged = await loadModel(join(dir, `merged-${scale}.gguf`));
+    const embedding = embeddingVariant();
+    const embeddingAdapter = join(dir, 'embd.gguf');
+    await convertLora(embedding.dir, { base: hfDir, output: embeddingAdapter });
+    const withEmbedding = await (base as unknown as { loadLora(p: string): Promise<unknown> }).loadLora(embeddingAdapter);
+    const results: Float32Array[] = [];
+    for (const [scale, peft, adapter] of [[1, loraDir, lora], [0.5, loraDir, lora], [1, embedding.dir, withEmbedding]] as const) {
+      const mergedDir = join(dir, `merged-${scale}-${peft === loraDir ? 'fixture' : 'embd'}`);
+      await mergeLora(hfDir, peft, mergedDir, { scale });
+      await convert(mergedDir, `${mergedDir}.gguf`, { outType: 'f32' });
+      await using merged = await loadModel(`${mergedDir}.gguf`);
       const want = await logits(merged);
-      const got = await logits(base, [{ adapter: lora, scale }]);
+      const got = await logits(base, [{ adapter, scale }]);
       let diff = 0;
       let moved = 0;
       for (let i = 0; i < want.length; i++) {
@@ -385,7 +423,12 @@ describe.runIf(hasRuntime)('base + converted adapter at run time = the merged mo
       }
       expect(diff, `scale ${scale}`).toBeLessThan(0.01);
       expect(moved, `scale ${scale}`).toBeGreaterThan(1);
+      results.push(got);
     }
+    // The embedding pair itself moved the logits (it was applied, not dropped).
+    let byEmbedding = 0;
+    for (let i = 0; i < results[0].length; i++) byEmbedding = Math.max(byEmbedding, Math.abs(results[2][i] - results[0][i]));
+    expect(byEmbedding).toBeGreaterThan(0.1);
   });
 });
 

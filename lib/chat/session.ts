@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import type { Context } from '../context.js';
 import { AbortError, BusyError, ContextOverflowError, DecodeError } from '../errors.js';
 import { SAMPLING_OPTIONS, type Generation, type GenerationResult, type SamplingOptions } from '../generation.js';
+import type { LoraSetting } from '../lora.js';
 import type { Grammar } from '../grammar.js';
 import type { Model } from '../model.js';
 import * as v from '../validate.js';
@@ -48,6 +49,8 @@ export interface ChatPromptOptions extends SamplingOptions {
   stopStrings?: readonly string[];
   /** Stops the answer; it rejects with {@link AbortError} and the partial answer joins the history. */
   signal?: AbortSignal;
+  /** LoRA adapters for this answer instead of the context's ({@link Context.setLoras}); `[]`: the base model. */
+  loras?: readonly LoraSetting[];
 }
 
 /**
@@ -86,7 +89,7 @@ export interface ChatJsonOptions extends Omit<ChatPromptOptions, 'grammar' | 'js
 }
 
 const SESSION_OPTIONS = ['systemPrompt', 'template', 'contextOverflow'] as const;
-const PROMPT_OPTIONS = [...SAMPLING_OPTIONS, 'maxTokens', 'stopStrings', 'signal'] as const satisfies readonly (keyof ChatPromptOptions)[];
+const PROMPT_OPTIONS = [...SAMPLING_OPTIONS, 'maxTokens', 'stopStrings', 'signal', 'loras'] as const satisfies readonly (keyof ChatPromptOptions)[];
 const TOOL_OPTIONS = ['tools', 'toolChoice', 'parallelToolCalls', 'executeTools', 'maxToolRounds'] as const satisfies readonly (keyof ChatToolOptions)[];
 const JSON_OPTIONS = [...PROMPT_OPTIONS.filter((k) => k !== 'grammar' && k !== 'jsonSchema'), 'schema'] as const;
 

@@ -180,6 +180,17 @@ describe('session files record the adapters', () => {
     await expect(restored.load(file)).rejects.toThrow(/other LoRA adapters/);
     for (const x of [a, b, c]) await x.dispose();
   });
+
+  it('ChatSession answers take `loras` too', async () => {
+    const context = await model.createContext({ contextSize: 512, threads: 1 });
+    const plain = await new ChatSession(context).prompt('床前明月光', greedy);
+    const adapted = await new ChatSession(context).prompt('床前明月光', { ...greedy, loras: [{ adapter }] });
+    const again = await new ChatSession(context).prompt('床前明月光', greedy);
+    expect(adapted.text).not.toBe(plain.text);
+    expect(again.text).toBe(plain.text);
+    await expect(new ChatSession(context).prompt('x', { loras: [{ adapter, scale: 'x' as never }] })).rejects.toThrow(TypeError);
+    await context.dispose();
+  });
 });
 
 describe('the server: --lora and a request\'s `lora`', () => {

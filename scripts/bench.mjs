@@ -9,6 +9,7 @@
 //   npm run bench -- --gpu: the GPU tables instead (scripts/gpu-check.mjs, on a CUDA build)
 //   npm run bench -- --server: the server benchmark instead (scripts/bench/server.mjs)
 //   npm run bench -- --constrained: generation under a JSON Schema against llama-server (scripts/bench/constrained.mjs)
+//   npm run bench -- --embeddings: embedding throughput against llama-embedding (scripts/bench/embeddings.mjs)
 //   npm run bench [-- --rounds 5 --threads 1,2 --models a.gguf,b.gguf --no-node-llama-cpp --nlc-default-rounds 3
 //                     --out docs/benchmarks.md]
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -35,6 +36,12 @@ if (process.argv.includes('--gpu')) {
 if (process.argv.includes('--server')) {
   // The server benchmark (huozi-gguf serve vs llama-server) has its own options: scripts/bench/server.mjs.
   await import('./bench/server.mjs');
+  process.exit(0);
+}
+if (process.argv.includes('--embeddings')) {
+  // Embedding throughput against llama-embedding: scripts/bench/embeddings.mjs, with its own options; it writes its
+  // own section of docs/benchmarks.md.
+  await import('./bench/embeddings.mjs');
   process.exit(0);
 }
 if (process.argv.includes('--constrained')) {
@@ -233,5 +240,7 @@ medians over the rounds; "vs llama-bench" is the median over rounds of the ratio
 
 ${table}
 ${nlcTable}`;
-writeFileSync(values.out, doc);
+// The embeddings section (npm run bench -- --embeddings) is that run's: kept as it is.
+const embeddingsSection = existsSync(values.out) ? /<!-- embeddings-bench -->[\s\S]*?<!-- \/embeddings-bench -->\n?/.exec(readFileSync(values.out, 'utf8'))?.[0] : undefined;
+writeFileSync(values.out, embeddingsSection ? `${doc.trimEnd()}\n\n${embeddingsSection}` : doc);
 console.log(`\n${table}\n${nlcTable}\nwrote ${relative(root, values.out)}`);

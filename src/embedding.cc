@@ -63,7 +63,17 @@ Napi::Value Create(const Napi::CallbackInfo &info) {
   cp.pooling_type = static_cast<enum llama_pooling_type>(pooling);
   // As llama-embedding: a unified cache, as many sequences per batch as llama.cpp allows.
   cp.kv_unified = true;
-  cp.n_seq_max = static_cast<uint32_t>(std::min<size_t>(llama_max_parallel_sequences(), cp.n_batch));
+  const uint32_t max_seq = static_cast<uint32_t>(llama_max_parallel_sequences());
+  cp.n_seq_max = std::min(max_seq, cp.n_batch);
+  // llama.cpp reserves its compute graph for n_ubatch tokens spread over n_seq_max sequences, n_ubatch / n_seq_max
+  // tokens each (integer division): when n_seq_max does not divide n_ubatch, the reserved mean-pooling graph has
+  // fewer tokens than outputs and ggml_mul_mat asserts (llama-embedding -c 300 -b 300 -ub 300 --pooling mean aborts
+  // too). So the physical batch is rounded up to a multiple of n_seq_max; inputs are still packed up to the
+  // requested batch size (`pack`), which is what lib/ and the results know.
+  const uint32_t pack = cp.n_batch;
+  const uint32_t physical = (cp.n_batch + cp.n_seq_max - 1) / cp.n_seq_max * cp.n_seq_max;
+  cp.n_batch = cp.n_ubatch = physical;
+  cp.n_ctx = std::max(cp.n_ctx, physical);
   const uint32_t n_ctx = cp.n_ctx;
   return PromiseWorker<llama_context *>::Start(
       env, Napi::Object::New(env), code::kContextCreate,
@@ -77,9 +87,9 @@ Napi::Value Create(const Napi::CallbackInfo &info) {
         }
         return ctx;
       },
-      [data, handle, n_ctx](Napi::Env env, llama_context *&ctx) -> Napi::Value {
+      [data, handle, n_ctx, pack](Napi::Env env, llama_context *&ctx) -> Napi::Value {
         Napi::Object object = data->ctor.New({Napi::External<llama_context>::New(env, ctx)});
-        EmbeddingContext::Unwrap(object)->Adopt(handle, n_ctx);
+        EmbeddingContext::Unwrap(object)->Adopt(handle, n_ctx, pack);
         ctx = nullptr;
         return object;
       });
@@ -119,8 +129,9 @@ EmbeddingContext::EmbeddingContext(const Napi::CallbackInfo &info) : Napi::Objec
   executor_ = ExecutorPool::Acquire();
 }
 
-void EmbeddingContext::Adopt(std::shared_ptr<ModelHandle> model, uint32_t n_ctx) {
+void EmbeddingContext::Adopt(std::shared_ptr<ModelHandle> model, uint32_t n_ctx, uint32_t n_batch) {
   model_ = std::move(model);
+  n_batch_ = n_batch;
   // llama.cpp rounds the cells up to a multiple of 256; the context takes what was asked for.
   n_ctx_ = std::min(llama_n_ctx(ctx_), n_ctx);
   n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(model_->model));

@@ -27,8 +27,9 @@ class EmbeddingContext final : public Napi::ObjectWrap<EmbeddingContext> {
   explicit EmbeddingContext(const Napi::CallbackInfo &info);
   ~EmbeddingContext() override;
 
-  // The context, its model and sizes, set once by createEmbeddingContext.
-  void Adopt(std::shared_ptr<ModelHandle> model, uint32_t n_ctx);
+  // The context, its model and sizes (n_batch: the most tokens packed into one decode), set once by
+  // createEmbeddingContext.
+  void Adopt(std::shared_ptr<ModelHandle> model, uint32_t n_ctx, uint32_t n_batch);
 
  private:
   Napi::Value Info(const Napi::CallbackInfo &info);

@@ -110,6 +110,21 @@ describe('EmbeddingContext', () => {
     expect(cosine(r.embeddings[0], one)).toBeGreaterThan(0.9999);
   });
 
+  it('any batch size: mean pooling with a batch that 256 sequences do not divide (llama-embedding -b 300 aborts)', async () => {
+    await using big = await model.createEmbeddingContext({ threads: 2 });
+    const want = await big.embed(['hello world', '床前明月光']);
+    for (const size of [1, 7, 255, 257, 293, 300, 513]) {
+      await using context = await model.createEmbeddingContext({ pooling: 'mean', contextSize: Math.min(size, 64), batchSize: size, threads: 2 });
+      expect(context.batchSize).toBe(size);
+      if (size < 8) {
+        await expect(context.embed('hello world and more words')).rejects.toThrow(RangeError);
+        continue;
+      }
+      const got = await context.embed(['hello world', '床前明月光']);
+      for (let i = 0; i < 2; i++) expect(cosine(got[i], want[i])).toBeGreaterThan(0.9999);
+    }
+  });
+
   it('pooling none: one row per token', async () => {
     await using context = await model.createEmbeddingContext({ pooling: 'none', threads: 2 });
     const rows = await context.embed('Hello world');

@@ -82,9 +82,9 @@ export interface PeftLoraConfig {
   invocationTokens?: number[];
 }
 
-export async function readPeftConfig(dir: string): Promise<PeftLoraConfig> {
-  const file = join(dir, 'adapter_config.json');
-  if (!(await isFile(file))) throw new LoraError(`${dir} has no adapter_config.json (is it a PEFT adapter directory?)`, { reason: 'config', file });
+export async function readPeftConfig(adapterDir: string): Promise<PeftLoraConfig> {
+  const file = join(adapterDir, 'adapter_config.json');
+  if (!(await isFile(file))) throw new LoraError(`${adapterDir} has no adapter_config.json (is it a PEFT adapter directory?)`, { reason: 'config', file });
   let c: Json;
   try {
     c = await readJsonFile(file);

@@ -267,18 +267,18 @@ export async function convertLora(peftDir: string, options: ConvertLoraOptions):
   const signal = o.signal === undefined ? undefined : v.signal('signal', o.signal);
   if (endianness() !== 'LE') throw new LoraError('converting needs a little-endian machine', { reason: 'unsupported' });
   const started = Date.now();
-  const dir = resolve(peftDir);
-  const st = await stat(dir).catch(() => undefined);
-  if (!st?.isDirectory()) throw new LoraError(`${dir} ${st ? 'is not a directory' : 'does not exist'}`, { reason: 'config', file: dir });
+  const adapterDir = resolve(peftDir);
+  const st = await stat(adapterDir).catch(() => undefined);
+  if (!st?.isDirectory()) throw new LoraError(`${adapterDir} ${st ? 'is not a directory' : 'does not exist'}`, { reason: 'config', file: adapterDir });
 
-  const config = await readPeftConfig(dir);
-  const weights = join(dir, 'adapter_model.safetensors');
+  const config = await readPeftConfig(adapterDir);
+  const weights = join(adapterDir, 'adapter_model.safetensors');
   if (!(await isFile(weights))) {
-    const bin = await isFile(join(dir, 'adapter_model.bin'));
+    const bin = await isFile(join(adapterDir, 'adapter_model.bin'));
     throw new LoraError(
-      bin ? `${dir} holds adapter_model.bin (a PyTorch pickle); convertLora reads safetensors only (save it with save_pretrained(safe_serialization=True))`
-        : `${dir} has no adapter_model.safetensors`,
-      { reason: 'file', file: bin ? join(dir, 'adapter_model.bin') : weights },
+      bin ? `${adapterDir} holds adapter_model.bin (a PyTorch pickle); convertLora reads safetensors only (save it with save_pretrained(safe_serialization=True))`
+        : `${adapterDir} has no adapter_model.safetensors`,
+      { reason: 'file', file: bin ? join(adapterDir, 'adapter_model.bin') : weights },
     );
   }
   let tensors: SafetensorsTensor[];

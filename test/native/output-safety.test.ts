@@ -210,6 +210,31 @@ describe('an output that is one of the inputs is refused (device and inode: path
     expect([...named].filter((n) => !(CHECKPOINT_FILES as readonly string[]).includes(n))).toEqual([]);
   });
 
+  it('convertLora refuses an output that is one of its inputs: the adapter\'s files or the base GGUF', async () => {
+    // Its readers name the adapter's files on `adapterDir`: the ones convertLora passes to openOutput as inputs
+    // (adapter_model.bin is only looked for, to refuse it).
+    const named = new Set<string>();
+    for (const f of readdirSync(join(root, 'lib', 'convert')).filter((n) => n.startsWith('lora') && n.endsWith('.ts'))) {
+      for (const m of readFileSync(join(root, 'lib', 'convert', f), 'utf8').matchAll(/join\(adapterDir, '([^']+)'\)/g)) named.add(m[1]);
+    }
+    expect([...named].sort()).toEqual(['adapter_config.json', 'adapter_model.bin', 'adapter_model.safetensors']);
+    const dir = mkdtempSync(join(tmpdir(), 'huozi-lora-out-'));
+    try {
+      const peft = join(dir, 'peft');
+      cpSync(join(root, 'test', 'fixtures', 'huozi-tiny-lora'), peft, { recursive: true });
+      const base = join(dir, 'base.gguf');
+      copyFileSync(f16Path, base);
+      const before = [sha(join(peft, 'adapter_config.json')), sha(join(peft, 'adapter_model.safetensors')), sha(base)];
+      for (const out of [join(peft, 'adapter_config.json'), join(peft, 'adapter_model.safetensors'), base]) {
+        const error = await refusal(() => lib.convertLora(peft, { base, output: out }));
+        expectOutputPathError(error, 'SAME_AS_INPUT', out);
+      }
+      expect([sha(join(peft, 'adapter_config.json')), sha(join(peft, 'adapter_model.safetensors')), sha(base)]).toEqual(before);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('convert: a chat template it reads (chat_template.jinja, additional_chat_templates/*.jinja)', async () => {
     const dir = join(fresh(), 'hf');
     cpSync(hfDir, dir, { recursive: true, dereference: true });

@@ -170,17 +170,25 @@ export function semanticMutate(base, seed) {
   }
   let encoded;
   try {
-    const writerTensors = tensors.map((t) => ({ name: t.name, dims: t.dims, type: t.type, data: () => [] }));
-    const { header, sizes, alignment } = encodeGgufHeader(meta, writerTensors);
-    const parts = [header];
-    tensors.forEach((t, i) => {
-      const size = Number(sizes[i]);
-      const data = t.bytes && t.bytes.length === size ? t.bytes : Buffer.alloc(size);
-      parts.push(data, Buffer.alloc((alignment - (size % alignment)) % alignment));
-    });
-    encoded = Buffer.concat(parts);
+    encoded = encodeWithData(meta, tensors);
   } catch {
     return { buf: Buffer.from(base), kinds: ['semantic-skipped'] };
   }
   return { buf: encoded, kinds: [`semantic: ${what}`] };
+}
+
+/**
+ * A GGUF of `meta` and `tensors` ({ name, dims, type, bytes? }): each tensor's bytes when their size still fits,
+ * else `fill(size, tensor)` (zeros by default). Throws what encodeGgufHeader throws for an unencodable header.
+ */
+export function encodeWithData(meta, tensors, fill = (size) => Buffer.alloc(size)) {
+  const writerTensors = tensors.map((t) => ({ name: t.name, dims: t.dims, type: t.type, data: () => [] }));
+  const { header, sizes, alignment } = encodeGgufHeader(meta, writerTensors);
+  const parts = [header];
+  tensors.forEach((t, i) => {
+    const size = Number(sizes[i]);
+    const data = t.bytes && t.bytes.length === size ? t.bytes : fill(size, t);
+    parts.push(data, Buffer.alloc((alignment - (size % alignment)) % alignment));
+  });
+  return Buffer.concat(parts);
 }

@@ -7,8 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { convertLora, GgufError, GGML_TYPES, LoraError, loadModel, readGguf, validateLoraForModel } from '../../../dist/index.js';
 import { parseGguf } from '../../../dist/gguf/reader.js';
-import { encodeGgufHeader } from '../../../dist/gguf/writer.js';
-import { fieldsOf, mutate, prng } from '../mutate.mjs';
+import { encodeWithData, fieldsOf, mutate, prng } from '../mutate.mjs';
 import { clean, unexpected } from '../outcome.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -130,16 +129,13 @@ function semantic(state, seed) {
   const elements = (t) => t.dims.reduce((a, d) => a * d, 1n);
   if (tensors.some((t) => elements(t) > 1n << 24n)) return { buf: Buffer.from(base), kinds: ['semantic-skipped (too large)'] };
   try {
-    const writerTensors = tensors.map((t) => ({ name: t.name, dims: t.dims, type: t.type, data: () => [] }));
-    const { header, sizes, alignment } = encodeGgufHeader(meta, writerTensors);
-    const parts = [header];
-    tensors.forEach((t, i) => {
-      const size = Number(sizes[i]);
-      let data = t.bytes && t.bytes.length === size ? t.bytes : Buffer.alloc(size);
-      if (!t.bytes && t.type === 1) for (let j = 0; j + 1 < size; j += 2) data.writeUInt16LE(0x2000 + ((j * 7919) & 0x3ff), j); // small nonzero f16
-      parts.push(data, Buffer.alloc((alignment - (size % alignment)) % alignment));
-    });
-    return { buf: Buffer.concat(parts), kinds: [`semantic: ${kinds.join('; ')}`] };
+    // Tensors without bytes: zeros, or small nonzero values for f16 (an adapter of zeros would change nothing).
+    const fill = (size, t) => {
+      const data = Buffer.alloc(size);
+      if (!t.bytes && t.type === 1) for (let j = 0; j + 1 < size; j += 2) data.writeUInt16LE(0x2000 + ((j * 7919) & 0x3ff), j);
+      return data;
+    };
+    return { buf: encodeWithData(meta, tensors, fill), kinds: [`semantic: ${kinds.join('; ')}`] };
   } catch {
     return { buf: Buffer.from(base), kinds: ['semantic-skipped'] };
   }
